@@ -121,17 +121,29 @@ def schedule_timesteps(steps: int, schedule: str = "tlcm", *, denoise: float = 1
     return full[-steps:]
 
 
-def scaled_linear_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = 0.00085,
-                                 beta_end: float = 0.012) -> torch.Tensor:
-    """ᾱ_t of SD/SDXL's DDPM ``scaled_linear`` betas, in float64 (callers cast as their host does)."""
-    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+BETA_SCHEDULES = ("scaled_linear", "linear")
+
+
+def make_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = 0.00085,
+                        beta_end: float = 0.012, beta_schedule: str = "scaled_linear",
+                        trained_betas: Sequence[float] | None = None) -> torch.Tensor:
+    """ᾱ_t of a DDPM beta schedule in float64 (SD/SDXL ``scaled_linear`` by default); callers cast as needed."""
+    if trained_betas is not None:
+        betas = torch.as_tensor(trained_betas, dtype=torch.float64)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    else:
+        raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)} (or pass trained_betas), "
+                         f"got {beta_schedule!r}")
     return torch.cumprod(1.0 - betas, dim=0)
 
 
 def timesteps_to_sigmas(timesteps: Sequence[int], alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """k-diffusion sigmas σ_t = √((1 − ᾱ_t)/ᾱ_t) for ``timesteps``, with the trailing 0 appended (float32)."""
     if alphas_cumprod is None:
-        alphas_cumprod = scaled_linear_alphas_cumprod()
+        alphas_cumprod = make_alphas_cumprod()
     alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     index = torch.as_tensor(list(timesteps), dtype=torch.long)
     if index.numel() == 0:
