@@ -105,3 +105,17 @@ def tiny_sdxl_pipeline(cache_dir: str | Path, seed: int = 0):
     return StableDiffusionXLPipeline(
         vae=tiny_vae(seed), text_encoder=te1, text_encoder_2=te2, tokenizer=tok1, tokenizer_2=tok2,
         unet=tiny_unet(seed), scheduler=EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG))
+
+
+def tiny_controlnet(unet, seed: int = 0):
+    """A ControlNet made from ``unet`` (as ``ControlNetModel.from_unet``) whose zero-initialised output
+    convolutions get seeded random weights, so the control signal visibly reaches the UNet in tests."""
+    from diffusers import ControlNetModel
+    controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3).eval()
+    generator = torch.Generator().manual_seed(seed + 4)
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.copy_(0.05 * torch.randn(conv.weight.shape, generator=generator))
+    return controlnet
