@@ -1,0 +1,143 @@
+"""Generate images with a local SDXL model + TLCM LoRA(s) in 1-8 steps, the official way by default.
+
+Defaults follow the official inference script: TLCM milestone schedule, fresh noise at each milestone
+(``eta=1``), no classifier-free guidance (guidance w=8 is distilled into the LoRA). CFG with a negative
+prompt is available (``guidance_scale > 1``) at twice the UNet cost per step.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image, PngImagePlugin
+
+from .scheduler import TLCMScheduler
+from .schedules import schedule_timesteps
+
+MIN_STEPS, MAX_STEPS = 1, 8
+SAMPLER_NAME = "TLCM"
+
+
+@dataclass
+class GenerationSettings:
+    """What one ``generate`` call makes; stored verbatim in every PNG it writes."""
+
+    prompt: str
+    steps: int = 4
+    seed: int = 0
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1
+    negative_prompt: str = ""
+    guidance_scale: float = 1.0          # <= 1: CFG off (official); > 1: CFG with negative_prompt
+    eta: float = 1.0                     # 1 = official fresh noise; 0 = deterministic
+    schedule: str = "tlcm"
+    strength: float = 1.0                # img2img denoise; used only with an init image
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    model: str = ""
+
+    def validate(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not MIN_STEPS <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer from {MIN_STEPS} to {MAX_STEPS} (TLCM's milestone "
+                             f"table), got {self.steps!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8, got {value!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.negative_prompt and self.guidance_scale <= 1.0:
+            raise ValueError("a negative prompt only acts with CFG: set guidance_scale > 1 (e.g. 2), or drop it")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
+        schedule_timesteps(self.steps, self.schedule, denoise=self.strength)   # raises on a bad schedule
+
+    def infotext(self) -> str:
+        """A1111-style ``parameters`` text, so WebUI "PNG Info" can read our images."""
+        lines = [self.prompt]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        fields = [f"Steps: {self.steps}", f"Sampler: {SAMPLER_NAME}", f"Schedule type: {self.schedule.upper()}",
+                  f"CFG scale: {self.guidance_scale:g}", f"Seed: {self.seed}", f"Size: {self.width}x{self.height}"]
+        if self.model:
+            fields.append(f"Model: {Path(self.model).stem}")
+        if self.eta != 1.0:
+            fields.append(f"TLCM eta: {self.eta:g}")
+        if self.strength < 1.0:
+            fields.append(f"Denoising strength: {self.strength:g}")
+        fields += [f"Lora {Path(p).stem}: {s:g}" for p, s in self.loras]
+        return "\n".join(lines + [", ".join(fields)])
+
+
+def apply_loras(pipe, loras: Sequence[tuple[str, float]], *, alpha: float | None = None) -> list:
+    """Merge each (path, strength) LoRA into ``pipe.unet``; returns the match reports (errors if none match)."""
+    from .lora import load_lora, merge_lora
+    reports = []
+    for path, strength in loras:
+        report = merge_lora(pipe.unet, load_lora(path, alpha=alpha), strength)
+        print(f"[tlcm] LoRA {Path(path).name} @ {strength:g}: {report.summary()}", flush=True)
+        reports.append(report)
+    return reports
+
+
+def use_tlcm_scheduler(pipe, *, eta: float = 1.0, schedule: str = "tlcm") -> None:
+    """Swap the pipeline's scheduler for TLCM, keeping the model's own noise schedule and prediction type."""
+    pipe.scheduler = TLCMScheduler.from_config(pipe.scheduler.config, eta=eta, schedule=schedule)
+
+
+def generate(pipe, settings: GenerationSettings, *, init_image: Image.Image | None = None,
+             prompt_embeds: torch.Tensor | None = None, pooled_prompt_embeds: torch.Tensor | None = None,
+             callback: Callable[[Any, int, Any, dict], dict] | None = None) -> list[Image.Image]:
+    """Run ``pipe`` (an SDXL pipeline) with TLCM; img2img when ``init_image`` is given.
+
+    Precomputed ``prompt_embeds``/``pooled_prompt_embeds`` (e.g. from the Chinese text encoder) replace
+    the pipeline's own text encoders. Seeds follow the WebUI convention: image i uses ``seed + i``.
+    """
+    settings.validate()
+    use_tlcm_scheduler(pipe, eta=settings.eta, schedule=settings.schedule)
+    device = pipe.unet.device
+    generators = [torch.Generator(device).manual_seed(settings.seed + i) for i in range(settings.batch_size)]
+    cfg = settings.guidance_scale > 1.0
+    kwargs: dict[str, Any] = dict(
+        guidance_scale=settings.guidance_scale if cfg else 0.0, generator=generators,
+        height=settings.height, width=settings.width, callback_on_step_end=callback,
+        timesteps=schedule_timesteps(settings.steps, settings.schedule,
+                                     denoise=settings.strength if init_image is not None else 1.0))
+    if prompt_embeds is None:
+        kwargs.update(prompt=[settings.prompt] * settings.batch_size,
+                      negative_prompt=[settings.negative_prompt] * settings.batch_size if cfg else None)
+    else:
+        if prompt_embeds.shape[0] != 1 or pooled_prompt_embeds is None:
+            raise ValueError("pass the embeddings of one prompt (batch dimension 1) with its pooled embedding")
+        if cfg and settings.negative_prompt:
+            raise ValueError("with precomputed prompt embeddings CFG uses a zero unconditional embedding; "
+                             "a negative prompt text cannot be encoded by the same encoder here: drop it")
+        kwargs.update(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                      num_images_per_prompt=settings.batch_size)
+    if init_image is None:
+        return pipe(**kwargs).images
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
+    init = init_image.convert("RGB").resize((settings.width, settings.height))
+    return img2img(image=init, strength=1.0, **kwargs).images   # the TLCM rule is in `timesteps`
+
+
+def save_images(images: Sequence[Image.Image], out_dir: str | Path, settings: GenerationSettings) -> list[Path]:
+    """Write PNGs whose text chunks hold the A1111 ``parameters`` line and the full settings as JSON."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = len(list(out_dir.glob("tlcm-*.png")))
+    paths = []
+    for i, image in enumerate(images):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", settings.infotext())
+        info.add_text("tlcm", json.dumps({**asdict(settings), "seed": settings.seed + i}))
+        path = out_dir / f"tlcm-{start + i:05d}-{settings.steps}steps-seed{settings.seed + i}.png"
+        image.save(path, pnginfo=info)
+        paths.append(path)
+    return paths

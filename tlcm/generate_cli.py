@@ -1,0 +1,71 @@
+"""``tlcm generate``: local SDXL + TLCM LoRA(s) -> PNGs with their settings embedded."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image
+
+from .generate import MAX_STEPS, GenerationSettings, apply_loras, generate, save_images
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """``PATH`` or ``PATH:STRENGTH``; only a number after the last colon is a strength (``C:\\x`` is a path)."""
+    path, sep, strength = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(strength)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("generate", help="generate images with a local SDXL model and a TLCM LoRA",
+                              description=__doc__)
+    p.add_argument("--model", required=True, help="SDXL diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--config", help="diffusers folder whose configs describe a single-file checkpoint "
+                                    "(default: the bundled SDXL base 1.0 configs)")
+    p.add_argument("--lora", action="append", type=parse_lora, default=[], metavar="PATH[:STRENGTH]",
+                   help="TLCM LoRA (official PEFT, diffusers or kohya); repeatable")
+    p.add_argument("--lora-alpha", type=float, help="override the LoRA alpha (the official script uses 8 at rank 64)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="", help="needs --cfg > 1")
+    p.add_argument("--steps", type=int, default=4, help=f"1-{MAX_STEPS} (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--cfg", type=float, default=1.0, help="CFG scale; 1 = off, as the official sampler")
+    p.add_argument("--eta", type=float, default=1.0, help="stochasticity: 1 = official fresh noise, 0 = deterministic")
+    p.add_argument("--schedule", default="tlcm", choices=["tlcm", "uniform"])
+    p.add_argument("--init-image", help="img2img source image")
+    p.add_argument("--strength", type=float, default=1.0, help="img2img denoise strength")
+    p.add_argument("--device", help="cuda / mps / cpu (default: best available)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bf16/fp16 on GPU, fp32 on CPU")
+    p.add_argument("--out", default="outputs/generate", help="output folder")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import load_sdxl_pipeline
+    settings = GenerationSettings(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, seed=args.seed,
+        width=args.width, height=args.height, batch_size=args.batch, guidance_scale=args.cfg, eta=args.eta,
+        schedule=args.schedule, strength=args.strength, loras=args.lora, model=args.model)
+    settings.validate()                      # before the (slow) model load
+    init_image = None
+    if args.init_image:
+        if not Path(args.init_image).is_file():
+            raise FileNotFoundError(f"init image not found: {args.init_image}")
+        init_image = Image.open(args.init_image)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = load_sdxl_pipeline(args.model, device=args.device, dtype=dtype, config=args.config)
+    apply_loras(pipe, settings.loras, alpha=args.lora_alpha)
+    images = generate(pipe, settings, init_image=init_image)
+    for path in save_images(images, args.out, settings):
+        print(path)
+    return 0
