@@ -1,4 +1,4 @@
-"""A real CLIP BPE tokenizer without any download: built from the vocabulary the open_clip wheel ships.
+"""SDXL's CLIP BPE tokenizers without any download: built from the vocabulary the open_clip wheel ships.
 
 ``open-clip-torch`` carries ``bpe_simple_vocab_16e6.txt.gz``, the same BPE as OpenAI CLIP; turned into
 ``vocab.json`` + ``merges.txt`` it gives a transformers ``CLIPTokenizer`` with the real 49,408 ids. We only
@@ -22,8 +22,8 @@ def bpe_vocab_path() -> Path:
         dist = importlib.metadata.distribution("open_clip_torch")
     except importlib.metadata.PackageNotFoundError as err:
         raise FileNotFoundError(
-            "The tiny-model kit needs the CLIP BPE vocabulary shipped in the open-clip-torch wheel: "
-            "run `pip install --no-deps open-clip-torch`.") from err
+            "Building SDXL's CLIP tokenizers offline (single-file checkpoints, the tiny kit) needs the BPE "
+            "vocabulary shipped in the open-clip-torch wheel: run `pip install --no-deps open-clip-torch`.") from err
     path = Path(dist.locate_file(BPE_FILE))
     if not path.is_file():
         raise FileNotFoundError(f"open-clip-torch is installed but {path} is missing; reinstall it.")

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
-from .tokenizer import write_clip_tokenizer
+from ..models.clip_tokenizer import write_clip_tokenizer
 
-TEXT_WIDTH_1 = 32          # CLIP-L stand-in hidden size
+TEXT_WIDTH_1 = 16          # CLIP-L stand-in hidden size; must differ from TEXT_WIDTH_2, because
+                           # diffusers' single-file loader tells the two encoders apart by width
 TEXT_WIDTH_2 = 32          # CLIP-bigG stand-in hidden size (= pooled projection size)
 CROSS_ATTENTION_DIM = TEXT_WIDTH_1 + TEXT_WIDTH_2
 ADDITION_TIME_EMBED_DIM = 256   # as SDXL: 6 size/crop ids x 256 sinusoidal features
