@@ -31,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lora-alpha", type=float, help="override the LoRA alpha (the official script uses 8 at rank 64)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="", help="needs --cfg > 1")
+    p.add_argument("--chinese-text-model", metavar="DIR",
+                   help="Chinese-CLIP folder (OFA-Sys/chinese-clip-vit-huge-patch14): encode --prompt in Chinese")
+    p.add_argument("--chinese-adapter", metavar="FILE", help="PEA-Diffusion adapter (OPPOer/PEA-Diffusion)")
     p.add_argument("--steps", type=int, default=4, help=f"1-{MAX_STEPS} (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1024)
@@ -63,9 +66,17 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"init image not found: {args.init_image}")
         init_image = Image.open(args.init_image)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    if bool(args.chinese_text_model) != bool(args.chinese_adapter):
+        raise ValueError("Chinese prompts need both --chinese-text-model and --chinese-adapter")
     pipe = load_sdxl_pipeline(args.model, device=args.device, dtype=dtype, config=args.config)
     apply_loras(pipe, settings.loras, alpha=args.lora_alpha)
-    images = generate(pipe, settings, init_image=init_image)
+    embeds = {}
+    if args.chinese_text_model:
+        from .chinese import ChineseTextEncoder
+        encoder = ChineseTextEncoder.from_pretrained(args.chinese_text_model, args.chinese_adapter,
+                                                     device=pipe.unet.device, dtype=pipe.unet.dtype)
+        embeds = dict(zip(("prompt_embeds", "pooled_prompt_embeds"), encoder.encode([settings.prompt])))
+    images = generate(pipe, settings, init_image=init_image, **embeds)
     for path in save_images(images, args.out, settings):
         print(path)
     return 0
