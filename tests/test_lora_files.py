@@ -98,6 +98,22 @@ def test_kohya_names_resolve_against_the_model_or_sdxl(unet, lora, tmp_path):
     assert_same_modules(load_lora(save_lora(kohya, tmp_path / "peft", "peft")), lora)
 
 
+def test_kohya_sgm_names_resolve_like_diffusers_names(unet, lora, tmp_path):
+    """sd-scripts' SDXL LoRAs name modules the SGM way (``input_blocks_4_1_...``): same modules, same merge."""
+    from tlcm.sgm_names import unet_module_sgm_name
+    renamed = {}
+    for key, tensor in to_kohya_state_dict(lora).items():
+        flat, _, suffix = key.removeprefix("lora_unet_").partition(".")
+        name = next(n for n in lora.modules if n.replace(".", "_") == flat)
+        renamed[f"lora_unet_{unet_module_sgm_name(name).replace('.', '_')}.{suffix}"] = tensor
+    assert any(k.startswith("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.") for k in renamed)
+    save_file(renamed, str(tmp_path / "sgm.safetensors"))
+    sgm = load_lora(tmp_path / "sgm.safetensors")
+    report = match_lora(sgm, unet)
+    assert set(report.matched.values()) == set(lora.modules) and report.coverage == 1.0
+    assert_same_modules(resolve_names(sgm, sdxl_unet_module_names()), lora)
+
+
 def test_sdxl_module_names_contain_the_tiny_kit(unet):
     sdxl = set(sdxl_unet_module_names())
     tiny = {name for name, _ in unet.named_modules() if name}

@@ -73,8 +73,8 @@ def parse_keys(state_dict: dict[str, torch.Tensor], source: str) -> ParsedKeys:
         what = ("no LoRA keys at all" if not parts and not skipped
                 else f"{len(unknown)} keys that are not plain LoRA down/up/alpha tensors")
         raise ValueError(f"{source}: {what} (e.g. {unknown[:3]}). Supported: PEFT lora_A/lora_B, diffusers "
-                         "lora.down/lora.up, kohya lora_down/lora_up/alpha; DoRA, LoHa/LoKr, biases and "
-                         "SGM-named (diffusion_model.*, input_blocks) files are not supported")
+                         "lora.down/lora.up, kohya lora_down/lora_up/alpha (diffusers or SGM module names); DoRA, "
+                         "LoHa/LoKr, biases and diffusion_model.* keys are not supported")
     if len(families) > 1:
         raise ValueError(f"{source}: mixes key layouts {sorted(families)}; convert each part separately")
     for name, tensors in parts.items():

@@ -65,7 +65,7 @@ def _no_match_error(lora: LoraFile, names: set[str], n_targets: int) -> LoraMatc
     if not lora.modules:
         cause = f"the file has no UNet LoRA modules, only {len(lora.skipped)} text-encoder keys"
     else:
-        cause = ("likely a LoRA for another architecture (SD1.5, FLUX, an SGM-named checkpoint), "
+        cause = ("likely a LoRA for another architecture (SD1.5, FLUX), "
                  "renamed/random keys, or a text-encoder LoRA")
     return LoraMatchError(
         f"0 of {len(lora.modules)} LoRA modules ({lora.source_format} format) match any of the model's "

@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..sgm_names import unet_module_sgm_name
+
 Tensors = Mapping[str, torch.Tensor]
 
 UNET_PREFIX = "model.diffusion_model."
@@ -23,11 +25,6 @@ VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _VAE_TOP = {"conv_norm_out": "norm_out"}
@@ -52,37 +49,13 @@ def _rename_all(state_dict: Tensors, rename: Callable[[str], str]) -> dict[str, 
     return out
 
 
-def _unet_module(module: str, layers_per_block: int, up_blocks_with_attention: set[int]) -> str:
-    """ldm name of one diffusers UNet module (SDXL's UNetModel: input/middle/output_blocks)."""
-    if module in _UNET_TOP:
-        return _UNET_TOP[module]
-    n = layers_per_block + 1   # ldm input/output blocks per diffusers block (up blocks: one more resnet)
-    m = re.fullmatch(r"(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?(resnets|attentions|downsamplers|upsamplers)"
-                     r"\.(\d+)\.?(.*)", module)
-    if m is None:
-        raise ValueError(f"unknown SDXL UNet module {module!r}")
-    kind, block, part, index, rest = m.group(1), int(m.group(2) or 0), m.group(3), int(m.group(4)), m.group(5)
-    if part == "resnets":
-        rest = _UNET_RESNET.get(rest, rest)
-    if kind == "mid_block":
-        return f"middle_block.{2 * index if part == 'resnets' else 1}.{rest}"
-    if kind == "down_blocks":
-        if part == "downsamplers":
-            return f"input_blocks.{(block + 1) * n}.0.op"
-        return f"input_blocks.{1 + block * n + index}.{0 if part == 'resnets' else 1}.{rest}"
-    if part == "upsamplers":
-        slot = 2 if block in up_blocks_with_attention else 1
-        return f"output_blocks.{block * n + layers_per_block}.{slot}.conv"
-    return f"output_blocks.{block * n + index}.{0 if part == 'resnets' else 1}.{rest}"
-
-
 def unet_to_sgm(state_dict: Tensors, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Diffusers ``UNet2DConditionModel`` tensors → ldm/SGM ``UNetModel`` names (no prefix)."""
     layers = config["layers_per_block"]
     if not isinstance(layers, int):
         raise ValueError(f"per-block layers_per_block {layers!r} has no SGM layout; SDXL uses one int")
     with_attention = {i for i, t in enumerate(config["up_block_types"]) if "CrossAttn" in t}
-    return _rename_all(state_dict, lambda m: _unet_module(m, layers, with_attention))
+    return _rename_all(state_dict, lambda m: unet_module_sgm_name(m, layers, with_attention))
 
 
 def _vae_module(module: str, num_up_blocks: int) -> str:
