@@ -18,14 +18,7 @@ from tlcm.lora import (LoraFile, LoraMatchError, LoraModule, load_lora, match_lo
 from tlcm.lora.cli import add_parser
 from tlcm.testing.tiny import tiny_unet
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls only lose from intra-op threads on a shared CPU (4x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,7 @@ from tlcm.lora import (TLCM_TARGET_SUFFIXES, load_lora, match_lora, merge_lora, 
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2, tiny_unet
 
 OFFICIAL_CONFIG_NAME = "lora_model_adapter_config.json"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls only lose from intra-op threads on a shared CPU (4x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
