@@ -1,0 +1,140 @@
+"""The WebUI LoRA story: PEFT files in the Lora folder are found, warned about, converted to kohya + .alpha."""
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from webui_stub.harness import FakeSDXL, conditioning, fake_networks, load_extension, purge, start_webui
+
+MODULES = {   # TLCM targets with SDXL module paths; shapes are small stand-ins
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": ((64, 16), (16, 64)),
+    "mid_block.resnets.0.conv1": ((64, 16, 3, 3), (16, 64, 1, 1)),
+    "up_blocks.0.attentions.0.proj_out": ((64, 16), (16, 64)),
+}
+RANK, OFFICIAL_ALPHA = 64, 8
+
+
+@pytest.fixture
+def peft_file(tmp_path):
+    """An official-style TLCM adapter: ``base_model.model.*.lora_A/B``, rank 64, no alpha, no config."""
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, (a, b) in MODULES.items():
+        state[f"base_model.model.{name}.lora_A.weight"] = torch.randn(a, generator=g)
+        state[f"base_model.model.{name}.lora_B.weight"] = torch.randn(b, generator=g)
+    path = tmp_path / "Lora" / "TLCMSDXL" / "adapter_model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file(state, str(path))
+    return path
+
+
+@pytest.fixture
+def webui(monkeypatch, peft_file):
+    webui = start_webui(monkeypatch)
+    webui.shared.sd_model = FakeSDXL(None)
+    webui.shared.cmd_opts.lora_dir = str(peft_file.parents[1])
+    yield webui
+    purge()
+
+
+def test_detection_warns_on_load_with_both_ways_out(webui, peft_file, capsys):
+    load_extension(webui)
+    err = capsys.readouterr().err
+    assert "adapter_model.safetensors is a PEFT/diffusers-layout LoRA: the WebUI applies 0 of its modules" in err
+    command = f'tlcm.cli lora convert "{peft_file}" "{peft_file.parent / "TLCMSDXL-kohya.safetensors"}" --to kohya'
+    assert command in err
+    from webui_tlcm.script import lora_status
+    assert "LoRA files the WebUI cannot apply" in lora_status() and "TLCMSDXL-kohya" in lora_status()
+
+
+def test_kohya_files_are_not_flagged(webui, peft_file):
+    from webui_tlcm import lora_folder
+    kohya = peft_file.parents[1] / "other.safetensors"
+    save_file({"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": torch.zeros(4, 16, 3, 3),
+               "lora_unet_mid_block_resnets_0_conv1.lora_up.weight": torch.zeros(16, 4, 1, 1),
+               "lora_unet_mid_block_resnets_0_conv1.alpha": torch.tensor(4.0)}, str(kohya))
+    assert [item.path for item in lora_folder.scan(peft_file.parents[1])] == [peft_file]
+
+
+def test_one_click_conversion_writes_kohya_with_the_official_scale(webui, peft_file, capsys):
+    load_extension(webui)
+    r = webui.scripts.ScriptRunner(False)
+    r.setup_ui()
+    import gradio
+    button = next(c for c in gradio.created if type(c).__name__ == "Button")
+    html = button.handler()
+    out = peft_file.parent / "TLCMSDXL-kohya.safetensors"
+    assert out.is_file()
+    assert "3/3 LoRA modules matched" in html and "scale 0.125" in html and "&lt;lora:TLCMSDXL-kohya:1&gt;" in html
+    assert "3/3 LoRA modules matched" in capsys.readouterr().err
+
+    peft, kohya = load_file(str(peft_file)), load_file(str(out))
+    assert len(kohya) == 3 * len(MODULES)
+    for name in MODULES:
+        key = "lora_unet_" + name.replace(".", "_")
+        assert kohya[f"{key}.alpha"].item() == OFFICIAL_ALPHA
+        up, down = kohya[f"{key}.lora_up.weight"], kohya[f"{key}.lora_down.weight"]
+        delta = (up.flatten(1) @ down.flatten(1)) * kohya[f"{key}.alpha"] / down.shape[0]
+        b, a = peft[f"base_model.model.{name}.lora_B.weight"], peft[f"base_model.model.{name}.lora_A.weight"]
+        torch.testing.assert_close(delta, (b.flatten(1) @ a.flatten(1)) * OFFICIAL_ALPHA / RANK)
+
+    from webui_tlcm.script import lora_status
+    assert "No unconverted" in lora_status()
+
+
+def test_prompt_using_the_peft_file_gets_a_visible_warning(webui, peft_file):
+    load_extension(webui)
+    r = webui.scripts.ScriptRunner(False)
+    r.setup_ui()
+    p = webui.processing.StableDiffusionProcessing(cond=conditioning(1, 1), uncond=conditioning(1, 2), scripts=r,
+                                                   prompt="a cat <lora:adapter_model:1>", script_args=[True, 4])
+    webui.processing.process_images(p)
+    assert any("applies 0 of its modules" in c for c in p.comments)
+    clean = webui.processing.StableDiffusionProcessing(cond=conditioning(1, 1), uncond=conditioning(1, 2), scripts=r,
+                                                       prompt="a cat <lora:TLCMSDXL-kohya:1>", script_args=[True, 4])
+    webui.processing.process_images(clean)
+    assert not clean.comments
+
+
+def test_matched_module_report_after_the_lora_extension_activates(webui, monkeypatch, capsys):
+    load_extension(webui)
+    r = webui.scripts.ScriptRunner(False)
+    r.setup_ui()
+    monkeypatch.setitem(sys.modules, "networks", fake_networks(("TLCMSDXL-kohya", 79), ("broken", 0)))
+    p = webui.processing.StableDiffusionProcessing(cond=conditioning(1, 1), uncond=conditioning(1, 2), scripts=r,
+                                                   script_args=[True, 4])
+    webui.processing.process_images(p)
+    assert "LoRA TLCMSDXL-kohya: 79 modules applied" in capsys.readouterr().err
+    assert any("LoRA broken applied 0 modules" in c for c in p.comments)
+
+
+def test_unconvertible_file_is_reported_not_written(webui, peft_file):
+    from webui_tlcm.script import convert_pending
+    bad = peft_file.parents[1] / "flux.safetensors"
+    save_file({"base_model.model.single_blocks.0.linear1.lora_A.weight": torch.zeros(4, 8),
+               "base_model.model.single_blocks.0.linear1.lora_B.weight": torch.zeros(8, 4)}, str(bad))
+    load_extension(webui)
+    html = convert_pending()
+    assert "flux.safetensors: not converted" in html
+    assert not (bad.parent / "flux-kohya.safetensors").exists()
+    assert (peft_file.parent / "TLCMSDXL-kohya.safetensors").exists()
+
+
+def test_cli_conversion_named_in_the_warning_gives_the_same_file(webui, peft_file, tmp_path):
+    from tlcm.cli import main
+    from webui_tlcm import lora_folder
+    (item,) = lora_folder.scan(peft_file.parents[1])
+    cli_out = tmp_path / "cli-kohya.safetensors"
+    assert main(["lora", "convert", str(item.path), str(cli_out), "--to", "kohya"]) == 0
+    lora_folder.convert(item)
+    ui, cli = load_file(str(item.converted)), load_file(str(cli_out))
+    assert ui.keys() == cli.keys()
+    for key in ui:
+        torch.testing.assert_close(ui[key], cli[key], rtol=0, atol=0)
+
+
+def test_damaged_files_do_not_break_the_scan(webui, peft_file):
+    from webui_tlcm import lora_folder
+    (peft_file.parents[1] / "damaged.safetensors").write_bytes(b"not a safetensors file")
+    assert [item.path for item in lora_folder.scan(peft_file.parents[1])] == [peft_file]

@@ -1,0 +1,4 @@
+"""``modules.devices``: only ``cpu``, where schedulers build their sigmas."""
+import torch
+
+cpu = torch.device("cpu")

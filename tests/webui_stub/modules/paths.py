@@ -1,0 +1,2 @@
+"""``modules.paths``: ``models_path`` (set by tests to a temporary folder)."""
+models_path = "models"

@@ -1,0 +1,15 @@
+"""``modules.shared``: ``opts`` (settings with A1111 1.10 defaults for the keys used), ``cmd_opts``, ``sd_model``."""
+from types import SimpleNamespace
+
+import torch
+
+device = torch.device("cpu")
+
+opts = SimpleNamespace(
+    hide_samplers=[], sgm_noise_multiplier=False, always_discard_next_to_last_sigma=False,
+    use_old_karras_scheduler_sigmas=False, sigma_min=0.0, sigma_max=0.0, rho=0.0, eta_ancestral=1.0,
+    eta_noise_seed_delta=0, img2img_fix_steps=False, img2img_extra_noise=0.0, enable_quantization=False,
+)
+cmd_opts = SimpleNamespace(lora_dir=None)
+sd_model = None
+"""Set by tests: an object with ``alphas_cumprod`` and ``apply_model(x, t, cond)`` (an LDM/sgm model)."""
