@@ -1,0 +1,83 @@
+"""Apply a TLCM LoRA (official PEFT, diffusers or kohya) to a ComfyUI model through the core's conversion.
+
+ComfyUI's own loader finds 0 modules of the official PEFT file and no alpha in it (8x too strong). Here
+the core reads any format with the right alpha, matches it against the model's diffusers module names,
+writes kohya keys with a per-module ``.alpha`` and hands those to ComfyUI's own LoRA patching, so the
+weights ComfyUI computes are the core's ``strength * alpha/rank * up @ down``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.lora
+import comfy.utils
+
+from ..tlcm.lora import LoraFile, LoraMatchError, load_lora, match_lora, to_kohya_state_dict
+from ..tlcm.lora.reading import locate_weights, read_state_dict
+
+
+@dataclass
+class AppliedLora:
+    model: object
+    clip: object | None
+    report: str
+
+
+def _diffusers_to_comfy(model, weights: dict) -> dict[str, str]:
+    """diffusers UNet module path -> ComfyUI weight key (``diffusion_model.…weight``), for weights that exist.
+
+    ComfyUI's map lists every key the layout could have (e.g. shortcuts a block lacks): keep real ones.
+    """
+    mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+    keys = {k.removesuffix(".weight"): f"diffusion_model.{v}" for k, v in mapping.items() if k.endswith(".weight")}
+    return {name: key for name, key in keys.items() if key in weights}
+
+
+def _check_shapes(lora: LoraFile, matched: dict[str, str], module_keys: dict[str, str], weights: dict) -> None:
+    """A LoRA made for a differently sized model would only be logged and skipped by ComfyUI: fail instead."""
+    wrong = [f"{path}: LoRA {lora.modules[name].delta_shape} vs {tuple(weights[module_keys[path]].shape)}"
+             for name, path in matched.items()
+             if math.prod(lora.modules[name].delta_shape) != weights[module_keys[path]].numel()
+             or lora.modules[name].delta_shape[0] != weights[module_keys[path]].shape[0]]
+    if wrong:
+        raise LoraMatchError(f"{len(wrong)} of {len(matched)} matched LoRA modules do not fit this model's weights "
+                             f"(e.g. {wrong[:2]}): the LoRA was made for another architecture")
+
+
+def _patch_clip(clip, path: Path, lora: LoraFile, strength: float) -> tuple[object, int]:
+    """Text-encoder keys of the file (the core ignores them) through ComfyUI's own CLIP key map."""
+    if clip is None or not lora.skipped:
+        return clip, 0
+    raw = read_state_dict(locate_weights(path))
+    te = {k: raw[k] for k in lora.skipped if k in raw}
+    patches = comfy.lora.load_lora(te, comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}), log_missing=False)
+    new_clip = clip.clone()
+    return new_clip, len(new_clip.add_patches(patches, strength))
+
+
+def apply_tlcm_lora(model, clip, path: str | Path, strength: float) -> AppliedLora:
+    """Patch ``model`` (and ``clip`` if the file has text-encoder keys); raises ``LoraMatchError`` on no fit."""
+    path = Path(path)
+    lora = load_lora(path)
+    weights = model.model_state_dict()
+    module_keys = _diffusers_to_comfy(model, weights)
+    report = match_lora(lora, set(module_keys))
+    _check_shapes(lora, report.matched, module_keys, weights)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    patches = comfy.lora.load_lora(to_kohya_state_dict(lora), key_map, log_missing=False)
+    new_model = model.clone()
+    patched = new_model.add_patches(patches, strength)
+    if not patched:
+        raise LoraMatchError(f"{path.name}: ComfyUI patched 0 of {len(report.matched)} matched modules")
+    new_clip, clip_patched = _patch_clip(clip, path, lora, strength)
+    scales = sorted({f"{m.scale:g}" for m in lora.modules.values()})
+    lines = [f"{path.name}: {lora.source_format} LoRA, {len(patched)}/{len(lora.modules)} modules patched in "
+             f"the UNet at strength {strength:g} (scale alpha/rank {', '.join(scales)})",
+             report.summary()]
+    if lora.skipped:
+        lines.append(f"text encoder: {clip_patched} weights patched from {len(lora.skipped)} keys"
+                     + ("" if clip is not None else " (no CLIP connected)"))
+    lines += [f"note: {n}" for n in lora.notes]
+    return AppliedLora(new_model, new_clip, "\n".join(lines))

@@ -1,0 +1,58 @@
+"""TLCM Sampler (SAMPLER) and TLCM Scheduler (SIGMAS) for SamplerCustom / SamplerCustomAdvanced."""
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..tlcm.schedules import OFFICIAL_NUM_SEGMENTS, SCHEDULES
+from .sampling import sample_tlcm, tlcm_sigmas
+
+CATEGORY = "sampling/tlcm"
+
+
+class TLCMSampler(io.ComfyNode):
+    """The TLCM sampler; ``eta`` is the core's stochasticity (1 official fresh noise, 0 deterministic)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TLCMSampler",
+            display_name="TLCM Sampler",
+            category=CATEGORY,
+            description="TLCM sampler: predict x0 at each milestone and re-noise it to the next one. "
+                        "Use CFG 1 (guidance is distilled into the LoRA).",
+            inputs=[io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
+                                   tooltip="Stochasticity: 1 = fresh noise each step (official TLCM), "
+                                           "0 = deterministic DDIM jump, between = blend.")],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, eta: float) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_tlcm, extra_options={"eta": eta}))
+
+
+class TLCMScheduler(io.ComfyNode):
+    """Milestone sigmas from the model's own model sampling (core rules for denoise < 1)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TLCMScheduler",
+            display_name="TLCM Scheduler",
+            category=CATEGORY,
+            description="Sigmas of the TLCM milestone schedule. denoise < 1 builds the int(steps/denoise)-step "
+                        "schedule and keeps its last steps (as KSampler does); more than 8 steps refine the grid.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Int.Input("steps", default=4, min=1, max=OFFICIAL_NUM_SEGMENTS),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="tlcm",
+                               tooltip="tlcm: the official milestone table; uniform: the paper's q-step grid."),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, steps: int, denoise: float, schedule: str) -> io.NodeOutput:
+        return io.NodeOutput(tlcm_sigmas(model.get_model_object("model_sampling"), steps, schedule, denoise))

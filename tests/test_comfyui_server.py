@@ -1,0 +1,139 @@
+"""One headless ComfyUI server (127.0.0.1, random port): node listing, every example workflow, bad inputs.
+
+The shipped API-format examples name real files (SDXL base, the official TLCM LoRA, an SDXL ControlNet,
+1024² latents); here they run unchanged except for those file names and the latent size, which point at
+the tiny kit.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from comfy_harness import (CHECKPOINT, CONTROLNET, INPUT_IMAGE, REPO, PromptRejected,  # noqa: F401 (fixtures)
+                           comfy_base, comfy_nodes, comfy_server)
+
+EXAMPLES = REPO / "example_workflows"
+API_EXAMPLES = sorted((EXAMPLES / "api").glob("*.json"))
+OFFICIAL_LORA = "tiny_tlcm_official/adapter_model.safetensors"
+TINY_FILES = {
+    "sd_xl_base_1.0.safetensors": CHECKPOINT,
+    "TLCMSDXL/adapter_model.safetensors": OFFICIAL_LORA,
+    "controlnet-canny-sdxl-1.0.safetensors": CONTROLNET,
+    "control_canny.png": INPUT_IMAGE,
+    "img2img_source.png": INPUT_IMAGE,
+}
+TINY_SIZE = 64
+TLCM_NODES = ("TLCMSampler", "TLCMScheduler", "TLCMLoraLoader", "TLCMLoraSave")
+
+
+def _on_tiny_kit(prompt: dict) -> dict:
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for key, value in inputs.items():
+            if isinstance(value, str) and value in TINY_FILES:
+                inputs[key] = TINY_FILES[value]
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=TINY_SIZE, height=TINY_SIZE)
+    return prompt
+
+
+def _load(name: str) -> dict:
+    return json.loads((EXAMPLES / "api" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _combo_options(spec: list) -> list:
+    """Dropdown values from /object_info: V1 ``[[...], {...}]`` or V3 ``["COMBO", {"options": [...]}]``."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
+def test_object_info_lists_nodes_and_tlcm_dropdowns(comfy_server):
+    info = comfy_server.get("/object_info")
+    for node_id in TLCM_NODES:
+        assert node_id in info, f"{node_id} missing from /object_info (import error? see {comfy_server.log_path})"
+        assert "tlcm" in info[node_id]["category"]
+    for node_id, field in (("KSampler", "sampler_name"), ("KSampler", "scheduler"), ("KSamplerAdvanced", "sampler_name"),
+                           ("KSamplerAdvanced", "scheduler"), ("KSamplerSelect", "sampler_name")):
+        assert "tlcm" in _combo_options(info[node_id]["input"]["required"][field])
+    steps = info["TLCMScheduler"]["input"]["required"]["steps"]
+    assert (steps[1]["min"], steps[1]["max"]) == (1, 8)
+    assert OFFICIAL_LORA in _combo_options(info["TLCMLoraLoader"]["input"]["required"]["lora_name"])
+
+
+def _ui_to_api(ui: dict, info: dict) -> dict:
+    """What the ComfyUI front end queues for a UI workflow: widget values by input name, links as [id, slot]."""
+    links = {link[0]: link for link in ui["links"]}
+    prompt = {}
+    for node in ui["nodes"]:
+        if node["type"] in ("Note", "MarkdownNote"):
+            continue
+        spec, widgets, inputs = info[node["type"]], list(node["widgets_values"]), {}
+        for section in ("required", "optional"):
+            for name in spec["input_order"].get(section, []):
+                kind, options = spec["input"][section][name][0], (spec["input"][section][name] + [{}])[1]
+                if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                    inputs[name] = widgets.pop(0)
+                    widgets = widgets[1:] if options.get("control_after_generate") or options.get("image_upload") \
+                        else widgets
+        for slot in node["inputs"]:
+            if slot["link"] is not None:
+                link = links[slot["link"]]
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def test_ui_examples_are_twins_of_the_api_examples(comfy_server):
+    info = comfy_server.get("/object_info")
+    for api_path in API_EXAMPLES:
+        ui = json.loads((EXAMPLES / api_path.name).read_text(encoding="utf-8"))
+        assert _ui_to_api(ui, info) == json.loads(api_path.read_text(encoding="utf-8")), api_path.name
+
+
+@pytest.mark.parametrize("example", [p.stem for p in API_EXAMPLES])
+def test_example_workflow_saves_an_image(comfy_server, comfy_base, example):
+    entry = comfy_server.run_prompt(_on_tiny_kit(_load(example)))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    assert len(images) == 1 and images[0]["type"] == "output"
+    path = Path(comfy_base) / "output" / images[0]["subfolder"] / images[0]["filename"]
+    with Image.open(path) as image:
+        assert image.size == (TINY_SIZE, TINY_SIZE)
+        assert len(set(image.getdata())) > 1   # not a blank/NaN image
+
+
+def _node_id(prompt: dict, class_type: str) -> str:
+    return next(k for k, n in prompt.items() if n["class_type"] == class_type)
+
+
+def test_invalid_inputs_give_errors_and_the_server_survives(comfy_server):
+    prompt = _on_tiny_kit(_load("tlcm_sampler_custom_advanced"))
+    scheduler, loader = _node_id(prompt, "TLCMScheduler"), _node_id(prompt, "TLCMLoraLoader")
+
+    too_many = copy.deepcopy(prompt)
+    too_many[scheduler]["inputs"]["steps"] = 9
+    with pytest.raises(PromptRejected) as rejected:
+        comfy_server.run_prompt(too_many)
+    errors = rejected.value.body["node_errors"][scheduler]["errors"]
+    assert rejected.value.status == 400 and errors[0]["type"] == "value_bigger_than_max"
+
+    unknown = copy.deepcopy(prompt)
+    unknown[loader]["inputs"]["lora_name"] = "no_such_lora.safetensors"
+    with pytest.raises(PromptRejected) as rejected:
+        comfy_server.run_prompt(unknown)
+    assert rejected.value.body["node_errors"][loader]["errors"][0]["type"] == "value_not_in_list"
+
+    wrong = copy.deepcopy(prompt)
+    wrong[loader]["inputs"]["lora_name"] = "wrong_arch_sd15_kohya.safetensors"
+    entry = comfy_server.run_prompt(wrong)
+    assert entry["status"]["status_str"] == "error"
+    failure = next(data for kind, data in entry["status"]["messages"] if kind == "execution_error")
+    assert failure["node_type"] == "TLCMLoraLoader"
+    assert "0 of 2 LoRA modules" in failure["exception_message"]
+
+    assert comfy_server.process.poll() is None
+    assert comfy_server.run_prompt(prompt)["status"]["status_str"] == "success"
