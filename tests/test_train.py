@@ -1,0 +1,212 @@
+"""Trainer on the tiny SDXL kit: gradient trap, a short distillation that lowers the loss and exports
+loadable LoRAs, exact resume after a signal, clear errors for bad paths. Seconds each on a CPU."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from tlcm.lora import load_lora, merge_lora
+from tlcm.testing.build import build_tiny_sdxl
+from tlcm.testing.tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2, tiny_unet
+from train.adapters import add_student, require_student_active, student_parameters, student_state_dict
+from train.config import LoraConfig, load_config
+from train.consistency import consistency_loss
+from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+from train.loop import Trainer
+from train.losses import l2_distance
+from train.prompts import PromptFileError
+from train.stage1_mlcd import MlcdStage
+
+FAST_TARGETS = "[to_q, to_k, to_v, to_out.0]"     # a few dozen modules: PEFT's per-module cost dominates on CPU
+SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 prediction_type="epsilon")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and spinning OpenMP workers on a shared CI box cost minutes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_kit")
+    (root / "prompts.txt").write_text("a red cat\na blue dog\na green car\na yellow house\n")
+    return build_tiny_sdxl(root / "kit"), root / "prompts.txt"
+
+
+def tiny_config(kit, out, *overrides):
+    paths, prompts = kit
+    return load_config(None, [
+        f"model.path={paths.diffusers}", f"data.prompts=[{prompts}]", "data.sample_prompts=[a red cat, a blue dog]",
+        "lora.rank=4", "lora.alpha=4", f"lora.target_modules={FAST_TARGETS}", "distill.num_segments=4",
+        "mlcd.steps=3", "lcd.steps=2", "mlcd.lr=1e-3", "lcd.lr=1e-3", "train.max_grad_norm=0",
+        "train.resolution=64", "train.batch_size=2", f"output.dir={out}", "output.sample_every=0",
+        "output.checkpoint_every=0", "output.formats=[peft]", *overrides])
+
+
+def random_cond(batch: int) -> Conditioning:
+    g = torch.Generator().manual_seed(1)
+    return Conditioning(torch.randn(batch, 77, CROSS_ATTENTION_DIM, generator=g),
+                        torch.randn(batch, TEXT_WIDTH_2, generator=g), sdxl_time_ids(64, batch))
+
+
+def test_adapter_switch_trap_and_the_training_step_pattern():
+    unet = tiny_unet()
+    add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"]))
+    params = student_parameters(unet)
+    den = Denoiser(unet, SCHEDULER, torch.device("cpu"))
+    cond, t = random_cond(2), torch.tensor([500, 700])
+    z = torch.randn(2, 4, 8, 8)
+
+    # naive: student forward with a graph, then the teacher runs (adapters disabled), then backward
+    x0, _ = den.predict(z, t, cond)
+    unet.disable_adapters()
+    with torch.no_grad():
+        den.predict(z, t, cond)
+    with pytest.raises(RuntimeError, match="adapter-switch trap"):
+        require_student_active(unet)
+    x0.square().mean().backward()
+    assert all(p.grad is None for p in params), "the trap no longer loses gradients: revisit docs/trainer.md §3"
+    unet.enable_adapters()
+    unet.set_adapter("student")
+
+    # the trainer's step: teacher first (inside the stage), then target and prediction, backward in student state
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    stage = MlcdStage(load_config(None, ["model.path=/m", "data.prompts=[p]", "distill.num_segments=4"]).distill,
+                      load_config(None, ["model.path=/m", "data.prompts=[p]"]).mlcd, (4, 8, 8))
+    loss = consistency_loss(stage, den, cond, l2_distance, torch.Generator().manual_seed(0))
+    require_student_active(unet)
+    loss.backward()
+    assert all(p.grad is not None for p in params)
+    ups = [p for n, p in unet.named_parameters() if "lora_B.student" in n]
+    assert all(p.grad.abs().sum() > 0 for p in ups)          # lora_B gets signal from step one (A's grads are 0 while B = 0)
+    assert all(p.grad is None for n, p in unet.named_parameters() if "lora_" not in n)
+
+
+def test_stage_pairs_follow_algorithms_1_and_2():
+    from train.stage2_lcd import LcdStage
+    unet = tiny_unet()
+    add_student(unet, LoraConfig(rank=2, alpha=2, target_modules=["to_q"]))
+    den = Denoiser(unet, SCHEDULER, torch.device("cpu"))
+    cfg = load_config(None, ["model.path=/m", "data.prompts=[p]", "distill.num_segments=4"])
+    grid = torch.tensor([999, 749, 499, 249, 0])
+    g = torch.Generator().manual_seed(0)
+    pair = MlcdStage(cfg.distill, cfg.mlcd, (4, 8, 8)).make_pair(den, random_cond(16), g)
+    k = torch.searchsorted(-grid, -pair.boundary)                    # boundary = grid[k + 1]
+    assert torch.equal(grid[k], pair.boundary) and bool((k >= 1).all())
+    assert bool(((pair.t_m >= pair.boundary + 20) & (pair.t_m <= grid[k - 1])).all())
+    assert torch.equal(pair.t_n, pair.t_m - 20) and len(set(pair.boundary.tolist())) > 1
+    pair = LcdStage(cfg.distill, cfg.lcd, (4, 8, 8)).make_pair(den, random_cond(8), g)
+    k = torch.searchsorted(-grid, -pair.t_m)
+    assert torch.equal(grid[k], pair.t_m) and bool((k <= 3).all()) and torch.equal(grid[k + 1], pair.t_n)
+    assert torch.isfinite(pair.z_n).all() and not torch.equal(pair.z_m, pair.z_n)
+
+
+def eval_loss(trainer: Trainer, stage: str) -> float:
+    """The stage's loss on fixed prompts and fixed noise (independent of the training RNG)."""
+    cond = trainer.cache.batch(list(range(4)), trainer.device)
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        return sum(float(consistency_loss(trainer.stages[stage], trainer.denoiser, cond, trainer.distance, g))
+                   for _ in range(2)) / 2
+
+
+def test_distillation_lowers_loss_and_exports_loadable_lora(kit, tmp_path):
+    cfg = tiny_config(kit, tmp_path / "run", "mlcd.steps=10", "lcd.steps=4", "output.sample_every=7",
+                      "output.formats=[kohya, diffusers, peft]", "output.save_dtype=fp32")
+    trainer = Trainer(cfg)
+    before = {s: eval_loss(trainer, s) for s in ("mlcd", "lcd")}
+    result = trainer.run()
+    after = {s: eval_loss(trainer, s) for s in ("mlcd", "lcd")}
+    assert result.state == "finished" and result.step == 14 and len(result.losses) == 14
+    assert after["mlcd"] < before["mlcd"] and after["lcd"] < before["lcd"], (before, after)
+
+    out = tmp_path / "run"
+    logged = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, 15)) and "loss/lcd" in logged[-1] and "lr" in logged[0]
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    assert load_config(out / "config.yaml") == cfg
+    grids = sorted((out / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step-00000007.png", "step-00000014.png"]
+    from PIL import Image
+    assert Image.open(grids[0]).size == (64 * 3, 64 * 2)          # columns 2/4/8 steps, rows = sample prompts
+
+    # every export loads through the core at the trained scale and reproduces the student exactly when merged
+    student = student_state_dict(trainer.unet)
+    z, t, cond = torch.randn(1, 4, 8, 8), torch.tensor([600]), trainer.cache.batch([0], trainer.device)
+    with torch.no_grad():
+        expected = trainer.denoiser.model_output(z, t, cond)
+    for fmt, path in result.lora_files.items():
+        lora = load_lora(path)
+        assert len(lora.modules) == len(student) // 2 and all(m.scale == 1.0 for m in lora.modules.values()), fmt
+        unet = tiny_unet()
+        assert len(merge_lora(unet, lora).matched) == len(lora.modules)
+        got = Denoiser(unet, SCHEDULER, torch.device("cpu")).model_output(z, t, cond)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=fmt)
+
+    # and samples with the core's TLCM scheduler: an image that differs from the base model's
+    from tlcm.models import load_sdxl_pipeline
+    from tlcm.scheduler import TLCMScheduler
+    images = []
+    for lora_path in (None, result.lora_files["kohya"]):
+        pipe = load_sdxl_pipeline(kit[0].diffusers, device="cpu", dtype=torch.float32)
+        if lora_path:
+            merge_lora(pipe.unet, load_lora(lora_path))
+        pipe.scheduler = TLCMScheduler.from_config(pipe.scheduler.config)
+        images.append(pipe("a red cat", num_inference_steps=4, guidance_scale=0, height=64, width=64,
+                           generator=torch.Generator().manual_seed(0), output_type="np").images[0])
+    assert images[1].shape == (64, 64, 3) and images[1].std() > 0 and abs(images[1] - images[0]).max() > 1e-4
+
+
+def test_signal_stop_then_resume_equals_uninterrupted_run(kit, tmp_path):
+    straight = Trainer(tiny_config(kit, tmp_path / "a", "output.checkpoint_every=1", "output.keep_checkpoints=2"))
+    full = straight.run()
+    assert [p.name for p in sorted((tmp_path / "a" / "checkpoints").iterdir())] == \
+        ["checkpoint-00000004", "checkpoint-00000005"]                      # keep-last-N
+
+    interrupted = Trainer(tiny_config(kit, tmp_path / "b"))
+    step = interrupted.train_step
+
+    def step_then_sigint():
+        loss = step()
+        if interrupted.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)      # as Ctrl-C / a scheduler's SIGTERM would
+        return loss
+    interrupted.train_step = step_then_sigint
+    first = interrupted.run()
+    assert first.state == "stopped" and first.step == 2 and first.checkpoint.name == "checkpoint-00000002"
+    assert (tmp_path / "b" / "lora" / "tlcm_lora_peft" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["state"] == "stopped"
+
+    resumed = Trainer(tiny_config(kit, tmp_path / "b"))
+    rest = resumed.run(resume="latest")          # crosses the MLCD -> LCD switch
+    assert rest.state == "finished" and rest.step == 5
+    assert first.losses + rest.losses == full.losses
+    a, b = student_state_dict(straight.unet), student_state_dict(resumed.unet)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_paths_fail_clearly(kit, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no SDXL model"):
+        Trainer(tiny_config(kit, tmp_path, f"model.path={tmp_path / 'nope'}"))
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(PromptFileError, match="holds no prompts"):
+        Trainer(tiny_config(kit, tmp_path, f"data.prompts=[{tmp_path / 'empty.txt'}]"))
+    with pytest.raises(PromptFileError, match="not found"):
+        Trainer(tiny_config(kit, tmp_path, f"data.prompts=[{tmp_path / 'missing.jsonl'}]"))
+    with pytest.raises(ValueError, match="lora.target_modules.*not found"):
+        Trainer(tiny_config(kit, tmp_path, "lora.target_modules=[no_such_layer]"))
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="needs bitsandbytes"):
+            Trainer(tiny_config(kit, tmp_path, "train.optimizer=adamw8bit"))

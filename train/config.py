@@ -1,0 +1,271 @@
+"""Training configuration: one YAML or TOML file, ``section.key=value`` overrides, strict validation.
+
+Defaults are the paper's (TLCM §5.1, Algorithms 1-2): M = 8 segments, CFG w = 8, skip 20, stage 1 lr
+1e-4, stage 2 lr 1e-5 with q = 4 student and p = 3 teacher steps, LoRA rank 64 on TLCM's targets.
+Unknown keys and wrong types fail with the offending key named, so a typo never trains silently with a
+default. ``lora.alpha`` defaults to 8 because the official TLCM loader ignores the saved alpha and
+applies 8/64 (docs/trainer.md §8); other values are exported exactly but need a loader that reads alpha.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+DISTANCES = ("l2", "huber")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is unreadable, unknown or out of range."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""                      # local diffusers SDXL folder or single-file .safetensors
+    single_file_config: str | None = None   # diffusers folder of configs for a non-standard single file
+
+
+@dataclass
+class DataConfig:
+    prompts: list[str] = field(default_factory=list)       # .txt / .jsonl / .csv files
+    sample_prompts: list[str] = field(default_factory=lambda: ["a photo of a cat", "a red car in the snow"])
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 64
+    alpha: float = 8.0
+    target_modules: list[str] | None = None    # None: TLCM's 14 target suffixes
+
+
+@dataclass
+class DistillConfig:
+    num_segments: int = 8               # M: milestones of the TLCM grid
+    guidance_scale: float = 8.0         # teacher CFG w
+    distance: str = "l2"
+    huber_c: float = 0.001              # pseudo-Huber c (used when distance = huber)
+
+
+@dataclass
+class MlcdConfig:
+    steps: int = 12000
+    lr: float = 1e-4
+    skip: int = 20                      # t_n = t_m - skip
+
+
+@dataclass
+class LcdConfig:
+    steps: int = 2000
+    lr: float = 1e-5
+    student_steps: int = 4              # q: uniform student rollout to ẑ0
+    teacher_steps: int = 3              # p: teacher CFG-DDIM steps over one segment
+    rollout_eta: float = 1.0            # 1: official fresh-noise TLCM sampler, 0: deterministic
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1                 # per process
+    resolution: int = 1024              # pixels (square)
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = True
+    optimizer: str = "adamw"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0               # linear warm-up at the start of each stage
+    seed: int = 0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "tlcm-train-out"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 500             # 0 disables sample grids
+    sample_steps: list[int] = field(default_factory=lambda: [2, 4, 8])
+    sample_seed: int = 0
+    log_every: int = 1
+    formats: list[str] = field(default_factory=lambda: ["kohya", "diffusers", "peft"])
+    save_dtype: str = "fp16"            # dtype of the exported LoRA files: fp16 | bf16 | fp32
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    mlcd: MlcdConfig = field(default_factory=MlcdConfig)
+    lcd: LcdConfig = field(default_factory=LcdConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def total_steps(self) -> int:
+        return self.mlcd.steps + self.lcd.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Hash of everything that shapes the optimisation (not output cadence), checked on resume."""
+        data = self.to_dict()
+        data.pop("output")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def validate(self) -> "Config":
+        """Range checks that the types alone cannot express; returns self."""
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}: {msg}")
+        need(bool(self.model.path), "model.path", "required (a local SDXL diffusers folder or .safetensors file)")
+        need(bool(self.data.prompts), "data.prompts", "required (one or more .txt/.jsonl/.csv prompt files)")
+        need(self.lora.rank >= 1, "lora.rank", f"must be >= 1, got {self.lora.rank}")
+        need(self.lora.alpha > 0, "lora.alpha", f"must be > 0, got {self.lora.alpha}")
+        need(self.lora.target_modules is None or len(self.lora.target_modules) > 0, "lora.target_modules",
+             "must be null (TLCM targets) or a non-empty list")
+        need(1 <= self.distill.num_segments <= 100, "distill.num_segments", "must be in [1, 100]")
+        need(self.distill.guidance_scale >= 1.0, "distill.guidance_scale", "must be >= 1 (1 = no CFG)")
+        need(self.distill.distance in DISTANCES, "distill.distance", f"one of {DISTANCES}, got {self.distill.distance!r}")
+        need(self.distill.huber_c > 0, "distill.huber_c", "must be > 0")
+        segment = 1000 // self.distill.num_segments
+        need(1 <= self.mlcd.skip < segment, "mlcd.skip", f"must be in [1, {segment}) (segment length)")
+        need(self.mlcd.steps >= 0 and self.lcd.steps >= 0, "mlcd.steps/lcd.steps", "must be >= 0")
+        need(self.total_steps > 0, "mlcd.steps + lcd.steps", "nothing to train: both stages have 0 steps")
+        need(self.mlcd.lr > 0 and self.lcd.lr > 0, "mlcd.lr/lcd.lr", "must be > 0")
+        need(self.lcd.student_steps >= 1, "lcd.student_steps", "must be >= 1")
+        need(self.lcd.teacher_steps >= 1, "lcd.teacher_steps", "must be >= 1")
+        need(0.0 <= self.lcd.rollout_eta <= 1.0, "lcd.rollout_eta", "must be in [0, 1]")
+        need(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+        need(self.train.resolution >= 8 and self.train.resolution % 8 == 0, "train.resolution",
+             f"must be a positive multiple of 8, got {self.train.resolution}")
+        need(self.train.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"one of {MIXED_PRECISION}")
+        need(self.train.optimizer in OPTIMIZERS, "train.optimizer", f"one of {OPTIMIZERS}")
+        need(self.train.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = no clipping)")
+        need(self.train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        need(self.output.checkpoint_every >= 0, "output.checkpoint_every", "must be >= 0 (0 = only at the end)")
+        need(self.output.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1")
+        need(self.output.sample_every >= 0, "output.sample_every", "must be >= 0 (0 = off)")
+        need(all(1 <= s <= 8 for s in self.output.sample_steps), "output.sample_steps", "each in 1..8")
+        need(self.output.log_every >= 1, "output.log_every", "must be >= 1")
+        need(set(self.output.formats) <= {"kohya", "diffusers", "peft"}, "output.formats",
+             f"subset of kohya, diffusers, peft; got {self.output.formats}")
+        need(self.output.save_dtype in ("fp16", "bf16", "fp32"), "output.save_dtype", "one of fp16, bf16, fp32")
+        return self
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against a dataclass field type (int/float/bool/str, list[...], X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):      # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid in {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML or TOML config file, with readable errors."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{path}: config files must be {', '.join(CONFIG_SUFFIXES)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot parse ({err})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``section.key=value`` override in place; the value is parsed as YAML (``1e-4``, ``[2, 4]``)."""
+    key, sep, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {override!r}: expected section.key=value, e.g. mlcd.steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: cannot parse the value ({err})") from err
+    section = data.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"override {override!r}: {parts[0]} is not a section")
+    section[parts[1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- file <- overrides, type-checked and validated."""
+    data = read_config_file(path) if path is not None else {}
+    for override in overrides:
+        apply_override(data, override)
+    return _build(Config, data, "").validate()
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """Write ``config`` as YAML (the snapshot kept beside the outputs; loadable by ``load_config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return path

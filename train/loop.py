@@ -1,0 +1,289 @@
+"""The training run: load once, cache prompts, then MLCD (stage 1) -> LCD (stage 2) on one LoRA.
+
+Multi-GPU / multi-node: launched by ``accelerate launch``; each process keeps a full frozen base UNet
+and its own prompt shard. The UNet is **not** wrapped in DDP, because one step runs it under several
+adapter states; instead the student's LoRA gradients are averaged across processes on a flat buffer
+before every optimizer step (docs/trainer.md §6), which keeps the LoRA identical on all ranks — checked
+at the end of every multi-process run. Every LR value is absolute: ``LambdaLR`` over a base lr of 1
+returns the current stage's lr (with optional per-stage warm-up), so stage switches need no second
+optimizer or scheduler and resume exactly.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from tlcm.models import load_sdxl_pipeline
+from tlcm.scheduler import TLCMScheduler
+
+from .adapters import add_student, load_student_state_dict, require_student_active, student_state_dict
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .config import Config, save_config
+from .consistency import Stage, consistency_loss
+from .diffusion import Denoiser
+from .embeddings import encode_prompts, unload_text_encoders
+from .export import export_lora
+from .losses import build_distance
+from .prompts import PromptStream, read_prompts
+from .samples import save_grid
+from .stage1_mlcd import MlcdStage
+from .stage2_lcd import LcdStage
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class RunResult:
+    """How a run ended and where its outputs are."""
+
+    state: str                       # finished | stopped
+    step: int
+    output_dir: Path
+    losses: list[float] = field(default_factory=list)     # mean loss over processes, per step of this run
+    lora_files: dict[str, Path] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask for a clean stop (checkpoint + export) at the end of the current step; a second
+    signal restores the default handler, so pressing Ctrl-C twice still kills the process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __enter__(self) -> "StopFlag":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def stage_lr(config: Config, step: int) -> float:
+    """Absolute learning rate at global ``step``: the stage's lr with linear warm-up inside each stage."""
+    lr, start = (config.mlcd.lr, 0) if step < config.mlcd.steps else (config.lcd.lr, config.mlcd.steps)
+    warmup = config.train.warmup_steps
+    return lr * min(1.0, (step - start + 1) / warmup) if warmup else lr
+
+
+def make_optimizer(config: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW when asked for (and installed)."""
+    kwargs = dict(lr=1.0, betas=(config.train.adam_beta1, config.train.adam_beta2), eps=config.train.adam_epsilon,
+                  weight_decay=config.train.weight_decay)
+    if config.train.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ImportError("train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
+                              "or use train.optimizer=adamw") from err
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def average_gradients(params: list[torch.nn.Parameter], reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace each grad by its mean over processes (one collective on a flat buffer)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = reduce(torch.cat([g.flatten() for g in grads]))
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def lora_digest(state: dict[str, torch.Tensor]) -> int:
+    """63-bit fingerprint of the LoRA weights (compared across ranks)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].float().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
+class Trainer:
+    """Builds everything from a ``Config`` and runs it; one instance per process."""
+
+    def __init__(self, config: Config, accelerator=None):
+        from accelerate import Accelerator
+        self.config = config
+        # without CUDA, processes started by `accelerate launch --multi_gpu` talk over gloo on the CPU
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision,
+                                                      cpu=not torch.cuda.is_available())
+        acc = self.accelerator
+        self.device = acc.device
+        self.output_dir = Path(config.output.dir).expanduser()
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.prompts = read_prompts(config.data.prompts)           # fails fast, before loading the model
+        if not Path(config.model.path).expanduser().exists():
+            raise FileNotFoundError(f"model.path: no SDXL model at {config.model.path} (a local diffusers "
+                                    "folder or single-file .safetensors)")
+
+        torch.manual_seed(config.train.seed)        # same LoRA init on every rank
+        self.generator = torch.Generator().manual_seed(config.train.seed + 7919 * (acc.process_index + 1))
+        pipe = load_sdxl_pipeline(config.model.path, device=self.device, dtype=WEIGHT_DTYPES[config.train.mixed_precision],
+                                  config=config.model.single_file_config)
+        self.vae = pipe.vae.to("cpu", torch.float32)     # only sample grids decode; SDXL's VAE overflows in fp16
+        self.stream = PromptStream(len(self.prompts), config.train.batch_size, config.train.seed,
+                                   acc.process_index, acc.num_processes)
+        res = config.train.resolution
+        self.cache = encode_prompts(pipe, self.prompts, self.stream.shard, res, self.device)
+        sample_prompts = config.data.sample_prompts if acc.is_main_process and config.output.sample_every else []
+        self.sample_cond = (encode_prompts(pipe, sample_prompts, list(range(len(sample_prompts))), res, self.device)
+                            .batch(range(len(sample_prompts)), self.device) if sample_prompts else None)
+        unload_text_encoders(pipe)
+        gc.collect()
+
+        self.unet = pipe.unet
+        self.params = add_student(self.unet, config.lora)
+        if config.train.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.unet.train()
+        self.denoiser = Denoiser(self.unet, dict(pipe.scheduler.config), self.device)
+        self.sampler = TLCMScheduler.from_config(pipe.scheduler.config)
+        vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_shape = (self.unet.config.in_channels, res // vae_scale, res // vae_scale)
+        T = self.denoiser.num_train_timesteps
+        self.stages: dict[str, Stage] = {"mlcd": MlcdStage(config.distill, config.mlcd, self.latent_shape, T),
+                                         "lcd": LcdStage(config.distill, config.lcd, self.latent_shape, T)}
+        self.distance = build_distance(config.distill)
+        self.optimizer = acc.prepare(make_optimizer(config, self.params))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: stage_lr(config, s))
+        self.step = 0
+        self.tracker = Tracker(self.output_dir, config.total_steps) if acc.is_main_process else None
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def stage_at(self, step: int) -> Stage:
+        return self.stages["mlcd" if step < self.config.mlcd.steps else "lcd"]
+
+    def train_step(self) -> float:
+        """One optimizer step; returns this process's loss."""
+        stage = self.stage_at(self.step)
+        cond = self.cache.batch(self.stream.next_batch(), self.device)
+        with self.accelerator.autocast():
+            loss = consistency_loss(stage, self.denoiser, cond, self.distance, self.generator)
+        require_student_active(self.unet)
+        self.accelerator.backward(loss)
+        if self.accelerator.num_processes > 1:
+            average_gradients(self.params, lambda t: self.accelerator.reduce(t, reduction="mean"))
+        if self.config.train.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, self.config.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(loss.detach())
+
+    def save(self) -> Path:
+        acc = self.accelerator
+        return save_checkpoint(self.checkpoint_root, self.step, lora_state=student_state_dict(self.unet),
+                               optimizer=self.optimizer, scheduler=self.scheduler, generator=self.generator,
+                               prompt_position=self.stream.position, config_digest=self.config.digest(),
+                               rank=acc.process_index, is_main=acc.is_main_process, barrier=acc.wait_for_everyone,
+                               keep=self.config.output.keep_checkpoints)
+
+    def resume(self, resume: str | None) -> Path | None:
+        path = resolve_resume(resume, self.checkpoint_root)
+        if path is None:
+            return None
+        state = load_checkpoint(path, load_lora=lambda sd: load_student_state_dict(self.unet, sd),
+                                optimizer=self.optimizer, scheduler=self.scheduler, generator=self.generator,
+                                rank=self.accelerator.process_index)
+        for p in self.params:          # PEFT loads in the weights' dtype; keep fp32 masters
+            p.data = p.data.float()
+        if state.config_digest != self.config.digest():
+            log.warning("resuming %s with a different training config than it was saved with; the run is not "
+                        "an exact continuation", path)
+        self.step, self.stream.position = state.step, state.prompt_position
+        return path
+
+    def sample(self) -> Path | None:
+        if self.sample_cond is None:
+            return None
+        return save_grid(self.denoiser, self.sampler, self.vae, self.sample_cond, self.config.output.sample_steps,
+                         self.latent_shape, self.config.output.sample_seed,
+                         self.output_dir / "samples" / f"step-{self.step:08d}.png")
+
+    def _stop_everywhere(self, requested: bool) -> bool:
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _check_ranks_agree(self) -> list[int]:
+        digest = torch.tensor([lora_digest(student_state_dict(self.unet))], dtype=torch.int64, device=self.device)
+        digests = [int(d) for d in self.accelerator.gather(digest).cpu()]
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"student LoRA differs across processes (digests {digests}); gradient sync failed")
+        return digests
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self, resume: str | None = None) -> RunResult:
+        acc, cfg = self.accelerator, self.config
+        resumed = self.resume(resume)
+        if acc.is_main_process:
+            save_config(cfg, self.output_dir / "config.yaml")
+            if resumed:
+                log.info("resumed from %s at step %d", resumed, self.step)
+        result = RunResult("finished", self.step, self.output_dir)
+        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not acc.is_main_process, desc="tlcm-train",
+                   dynamic_ncols=True)
+        try:
+            with StopFlag() as stop:
+                while self.step < cfg.total_steps:
+                    stage, started = self.stage_at(self.step), time.perf_counter()
+                    loss = self.train_step()
+                    mean_loss = float(acc.reduce(torch.tensor([loss], device=self.device), reduction="mean").item())
+                    result.losses.append(mean_loss)
+                    stopping = self._stop_everywhere(stop.requested)
+                    bar.update(1)
+                    bar.set_postfix(stage=stage.name, loss=f"{mean_loss:.4g}")
+                    if self.tracker and (self.step % cfg.output.log_every == 0 or stopping):
+                        self.tracker.log(self.step, {f"loss/{stage.name}": mean_loss, "lr": self.scheduler.get_last_lr()[0],
+                                                     "it_per_s": 1.0 / max(time.perf_counter() - started, 1e-9)})
+                        self.tracker.status("running", self.step, eta_s=bar.format_dict.get("elapsed", 0) /
+                                            max(self.step - bar.initial, 1) * (cfg.total_steps - self.step))
+                    if stopping:
+                        result.state = "stopped"
+                        break
+                    if cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0:
+                        result.checkpoint = self.save()
+                    if acc.is_main_process and cfg.output.sample_every and self.step % cfg.output.sample_every == 0:
+                        self.sample()
+        except BaseException:
+            if self.tracker:
+                self.tracker.status("failed", self.step)
+            raise
+        finally:
+            bar.close()
+        if result.checkpoint is None or not result.checkpoint.name.endswith(f"{self.step:08d}"):
+            result.checkpoint = self.save()
+        digests = self._check_ranks_agree()
+        if acc.is_main_process:
+            if cfg.output.sample_every and self.step % cfg.output.sample_every:
+                self.sample()
+            result.lora_files = export_lora(student_state_dict(self.unet), cfg.lora.alpha, self.output_dir / "lora",
+                                            cfg.output.formats, cfg.output.save_dtype)
+            self.tracker.status(result.state, self.step, rank_lora_digests=digests,
+                                lora_files={k: str(v) for k, v in result.lora_files.items()})
+            self.tracker.close()
+        acc.wait_for_everyone()
+        result.step = self.step
+        return result
