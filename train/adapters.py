@@ -48,15 +48,25 @@ def student_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 @contextmanager
-def teacher_mode(unet: torch.nn.Module) -> Iterator[None]:
-    """Run the frozen base (adapters disabled, no grad); the student is active again on exit."""
-    unet.disable_adapters()
+def adapter_state(unet: torch.nn.Module, adapter: str | None) -> Iterator[None]:
+    """Run under ``adapter`` (``None``: adapters disabled = the frozen base), grad enabled; the student
+    adapter is active again on exit, also after an error."""
+    if adapter is None:
+        unet.disable_adapters()
+    else:
+        unet.set_adapter(adapter)
     try:
-        with torch.no_grad():
-            yield
+        yield
     finally:
         unet.enable_adapters()
         unet.set_adapter(STUDENT)
+
+
+@contextmanager
+def teacher_mode(unet: torch.nn.Module) -> Iterator[None]:
+    """Run the frozen base (adapters disabled, no grad); the student is active again on exit."""
+    with adapter_state(unet, None), torch.no_grad():
+        yield
 
 
 def require_student_active(unet: torch.nn.Module) -> None:

@@ -23,7 +23,7 @@ import yaml
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
-DISTANCES = ("l2", "huber")
+DISTANCES = ("l2", "huber", "latent_lpips")
 
 
 class ConfigError(ValueError):
@@ -55,6 +55,7 @@ class DistillConfig:
     guidance_scale: float = 8.0         # teacher CFG w
     distance: str = "l2"
     huber_c: float = 0.001              # pseudo-Huber c (used when distance = huber)
+    lpips_weights: str = ""             # latent LPIPS .safetensors (used when distance = latent_lpips)
 
 
 @dataclass
@@ -141,6 +142,8 @@ class Config:
         need(self.distill.guidance_scale >= 1.0, "distill.guidance_scale", "must be >= 1 (1 = no CFG)")
         need(self.distill.distance in DISTANCES, "distill.distance", f"one of {DISTANCES}, got {self.distill.distance!r}")
         need(self.distill.huber_c > 0, "distill.huber_c", "must be > 0")
+        need(self.distill.distance != "latent_lpips" or bool(self.distill.lpips_weights), "distill.lpips_weights",
+             "required when distill.distance=latent_lpips (train one with `python -m train.lpips train`)")
         segment = 1000 // self.distill.num_segments
         need(1 <= self.mlcd.skip < segment, "mlcd.skip", f"must be in [1, {segment}) (segment length)")
         need(self.mlcd.steps >= 0 and self.lcd.steps >= 0, "mlcd.steps/lcd.steps", "must be >= 0")

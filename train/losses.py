@@ -1,8 +1,8 @@
 """Distances for the consistency losses (Eq. 7 and Eq. 10): d(prediction, stop-grad target) -> scalar.
 
-The paper measures both losses with a latent LPIPS; until that model exists (issue 6) the trainer offers
-squared L2 and pseudo-Huber. A new distance is one more entry in ``DISTANCE_FACTORIES`` taking the
-``distill`` config section, so the stages never change.
+The paper measures both losses with a latent LPIPS (``latent_lpips``: :mod:`train.lpips`, weights from
+the local file ``distill.lpips_weights``); squared L2 and pseudo-Huber need no model. A new distance is
+one more entry in ``DISTANCE_FACTORIES`` taking the ``distill`` config section, so the stages never change.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Callable, Protocol
 import torch
 
 from .config import DistillConfig
+from .lpips.distance import latent_lpips_distance
 
 
 class Distance(Protocol):
@@ -33,6 +34,7 @@ def pseudo_huber(c: float) -> Distance:
 DISTANCE_FACTORIES: dict[str, Callable[[DistillConfig], Distance]] = {
     "l2": lambda config: l2_distance,
     "huber": lambda config: pseudo_huber(config.huber_c),
+    "latent_lpips": lambda config: latent_lpips_distance(config.lpips_weights),
 }
 
 

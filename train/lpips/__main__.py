@@ -1,0 +1,6 @@
+"""``python -m train.lpips train|eval ...``"""
+import sys
+
+from .cli import main
+
+sys.exit(main())
