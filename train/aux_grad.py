@@ -17,7 +17,6 @@ from typing import Callable, ContextManager
 import torch
 
 
-
 @dataclass
 class AuxTerm:
     """One auxiliary loss L(x0) -> scalar, its weight, and the state it must run in (default: none needed,
