@@ -2,7 +2,8 @@
 
 Each installs what it needs into the current Python first: torch only if none is importable (a host's
 CUDA torch is never replaced), then the missing packages of requirements.txt (via install.py, the same
-step the WebUI runs), then the test-only tools. Nothing else is downloaded: models are built offline.
+step the WebUI runs) and open-clip-torch's vocabulary file, then (for tests) the test-only tools.
+Nothing else is downloaded: models are built offline.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 TORCH_FALLBACK = "torch==2.13.0"
-# Test-only packages used for their data files / single modules; their own dependency trees (timm,
-# torchvision, wandb, ...) are not needed and would drag in a second torch build.
-NO_DEPS_TEST_PACKAGES = ("open-clip-torch==3.3.0", "k-diffusion==0.1.1.post1")
-TEST_PACKAGES = ("pytest>=8",)
+# Read for one data file (the CLIP BPE vocabulary behind the tiny kit and offline single-file loading);
+# installed without its dependency tree (timm, torchvision), which would drag in a second torch build.
+DATA_PACKAGES = {"open_clip": "open-clip-torch==3.3.0"}
+# Test-only. k-diffusion: its two sampler files are imported by path (its __init__ needs torchvision, clip...).
+TEST_NO_DEPS_PACKAGES = {"k_diffusion": "k-diffusion==0.1.1.post1"}
+TEST_PACKAGES = {"pytest": "pytest>=8", "gradio": "gradio>=6,<7", "playwright": "playwright==1.65.2"}
 
 
 def pip_install(*args: str) -> None:
@@ -34,14 +37,11 @@ def ensure_requirements() -> None:
     subprocess.check_call([sys.executable, str(ROOT / "install.py")], cwd=ROOT)
 
 
-def ensure_test_tools() -> None:
-    missing = [p for p in TEST_PACKAGES if importlib.util.find_spec(p.split(">")[0]) is None]
-    if missing:
-        pip_install(*missing)
-    dists = {"open-clip-torch": "open_clip", "k-diffusion": "k_diffusion"}
-    missing = [p for p in NO_DEPS_TEST_PACKAGES if importlib.util.find_spec(dists[p.split("==")[0]]) is None]
-    if missing:
-        pip_install("--no-deps", *missing)
+def install_missing(packages: dict[str, str], *pip_args: str) -> None:
+    """Install the requirements whose module is not importable (``packages``: module -> requirement)."""
+    need = [req for module, req in packages.items() if importlib.util.find_spec(module) is None]
+    if need:
+        pip_install(*pip_args, *need)
 
 
 def main(argv: list[str]) -> int:
@@ -50,10 +50,11 @@ def main(argv: list[str]) -> int:
         return 2
     ensure_torch()
     ensure_requirements()
+    install_missing(DATA_PACKAGES, "--no-deps")
     if argv[0] == "demo":
-        ensure_test_tools()     # the demo builds the tiny kit, whose tokenizer comes from open-clip-torch
         return subprocess.call([sys.executable, "-m", "tlcm", "demo", *argv[1:]], cwd=ROOT)
-    ensure_test_tools()
+    install_missing(TEST_PACKAGES)
+    install_missing(TEST_NO_DEPS_PACKAGES, "--no-deps")
     return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
 
 

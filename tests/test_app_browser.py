@@ -1,0 +1,184 @@
+"""End to end in real headless Chromium: open the app, train the CPU toy, reload the page mid-run and see it
+reattach, stop (saves), resume to the end, see the gallery, the curves and the finished state, check the
+LoRA files on disk, generate with the LoRA and export it (Try it), save screenshots. Debian's chromium is
+driven by Playwright's Python API (no downloaded browser). ~70 s on 2 CPU cores."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio", reason="the trainer app needs gradio (pip install gradio)")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ensure_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    if shutil.which("apt-get") is None:
+        pytest.skip("chromium is absent and there is no apt-get to install it (Debian: apt-get install chromium)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            pytest.skip(f"could not install Debian's chromium ({' '.join(cmd)}: {done.stderr.strip()[-300:]})")
+
+
+def _playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "playwright==1.65.2"],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            pytest.skip(f"could not pip install playwright: {done.stderr.strip()[-300:]}")
+        from playwright.sync_api import sync_playwright
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """``tlcm-trainer`` on 127.0.0.1 at a free port, killed at teardown."""
+    home = tmp_path_factory.getbasetemp() / "trainer-home"
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("app") / "app.log").open("wb")
+    env = {**os.environ, "TLCM_TRAINER_HOME": str(home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "train.app", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("cwd"))
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("the app did not start:\n" + Path(log.name).read_text()[-3000:])
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture()
+def page(tmp_path):
+    _ensure_chromium()
+    with _playwright()() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 1600})
+        yield context.new_page()
+        context.close()
+
+
+def _state(page) -> tuple[str, int]:
+    box = page.locator("#run-state")
+    return box.get_attribute("data-state") or "", int(page.locator("#run-step").inner_text() or 0)
+
+
+def _wait(page, done, timeout: float, what: str) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout
+    seen = ("", 0)
+    while time.monotonic() < deadline:
+        if page.locator("#run-step").count():
+            seen = _state(page)
+            if done(*seen):
+                return seen
+        page.wait_for_timeout(300)
+    raise AssertionError(f"waiting for {what}: last state {seen}; log:\n{page.locator('#log').inner_text()}")
+
+
+def _message(page, text: str) -> None:
+    page.wait_for_function(f"document.querySelector('#message').innerText.includes({text!r})", timeout=15_000)
+
+
+def _set(page, elem_id: str, value: str) -> None:
+    field = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    field.fill(value)
+    field.press("Tab")
+
+
+def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
+    out = tmp_path / "run"
+    page.goto(app_url)
+    page.get_by_role("tab", name="Setup").click()
+    model = page.locator("#f-model-path textarea").input_value()
+    assert "tiny-sdxl" in model                                  # the CPU toy preset is the default
+    _set(page, "f-model-path", str(tmp_path / "no-model"))       # bad input: a message, nothing else changes
+    page.locator("#check-paths").click()
+    _message(page, "does not exist")
+    _set(page, "f-model-path", model)
+    page.locator("#check-paths").click()
+    _message(page, "Paths OK")
+    _set(page, "f-output-dir", str(out))
+    _set(page, "f-mlcd-steps", "20")
+    _set(page, "f-lcd-steps", "4")
+    page.locator("#show-command").click()
+    page.wait_for_function("document.querySelector('#command').innerText.includes('accelerate launch')")
+    assert "mlcd.steps=20" in page.locator("#command").inner_text()
+    page.screenshot(path=str(tmp_path / "tlcm-trainer-setup.png"), full_page=True)
+
+    page.get_by_role("tab", name="Run").click()
+    page.locator("#train").click()
+    _message(page, "Started in")
+    _wait(page, lambda state, step: state == "running" and step >= 2, 60, "the run to start")
+
+    page.reload()                                   # the run survives the reload and the page reattaches
+    page.get_by_role("tab", name="Run").click()
+    _wait(page, lambda state, step: state == "running", 20, "reattach after reload")
+    page.locator("#stop").click()
+    _message(page, "stop requested")
+    state, stopped_at = _wait(page, lambda state, step: state == "stopped", 30, "the stop")
+    assert 2 <= stopped_at < 24 and (out / f"checkpoints/checkpoint-{stopped_at:08d}").is_dir()
+
+    page.locator("#resume").click()
+    _wait(page, lambda state, step: state == "finished" and step == 24, 60, "the resumed run to finish")
+    page.wait_for_function("document.querySelectorAll('#samples img').length >= 2")
+    assert "24/24" in page.locator("#run-state").inner_text()
+    assert page.locator("#loss-plot").get_attribute("data-series") == "mlcd lcd"     # both stages' curves
+    assert "tlcm_lora_kohya.safetensors" in page.locator("#lora-files").inner_text()
+    for name in ("tlcm_lora_kohya.safetensors", "tlcm_lora_diffusers.safetensors", "tlcm_lora_peft"):
+        assert (out / "lora" / name).exists()
+
+    page.get_by_role("tab", name="Try it").click()            # the trained LoRA is filled in; 2 steps, then export
+    assert page.locator("#try-lora textarea").input_value() == str(out / "lora" / "tlcm_lora_kohya.safetensors")
+    page.locator("#generate").click()
+    page.wait_for_function("document.querySelectorAll('#generated img').length >= 1", timeout=60_000)
+    page.get_by_role("radio", name="peft").check()
+    page.locator("#export").click()
+    _message(page, "Exported as peft")
+    assert "tlcm_lora_peft.zip" in page.locator("#exported").inner_text().replace("\n", "")
+    page.screenshot(path=str(tmp_path / "tlcm-trainer-try-it.png"), full_page=True)
+    page.get_by_role("tab", name="Run").click()
+
+    shot = tmp_path / "tlcm-trainer.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("TLCM_ARTIFACTS"):
+        target = Path(os.environ["TLCM_ARTIFACTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (shot.name, "tlcm-trainer-setup.png", "tlcm-trainer-try-it.png"):
+            shutil.copy(tmp_path / name, target / name)

@@ -1,0 +1,212 @@
+"""Trainer app: form ↔ config ↔ command line round trips, presets, path validation, the exposure guard,
+the run-state reader. No training here (see test_app_jobs.py); seconds."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+pytest.importorskip("gradio", reason="the trainer app needs gradio (pip install gradio)")
+
+from train.app import launch  # noqa: E402
+from train.app.commands import (LaunchOptions, build_argv, config_overrides, parse_command,  # noqa: E402
+                                show_command)
+from train.app.form import KEYS, form_values, from_form, to_form  # noqa: E402
+from train.app.jobs import LOCK_NAME, JobInfo, JobManager, RunRecord  # noqa: E402
+from train.app.paths import (PathError, check_config_file, check_lora, check_model, check_output_dir,  # noqa: E402
+                             check_prompt_files, files_inside, inside)
+from train.app.plot import loss_svg  # noqa: E402
+from train.app.presets import PRESETS, TOY_SIZES  # noqa: E402
+from train.app.progress import failure_reason, read_run  # noqa: E402
+from train.config import Config, ConfigError, load_config, save_config  # noqa: E402
+
+
+@pytest.fixture()
+def unusual(tmp_path) -> Config:
+    """A config touching every kind of value: spaces/quotes/unicode in paths and prompts, lists, None."""
+    prompts = tmp_path / "my prompts 'x'.txt"
+    prompts.write_text("a cat\n")
+    return load_config(None, [
+        f"model.path={json.dumps(str(tmp_path / 'mödel dir'))}", f"data.prompts={json.dumps([str(prompts)])}",
+        'data.sample_prompts=["a cat, on a mat", "猫 \\"quoted\\""]', "lora.rank=16", "lora.alpha=2.5",
+        "lora.target_modules=[to_q, to_out.0]", "mlcd.lr=3e-5", "lcd.steps=0", "train.mixed_precision=bf16",
+        "train.gradient_checkpointing=false", "output.sample_steps=[2, 8]", f"output.dir={tmp_path / 'out'}"])
+
+
+def test_command_parses_back_to_the_same_config(unusual):
+    launch = LaunchOptions()
+    overrides, resume = parse_command(show_command(unusual, launch))
+    assert load_config(None, overrides) == unusual and not resume
+    assert overrides == config_overrides(unusual)
+    argv = build_argv(unusual, launch)
+    assert argv[argv.index("--mixed_precision") + 1] == "bf16"
+    # only what differs from the trainer's defaults (plus the required paths) is spelled out
+    assert len(overrides) == 12
+    assert parse_command(show_command(unusual, launch, resume=True)) == (overrides, True)
+    for bad in ("accelerate launch x.py", "accelerate launch -m train --set", "-m train --set 'a=b"):
+        with pytest.raises(ValueError, match="trainer|shell"):
+            parse_command(bad)
+
+
+def test_shown_command_is_the_run_command_as_shell_text(unusual):
+    launch = LaunchOptions(num_processes=8, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1")
+    shown = show_command(unusual, launch)
+    words = shlex.split(shown.replace("\\\n", " "))
+    assert words[:2] == ["accelerate", "launch"]
+    assert words[2:] == build_argv(unusual, launch)[3:]
+    assert "--multi_gpu" in words and words[words.index("--machine_rank") + 1] == "1"
+
+
+@pytest.mark.parametrize("launch, message", [
+    (LaunchOptions(num_processes=0), "at least 1"),
+    (LaunchOptions(num_processes=1, num_machines=2, main_process_ip="h"), "total over all machines"),
+    (LaunchOptions(num_processes=4, num_machines=2), "main machine's IP"),
+    (LaunchOptions(num_processes=4, num_machines=2, machine_rank=2, main_process_ip="h"), "rank"),
+])
+def test_bad_launch_options_are_named(unusual, launch, message):
+    with pytest.raises(ValueError, match=message):
+        build_argv(unusual, launch)
+
+
+def test_form_round_trip_covers_every_config_key(unusual):
+    values = to_form(unusual)
+    assert values["lcd.enabled"] is False and values["lcd.steps"] == Config().lcd.steps   # paper value kept
+    assert values["data.sample_prompts"] == 'a cat, on a mat\n猫 "quoted"'
+    assert from_form(values) == unusual
+    assert {k for k in KEYS if "." in k and not k.endswith(".enabled")} == {
+        f"{s}.{k}" for s, fields in Config().to_dict().items() for k in fields}
+    assert from_form({**values, "lcd.enabled": True}).lcd.steps == Config().lcd.steps
+    assert from_form({**values, "lora.target_modules": ""}).lora.target_modules is None
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lora.rank", 2.5, "lora.rank: expected a whole number"),
+    ("mlcd.lr", None, "mlcd.lr: empty"),
+    ("train.resolution", 100, "train.resolution"),
+    ("output.sample_steps", "2, nine", "output.sample_steps"),
+])
+def test_bad_form_values_name_the_key(unusual, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        from_form({**to_form(unusual), key: value})
+
+
+def test_saved_config_loads_in_the_cli_and_the_form(unusual, tmp_path):
+    path = save_config(from_form(to_form(unusual)), tmp_path / "cfg.yaml")
+    assert from_form(to_form(load_config(path))) == unusual
+
+
+def test_gpu_presets_undo_every_toy_shrink():
+    toy_form = {**to_form(Config()), **form_values(TOY_SIZES), "model.path": "m", "data.prompts": "p.txt"}
+    for name, memory in [("24 GB GPU", ["train.mixed_precision=bf16"]),
+                         ("16 GB GPU", ["train.mixed_precision=bf16", "train.optimizer=adamw8bit"]),
+                         ("12 GB GPU", ["train.mixed_precision=fp16", "train.optimizer=adamw8bit", "lora.rank=32",
+                                        "lora.alpha=4", "output.sample_every=1000"])]:
+        values = PRESETS[name].values()
+        assert "model.path" not in values and "data.prompts" not in values     # the user's paths stay
+        assert from_form({**toy_form, **form_values(values)}) == load_config(
+            None, ["model.path=m", "data.prompts=[p.txt]", *memory]), name
+
+
+def test_toy_preset_is_a_loadable_model_and_prompts(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLCM_TRAINER_HOME", str(tmp_path / "home"))
+    values = PRESETS["CPU toy"].values()
+    assert check_model(values["model.path"]).is_relative_to(tmp_path / "home")
+    assert check_prompt_files(values["data.prompts"])[1] == 4
+
+
+def test_model_path_checks(tmp_path):
+    for bad, message in [("", "empty"), (tmp_path / "nope", "does not exist"), (tmp_path, "no model_index.json")]:
+        with pytest.raises(PathError, match=message):
+            check_model(bad)
+    (tmp_path / "m.ckpt").write_bytes(b"x")
+    with pytest.raises(PathError, match="single-file .safetensors"):
+        check_model(tmp_path / "m.ckpt")
+    (tmp_path / "m.safetensors").write_bytes(b"garbage")
+    with pytest.raises(PathError, match="not a readable .safetensors"):
+        check_model(tmp_path / "m.safetensors")
+
+
+def test_prompt_output_config_and_lora_path_checks(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "p.csv").write_text("prompt\na dog\na cat\n")
+    assert check_prompt_files([str(tmp_path / "p.csv"), " "])[1] == 2
+    for raws, message in [([], "at least one"), ([str(tmp_path)], "is a folder"),
+                          ([str(tmp_path / "empty.txt")], "holds no prompts"), (["x.pdf"], "unknown prompts file")]:
+        with pytest.raises(PathError, match=message):
+            check_prompt_files(raws)
+    with pytest.raises(PathError, match="is a file"):
+        check_output_dir(tmp_path / "p.csv")
+    with pytest.raises(PathError, match="cannot be created"):
+        check_output_dir(tmp_path / "p.csv" / "sub")
+    with pytest.raises(PathError, match="too broad"):
+        check_output_dir("~")
+    assert check_output_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    with pytest.raises(PathError, match=".yaml"):
+        check_config_file(tmp_path / "p.csv", must_exist=True)
+    with pytest.raises(PathError, match="does not exist"):
+        check_config_file(tmp_path / "c.toml", must_exist=True)
+    with pytest.raises(PathError, match="adapter_config.json"):
+        check_lora(tmp_path)
+    with pytest.raises(PathError, match=".safetensors file or a PEFT"):
+        check_lora(tmp_path / "p.csv")
+
+
+def test_reading_stays_inside_the_output_folder(tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not yours")
+    root = tmp_path / "out"
+    (root / "samples").mkdir(parents=True)
+    (root / "samples" / "step-00000001.png").write_bytes(b"ok")
+    (root / "samples" / "step-00000002.png").symlink_to(secret)
+    (root / "status.json").symlink_to(tmp_path / "secret.png")
+    assert [p.name for p in files_inside(root, "samples/step-*.png")] == ["step-00000001.png"]
+    assert inside(root, "status.json") is None and inside(root, "../secret.png") is None
+    assert read_run(JobInfo(root, alive=False)).state == "idle"
+
+
+def test_run_states_from_the_folder(tmp_path):
+    record = RunRecord(pid=1, create_time=0.0, argv=["x"], log_offset=0, started=0.0, returncode=1)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/trainer-app.log").write_text(
+        "Traceback (most recent call last):\nValueError: model.path broken\n"
+        "subprocess.CalledProcessError: Command '[...]' returned non-zero exit status 1.\n")
+    view = read_run(JobInfo(tmp_path, alive=False, record=record))
+    assert view.state == "failed" and view.reason == "ValueError: model.path broken"
+    assert failure_reason(["tlcm-train: config error: x", "KeyError: y"], 2) == "tlcm-train: config error: x"
+    assert failure_reason(["just output"], 137) == "the trainer exited with code 137"
+    assert "smaller VRAM preset" in failure_reason(["torch.OutOfMemoryError: CUDA out of memory. Tried"], 1)
+    (tmp_path / "status.json").write_text(json.dumps({"state": "running", "step": 3, "total_steps": 9, "eta_s": 4}))
+    (tmp_path / "logs/metrics.jsonl").write_text(
+        '{"step": 1, "loss/mlcd": 0.5, "it_per_s": 2.0}\n{"step": 2, "loss/lcd": 0.25, "it_per_s": 4.0}\n{"st')
+    view = read_run(JobInfo(tmp_path, alive=True, record=record))
+    assert (view.state, view.step, view.total, view.eta_s, view.it_per_s) == ("running", 3, 9, 4, 4.0)
+    assert [r["series"] for r in view.losses] == ["mlcd", "lcd"] and view.lora_files == {}
+    record.stop_requested = True
+    assert read_run(JobInfo(tmp_path, alive=True, record=record)).state == "stopping"
+
+
+def test_exposing_the_app_needs_a_password_or_an_explicit_risk(capsys):
+    assert launch.is_loopback("127.0.0.1") and launch.is_loopback("::1") and launch.is_loopback("localhost")
+    assert not launch.is_loopback("0.0.0.0") and not launch.is_loopback("192.168.1.5")
+    assert launch.main(["--host", "0.0.0.0"]) == 2
+    assert "--password" in capsys.readouterr().err
+    assert launch.build_parser().parse_args([]).host == "127.0.0.1"
+
+
+def test_loss_plot_draws_one_curve_per_stage():
+    svg = loss_svg([{"step": 1, "series": "mlcd", "loss": 1e-3}, {"step": 2, "series": "mlcd", "loss": 1e-5},
+                    {"step": 3, "series": "lcd", "loss": 2.0}, {"step": 4, "series": "lcd", "loss": 0.0}])
+    assert "data-series='mlcd lcd'" in svg and svg.count("<polyline") == 2
+    assert ">1e-12<" in svg and ">1e1<" in svg and ">1e2<" not in svg      # a zero loss is clamped, not lost
+    assert "appear after the first step" in loss_svg([])
+
+
+def test_a_lock_counts_only_while_its_process_lives(tmp_path):
+    import psutil
+    me = psutil.Process()
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+    assert JobManager().info(tmp_path).alive and lock.exists()
+    lock.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 100}))   # a recycled pid
+    assert not JobManager().info(tmp_path).alive and not lock.exists()                     # stale: cleared

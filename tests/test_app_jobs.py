@@ -1,0 +1,125 @@
+"""The trainer app's job manager with the real trainer on the tiny kit: one run per folder, stop saves,
+resume continues to the end, a failed run names its reason, a restarted app reattaches; Try it generates
+with a LoRA and exports it. ~50 s on a CPU."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gradio", reason="the trainer app needs gradio (pip install gradio)")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from train.app.commands import LaunchOptions, copy_config  # noqa: E402
+from train.app.form import form_values, from_form, to_form  # noqa: E402
+from diffusers import UNet2DConditionModel  # noqa: E402
+
+from tlcm.generate import GenerationSettings  # noqa: E402
+from tlcm.lora import load_lora  # noqa: E402
+from train.app.jobs import JobError, JobManager  # noqa: E402
+from train.app.paths import PathError  # noqa: E402
+from train.app.presets import PRESETS  # noqa: E402
+from train.app.progress import read_run  # noqa: E402
+from train.app.try_it import Sampler, export  # noqa: E402
+from train.adapters import add_student, student_state_dict  # noqa: E402
+from train.config import Config, LoraConfig  # noqa: E402
+from train.export import export_lora  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy_config(tmp_path_factory, monkeypatch_module):
+    """The CPU toy preset (real tiny SDXL kit), shortened."""
+    monkeypatch_module.setenv("TLCM_TRAINER_HOME", str(tmp_path_factory.getbasetemp() / "trainer-home"))
+    monkeypatch_module.setenv("OMP_NUM_THREADS", "1")      # trainer subprocesses: tiny models lose from threads
+    return from_form({**to_form(Config()), **form_values(PRESETS["CPU toy"].values())})
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def wait_for(manager: JobManager, folder: Path, done, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = read_run(manager.info(folder))
+        if done(view):
+            return view
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; last view: {view}\n" + "\n".join(view.log_tail))
+
+
+def test_stop_saves_resume_finishes_and_one_run_per_folder(toy_config, tmp_path):
+    config = copy_config(toy_config, mlcd={"steps": 16}, lcd={"steps": 4}, output={
+        "dir": str(tmp_path / "run"), "checkpoint_every": 4, "sample_every": 10})
+    manager = JobManager()
+    info = manager.start(config, LaunchOptions())
+    assert info.alive and info.record.argv[1:3] == ["-m", "accelerate.commands.launch"]
+    with pytest.raises(JobError, match="already using"):
+        JobManager().start(config, LaunchOptions())          # a second app instance is refused too
+
+    view = wait_for(manager, info.output_dir, lambda v: v.state == "running" and v.step >= 2)
+    assert view.total == 20 and view.it_per_s and view.it_per_s > 0 and view.eta_s is not None
+    assert read_run(JobManager().info(info.output_dir)).state == "running"   # a fresh app reattaches
+    manager.stop(info.output_dir)
+    view = wait_for(manager, info.output_dir, lambda v: not v.active)
+    assert view.state == "stopped", view.log_tail
+    stopped_at = view.step
+    assert 2 <= stopped_at < 20
+    assert (info.output_dir / f"checkpoints/checkpoint-{stopped_at:08d}").is_dir()
+    assert set(view.lora_files) == {"kohya", "diffusers", "peft"}
+
+    with pytest.raises(JobError, match="Resume latest"):
+        manager.start(config, LaunchOptions())                # a fresh start would mix two runs
+    manager.start(config, LaunchOptions(), resume=True)
+    view = wait_for(manager, info.output_dir, lambda v: not v.active)
+    assert view.state == "finished" and view.step == 20, view.log_tail
+    log = (info.output_dir / "logs/trainer-app.log").read_text()
+    assert f"checkpoint-{stopped_at:08d} at step {stopped_at}" in log and log.count("=== tlcm-trainer") == 2
+    assert [p.name for p in view.samples][-1] == "step-00000020.png" and len(view.samples) >= 2
+    assert {row["series"] for row in view.losses} == {"mlcd", "lcd"}
+    assert all(path.exists() for path in view.lora_files.values())
+
+
+def test_try_it_generates_with_a_lora_and_exports_every_format(toy_config, tmp_path):
+    unet = UNet2DConditionModel.from_pretrained(Path(toy_config.model.path) / "unet")
+    add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v"]))
+    state = {k: torch.randn_like(v) if "lora_B" in k else v for k, v in student_state_dict(unet).items()}
+    lora = str(export_lora(state, 4.0, tmp_path / "lora", ["kohya"])["kohya"])
+    sampler, settings = Sampler(), GenerationSettings("a red circle", steps=2, width=64, height=64)
+    with_lora = sampler.generate(toy_config.model.path, lora, 1.0, settings, save_dir=tmp_path / "gen")[0]
+    without = sampler.generate(toy_config.model.path, lora, 0.0, settings)[0]   # strength change: rebuilt
+    assert with_lora.size == (64, 64) and len(list((tmp_path / "gen").glob("tlcm-*.png"))) == 1
+    assert np.abs(np.asarray(with_lora, float) - np.asarray(without, float)).mean() > 1.0
+    source = load_lora(lora)
+    for fmt in ("kohya", "diffusers", "peft"):
+        path = export(lora, fmt)
+        if fmt == "peft":
+            shutil.unpack_archive(path, path.with_suffix(""))
+            path = path.with_suffix("")
+        again = load_lora(path)
+        assert len(again.modules) == len(source.modules) and again.modules, fmt
+    with pytest.raises(PathError, match="does not exist"):
+        export(str(tmp_path / "missing.safetensors"), "kohya")
+
+
+def test_failed_run_shows_the_reason_and_releases_the_folder(toy_config, tmp_path):
+    config = copy_config(toy_config, model={"path": str(tmp_path / "no-such-model")},
+                         output={"dir": str(tmp_path / "run")})
+    manager = JobManager()
+    info = manager.start(config, LaunchOptions())
+    view = wait_for(manager, info.output_dir, lambda v: not v.active)
+    assert view.state == "failed"
+    assert "no SDXL model at" in view.reason and str(tmp_path / "no-such-model") in view.reason
+    assert manager.info(info.output_dir).record.returncode != 0
+    assert not (info.output_dir / ".tlcm-trainer.lock").exists()
+
+
+def test_nothing_to_resume_is_refused(toy_config, tmp_path):
+    with pytest.raises(JobError, match="nothing to resume"):
+        JobManager().start(copy_config(toy_config, output={"dir": str(tmp_path)}), LaunchOptions(), resume=True)

@@ -1,0 +1,6 @@
+"""``python -m train.app`` = ``tlcm-trainer``."""
+import sys
+
+from .launch import main
+
+sys.exit(main())

@@ -1,0 +1,311 @@
+"""The Gradio layout: Setup (form → config → command), Run (launch, watch, stop, resume), Try it.
+
+Thin by design: the form is derived from the trainer's config (``form``), the command is the CLI's
+(``commands``), runs are subprocesses (``jobs``) read back from their folder (``progress``), and
+generation/export is the core's (``try_it``). Every handler turns bad input into a message on the page
+and leaves the form as it was.
+"""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from tlcm.generate import GenerationSettings
+from tlcm.lora import FORMATS
+from train.config import Config, ConfigError, load_config, save_config
+
+from . import form
+from .commands import LaunchOptions, copy_config, parse_command, show_command
+from .jobs import JobError, JobManager, has_checkpoint
+from .plot import loss_svg
+from .paths import PathError, check_config_file, check_model, check_output_dir, check_prompt_files
+from .presets import DEFAULT_PRESET, PRESETS
+from .progress import RunView, read_run
+from .try_it import Sampler, export
+
+MAIN_KEYS = ("model.path", "data.prompts", "output.dir", "mlcd.enabled", "mlcd.steps", "lcd.enabled", "lcd.steps",
+             "train.mixed_precision", "output.checkpoint_every", "output.sample_every", "data.sample_prompts")
+LAUNCH_FIELDS = {"num_processes": "GPUs / processes (total)", "num_machines": "machines",
+                 "machine_rank": "this machine's rank", "main_process_ip": "main machine IP",
+                 "main_process_port": "main machine port", "gpu_ids": "GPU ids (e.g. 0,1; empty = all)"}
+USER_ERRORS = (ConfigError, PathError, JobError, ValueError, OSError)   # OSError: e.g. no permission
+CSS = ".tlcm-danger {background:#b91c1c; color:white; padding:8px 12px; border-radius:6px; font-weight:bold}"
+
+
+def _component(field: form.Field, value: Any) -> gr.components.Component:
+    kwargs = dict(label=field.label, info=field.info or None, value=value, elem_id=f"f-{field.key.replace('.', '-')}")
+    if field.kind == "bool":
+        return gr.Checkbox(**kwargs)
+    if field.kind in ("int", "float"):
+        return gr.Number(precision=0 if field.kind == "int" else None, **kwargs)
+    if field.kind == "choice":
+        return gr.Dropdown(choices=list(field.choices), **kwargs)
+    return gr.Textbox(lines=3 if field.kind == "lines" else 1, max_lines=20, **kwargs)
+
+
+def _launch_component(name: str, label: str) -> gr.components.Component:
+    value = getattr(LaunchOptions(), name)
+    if isinstance(value, str):
+        return gr.Textbox(label=label, value=value, elem_id=f"l-{name}")
+    return gr.Number(label=label, value=value, precision=0, elem_id=f"l-{name}")
+
+
+def _picture(path: Path) -> tuple[Image.Image, str]:
+    """A sample grid in memory (Gradio may only serve its own copies) with its step as caption."""
+    with Image.open(path) as image:
+        return image.copy(), f"step {int(path.stem.split('-')[1])}"
+
+
+def _initial_form() -> tuple[dict[str, Any], str]:
+    """Defaults with the default preset applied, and a note if the preset could not be prepared."""
+    values = form.to_form(Config())
+    try:
+        values.update(form.form_values(PRESETS[DEFAULT_PRESET].values()))
+        return values, ""
+    except Exception as err:        # e.g. the toy model's tokenizer package is missing: the form still works
+        return values, f"**Warning:** preset {DEFAULT_PRESET!r} unavailable: {err}"
+
+
+def _user_error(err: Exception) -> str:
+    return f"**Error:** {err}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
+
+
+def status_html(view: RunView, folder: Path | None) -> str:
+    """State line with a progress bar; the reason and hint for a failed run."""
+    fraction = view.step / view.total if view.total else 0.0
+    speed = f"{view.it_per_s:.2f} it/s" if view.it_per_s else "– it/s"
+    text = (f"<div id='run-state' data-state='{view.state}'><b>{view.state.upper()}</b> · step "
+            f"<span id='run-step'>{view.step}</span>/{view.total or '?'} · {speed} · ETA {_duration(view.eta_s)}"
+            f"<br><progress max='1' value='{fraction:.4f}' style='width:100%'></progress></div>")
+    if view.reason:
+        text += (f"<div class='tlcm-danger' id='run-reason'>Run failed: {html.escape(view.reason)}"
+                 "</div><small>The last log lines are below; fix the setting they name and press Train or "
+                 "Resume latest.</small>")
+    if folder is not None:
+        text += f"<small>output folder: {html.escape(str(folder))}</small>"
+    return text
+
+
+def build_app(manager: JobManager | None = None, sampler: Sampler | None = None, banner: str = "") -> gr.Blocks:
+    """The whole UI; ``banner`` is shown in red on every page (e.g. "exposed without a password")."""
+    manager, sampler = manager or JobManager(), sampler or Sampler()
+    values, preset_note = _initial_form()
+    fields = {f.key: f for f in form.FIELDS}
+    with gr.Blocks(title="TLCM trainer") as demo:
+        gr.Markdown("# TLCM trainer\nDistil an SDXL model into a TLCM LoRA (2-8 step sampling) from prompts only.")
+        if banner:
+            gr.HTML(f"<div class='tlcm-danger' id='exposed-banner'>{banner}</div>")
+        message = gr.Markdown(preset_note, elem_id="message")
+        inputs: dict[str, gr.components.Component] = {}
+        with gr.Tab("Setup", id="setup"):
+            with gr.Row():
+                preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="preset", scale=1)
+                preset_info = gr.Markdown(PRESETS[DEFAULT_PRESET].summary)
+            with gr.Group():
+                for key in ("model.path", "data.prompts", "output.dir"):
+                    inputs[key] = _component(fields[key], values[key])
+                check = gr.Button("Check paths", size="sm", elem_id="check-paths")
+            with gr.Row():
+                for stage in ("mlcd", "lcd"):
+                    with gr.Column():
+                        inputs[f"{stage}.enabled"] = _component(fields[f"{stage}.enabled"], values[f"{stage}.enabled"])
+                        inputs[f"{stage}.steps"] = _component(fields[f"{stage}.steps"], values[f"{stage}.steps"])
+            with gr.Row():
+                launch_inputs = {name: _launch_component(name, label) for name, label in LAUNCH_FIELDS.items()}
+            with gr.Row():
+                for key in ("train.mixed_precision", "output.checkpoint_every", "output.sample_every"):
+                    inputs[key] = _component(fields[key], values[key])
+            inputs["data.sample_prompts"] = _component(fields["data.sample_prompts"], values["data.sample_prompts"])
+            with gr.Accordion("Advanced: every hyperparameter (paper defaults)", open=False):
+                sections: dict[str, list[form.Field]] = {}
+                for f in form.FIELDS:
+                    if f.key not in MAIN_KEYS:
+                        sections.setdefault(f.key.split(".")[0], []).append(f)
+                for section, section_fields in sections.items():
+                    gr.Markdown(f"**{section}**")
+                    with gr.Row():
+                        for f in section_fields:
+                            inputs[f.key] = _component(f, values[f.key])
+            with gr.Row():
+                config_path = gr.Textbox(label="Config file (.yaml / .toml, as for `python -m train --config`)",
+                                         value=str(Path("tlcm-train.yaml").resolve()), elem_id="config-path", scale=3)
+                load_btn = gr.Button("Load config", elem_id="load-config")
+                save_btn = gr.Button("Save config", elem_id="save-config")
+            show_btn = gr.Button("Show command", elem_id="show-command")
+            command = gr.Code(label="Command (what Train runs; editable)", language="shell", interactive=True,
+                              elem_id="command")
+            apply_btn = gr.Button("Apply the edited command's --set values to the form", size="sm",
+                                  elem_id="apply-command")
+        with gr.Tab("Run", id="run"):
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary", elem_id="train")
+                stop_btn = gr.Button("Stop (save & exit)", variant="stop", elem_id="stop", interactive=False)
+                resume_btn = gr.Button("Resume latest", elem_id="resume", interactive=False)
+            status = gr.HTML(elem_id="status")
+            plot = gr.HTML(loss_svg([]), label="Loss per stage")
+            gallery = gr.Gallery(label="Samples (rows: prompts; columns: 2/4/8 steps)", columns=4, height=360,
+                                 elem_id="samples")
+            lora_files = gr.Markdown(elem_id="lora-files")
+            log = gr.Code(label="Log (last lines)", language=None, elem_id="log", max_lines=40)
+        with gr.Tab("Try it", id="try"):
+            with gr.Row():
+                try_model = gr.Textbox(label="Base model", value=values["model.path"], elem_id="try-model")
+                try_lora = gr.Textbox(label="TLCM LoRA (.safetensors or PEFT folder)", elem_id="try-lora")
+            with gr.Row():
+                prompt = gr.Textbox(label="Prompt", value="a red circle at the top left", elem_id="try-prompt", scale=3)
+                steps = gr.Slider(2, 8, value=4, step=1, label="Steps", elem_id="try-steps")
+                strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="Seed")
+                width = gr.Number(values["train.resolution"], precision=0, label="Width")
+                height = gr.Number(values["train.resolution"], precision=0, label="Height")
+            generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            images = gr.Gallery(label="Generated", columns=4, height=360, elem_id="generated")
+            with gr.Row():
+                fmt = gr.Radio(list(FORMATS), value="kohya", label="Export format")
+                export_btn = gr.Button("Export", elem_id="export")
+            exported = gr.File(label="Exported LoRA", elem_id="exported")
+        timer = gr.Timer(1.0)
+        samples_seen = gr.State(())
+        lora_offered = gr.State("")         # the trained LoRA last put into Try it (never overwrite a user's)
+
+        form_inputs = [inputs[k] for k in form.KEYS]
+        launch_list = list(launch_inputs.values())
+
+        def read_form(args: tuple) -> tuple[Config, LaunchOptions]:
+            """The validated config with absolute, checked paths, and the launch options."""
+            config = form.from_form(dict(zip(form.KEYS, args[:len(form.KEYS)])))
+            launch = LaunchOptions(**{n: (int(v) if isinstance(v, float) else v)
+                                      for n, v in zip(LAUNCH_FIELDS, args[len(form.KEYS):])}).validate()
+            prompts, _ = check_prompt_files(config.data.prompts)
+            return copy_config(config, model={"path": str(check_model(config.model.path))},
+                               data={"prompts": [str(p) for p in prompts]},
+                               output={"dir": str(check_output_dir(config.output.dir))}), launch
+
+        def guarded(fn: Callable[..., Any], n_out: int) -> Callable[..., Any]:
+            """Run ``fn``; on a user error show it in ``message`` and leave every output unchanged."""
+            def run(*args):
+                try:
+                    return fn(*args)
+                except USER_ERRORS as err:
+                    return (_user_error(err), *[gr.skip()] * (n_out - 1)) if n_out > 1 else _user_error(err)
+            return run
+
+        def on_preset(name: str):
+            chosen = PRESETS[name]
+            shown = form.form_values(chosen.values())
+            return (f"Preset **{name}** applied.", chosen.summary, *[shown.get(k, gr.skip()) for k in form.KEYS],
+                    *[getattr(chosen.launch, n) for n in LAUNCH_FIELDS])
+
+        def on_check(*args):
+            config, _ = read_form(args)
+            _, count = check_prompt_files(config.data.prompts)
+            return f"Paths OK: model {config.model.path} · {count} prompts · output {config.output.dir}"
+
+        def on_show(*args):
+            config, launch = read_form(args)
+            return "The command is below.", show_command(config, launch)
+
+        def on_apply(text: str):
+            overrides, _ = parse_command(text)
+            shown = form.to_form(load_config(None, overrides))
+            return ("Form updated from the command (accelerate flags are set in the fields above).",
+                    *[shown[k] for k in form.KEYS])
+
+        def on_save(path: str, *args):
+            target = check_config_file(path, must_exist=False)
+            if target.suffix.lower() == ".toml":
+                raise PathError("Config file: saving writes YAML; use a .yaml name (TOML files load fine)")
+            save_config(read_form(args)[0], target)
+            return f"Saved {target} (run it with `python -m train --config {target}`)"
+
+        def on_load(path: str):
+            config = load_config(check_config_file(path, must_exist=True))
+            shown = form.to_form(config)
+            return (f"Loaded {path}", *[shown[k] for k in form.KEYS])
+
+        def on_train(resume: bool):
+            def start(*args):
+                config, launch = read_form(args)
+                info = manager.start(config, launch, resume=resume)
+                return (f"{'Resumed' if resume else 'Started'} in {info.output_dir}: watch it here; closing or "
+                        "reloading the page does not stop it")
+            return start
+
+        def on_stop(folder: str):
+            return manager.stop(check_output_dir(folder))
+
+        def refresh(folder: str, seen: tuple, offered: str):
+            try:
+                root = check_output_dir(folder)
+            except PathError as err:
+                return (f"<div id='run-state' data-state='idle'>{html.escape(str(err))}</div>", gr.skip(), gr.skip(),
+                        "", "",
+                        gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False),
+                        seen, gr.skip(), offered)
+            view = read_run(manager.info(root))
+            names = tuple(str(p) for p in view.samples)
+            pictures = [_picture(p) for p in view.samples] if names != seen else gr.skip()
+            trained = str(view.lora_files.get("kohya") or next(iter(view.lora_files.values()), ""))
+            lora_md = "".join(f"- **{fmt}**: `{path}`\n" for fmt, path in view.lora_files.items())
+            return (status_html(view, root), loss_svg(view.losses), pictures,
+                    "\n".join(view.log_tail),
+                    ("**LoRA files**\n" + lora_md) if lora_md else "",
+                    gr.update(interactive=not view.active), gr.update(interactive=view.active),
+                    gr.update(interactive=not view.active and has_checkpoint(root)), names,
+                    trained if trained and trained != offered else gr.skip(), trained)
+
+        def on_generate(model, lora, text, n_steps, power, seed_value, w, h):
+            settings = GenerationSettings(text, steps=int(n_steps), seed=int(seed_value), width=int(w), height=int(h))
+            return "Generated.", sampler.generate(model, lora, float(power), settings)
+
+        def on_export(lora: str, chosen: str):
+            path = export(lora, chosen)
+            return f"Exported as {chosen}: {path.name}", str(path)
+
+        def on_load_page():
+            """After a reload: point the form at the run this app started last and show its config."""
+            if manager.latest is None:
+                return (gr.skip(),) * len(form.KEYS)
+            snapshot = manager.latest / "config.yaml"
+            try:
+                shown = form.to_form(load_config(snapshot))
+            except (ConfigError, FileNotFoundError):     # not written yet: the trainer is still loading
+                shown = {}
+            shown["output.dir"] = str(manager.latest)
+            return tuple(shown.get(k, gr.skip()) for k in form.KEYS)
+
+        all_inputs = form_inputs + launch_list
+        preset.change(guarded(on_preset, 2 + len(form_inputs) + len(launch_list)), preset,
+                      [message, preset_info, *form_inputs, *launch_list])
+        check.click(guarded(on_check, 1), all_inputs, [message])
+        show_btn.click(guarded(on_show, 2), all_inputs, [message, command])
+        apply_btn.click(guarded(on_apply, 1 + len(form_inputs)), command, [message, *form_inputs])
+        save_btn.click(guarded(on_save, 1), [config_path, *all_inputs], [message])
+        load_btn.click(guarded(on_load, 1 + len(form_inputs)), config_path, [message, *form_inputs])
+        train_btn.click(guarded(on_train(False), 1), all_inputs, [message])
+        resume_btn.click(guarded(on_train(True), 1), all_inputs, [message])
+        stop_btn.click(guarded(on_stop, 1), inputs["output.dir"], [message])
+        run_outputs = [status, plot, gallery, log, lora_files, train_btn, stop_btn, resume_btn, samples_seen, try_lora,
+                       lora_offered]
+        timer.tick(refresh, [inputs["output.dir"], samples_seen, lora_offered], run_outputs, show_progress="hidden")
+        generate_btn.click(guarded(on_generate, 2), [try_model, try_lora, prompt, steps, strength, seed, width, height],
+                           [message, images])
+        export_btn.click(guarded(on_export, 2), [try_lora, fmt], [message, exported])
+        demo.load(on_load_page, None, form_inputs)
+        inputs["model.path"].change(lambda v: v, inputs["model.path"], try_model)
+        inputs["train.resolution"].change(lambda v: (v, v), inputs["train.resolution"], [width, height])
+    return demo
