@@ -1,0 +1,59 @@
+"""The committed toy teacher: SDXL classes, loads through the kit's loader (folder and single file), samples."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tlcm.schedules import uniform_timesteps
+from train.toy.bench_teacher import DEFAULT_TEACHER, load_teacher
+from train.toy.sample import ddim_trailing, sample
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_teacher(DEFAULT_TEACHER)
+
+
+def test_committed_weights_fit_the_budget():
+    weights = sum(p.stat().st_size for p in DEFAULT_TEACHER.parent.rglob("*.safetensors"))
+    assert weights <= 20 * 2 ** 20
+
+
+def test_teacher_has_sdxl_architecture(teacher):
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    assert isinstance(teacher, StableDiffusionXLPipeline)
+    assert isinstance(teacher.unet, UNet2DConditionModel) and teacher.unet.config.addition_embed_type == "text_time"
+    assert type(teacher.text_encoder) is CLIPTextModel
+    assert type(teacher.text_encoder_2) is CLIPTextModelWithProjection
+    assert isinstance(teacher.vae, AutoencoderKL)
+    assert teacher.tokenizer.vocab_size == teacher.tokenizer_2.vocab_size == 49408
+    assert teacher.tokenizer("a red circle").input_ids == [49406, 320, 736, 7117, 49407]   # real CLIP BPE ids
+
+
+def test_teacher_samples_follow_the_prompt_noise_and_schedule(teacher):
+    prompts = ["a red solid square at the top left", "右下角的蓝色条纹圆形"]
+    images = sample(teacher, prompts, steps=2, guidance=3.0, seed=0)
+    assert images.shape == (2, 3, 32, 32) and np.isfinite(images).all()
+    assert images.std() > 0.05                                        # not a blank canvas
+    assert np.array_equal(images, sample(teacher, prompts, steps=2, guidance=3.0, seed=0))
+    scheduler = ddim_trailing(teacher)
+    scheduler.set_timesteps(2)
+    assert scheduler.timesteps.tolist() == uniform_timesteps(2) == [999, 499]
+
+
+def test_single_file_round_trip(teacher, tmp_path):
+    from tlcm.models import load_sdxl_pipeline
+    from tlcm.testing.single_file import save_sdxl_single_file
+    checkpoint = save_sdxl_single_file(teacher, tmp_path / "toy_teacher.safetensors")
+    shutil.copytree(DEFAULT_TEACHER, checkpoint.with_suffix(".config"),
+                    ignore=shutil.ignore_patterns("*.safetensors", "training.json"))
+    loaded = load_sdxl_pipeline(checkpoint, device="cpu", dtype=torch.float32)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours, theirs = getattr(teacher, name).state_dict(), getattr(loaded, name).state_dict()
+        assert ours.keys() == theirs.keys(), name
+        for key, value in ours.items():
+            torch.testing.assert_close(theirs[key], value, msg=f"{name}.{key}")
