@@ -9,24 +9,16 @@ import pytest
 import torch
 from peft import LoraConfig as PeftLoraConfig
 
-from tlcm.testing.tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2, tiny_unet
-from train.adapters import add_student, require_student_active, student_parameters
-from train.adapters import adapter_state
+from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
+from train.adapters import adapter_state, add_student, require_student_active, student_parameters
 from train.aux_grad import AuxTerm, with_aux
 from train.config import LoraConfig
 from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 prediction_type="epsilon")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 
 
 def student_and_fake_unet() -> torch.nn.Module:
@@ -58,11 +50,11 @@ def test_aux_gradient_equals_single_graph_gradient_and_spares_base_and_fake():
     noise, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
 
     def scored(net: torch.nn.Module):
-        den = Denoiser(net, SCHEDULER, torch.device("cpu"))
+        den = Denoiser(net, SCHEDULER_CONFIG, torch.device("cpu"))
         return lambda x0: den.model_output(den.add_noise(x0, noise, t_aux), t_aux, cond).square().mean()
 
     def main_loss(net: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = Denoiser(net, SCHEDULER, torch.device("cpu")).predict(z, t, cond)[0]
+        x0 = Denoiser(net, SCHEDULER_CONFIG, torch.device("cpu")).predict(z, t, cond)[0]
         return (x0 - target).square().mean(), x0
 
     params = student_parameters(unet)
@@ -99,7 +91,7 @@ def test_aux_gradient_equals_single_graph_gradient_and_spares_base_and_fake():
 
 def test_bad_terms_fail_clearly_and_leave_the_student_active():
     unet = student_and_fake_unet()
-    x0 = Denoiser(unet, SCHEDULER, torch.device("cpu")).predict(
+    x0 = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu")).predict(
         torch.randn(1, 4, 8, 8), torch.tensor([500]),
         Conditioning(torch.randn(1, 77, CROSS_ATTENTION_DIM), torch.randn(1, TEXT_WIDTH_2), sdxl_time_ids(64, 1)))[0]
     with pytest.raises(ValueError, match="'const' does not depend on x0"):

@@ -13,12 +13,7 @@ from train.lpips.train import train_lpips, two_afc_agreement
 TINY = LatentLPIPSConfig(widths=(8, 8, 16, 16, 16))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 
 
 def smooth_latents(n: int, seed: int, size: int = 16) -> torch.Tensor:

@@ -17,12 +17,7 @@ from train.lpips.twoafc import TwoAFCLatents
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 
 
 def write_subset(folder: Path, n: int, seed: int) -> list[float]:

@@ -11,7 +11,7 @@ import torch
 
 from tlcm.lora import load_lora, merge_lora
 from tlcm.testing.build import build_tiny_sdxl
-from tlcm.testing.tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2, tiny_unet
+from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
 from train.adapters import add_student, require_student_active, student_parameters, student_state_dict
 from train.config import LoraConfig, load_config
 from train.consistency import consistency_loss
@@ -22,17 +22,9 @@ from train.prompts import PromptFileError
 from train.stage1_mlcd import MlcdStage
 
 FAST_TARGETS = "[to_q, to_k, to_v, to_out.0]"     # a few dozen modules: PEFT's per-module cost dominates on CPU
-SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 prediction_type="epsilon")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP workers on a shared CI box cost minutes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +54,7 @@ def test_adapter_switch_trap_and_the_training_step_pattern():
     unet = tiny_unet()
     add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"]))
     params = student_parameters(unet)
-    den = Denoiser(unet, SCHEDULER, torch.device("cpu"))
+    den = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu"))
     cond, t = random_cond(2), torch.tensor([500, 700])
     z = torch.randn(2, 4, 8, 8)
 
@@ -96,7 +88,7 @@ def test_stage_pairs_follow_algorithms_1_and_2():
     from train.stage2_lcd import LcdStage
     unet = tiny_unet()
     add_student(unet, LoraConfig(rank=2, alpha=2, target_modules=["to_q"]))
-    den = Denoiser(unet, SCHEDULER, torch.device("cpu"))
+    den = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu"))
     cfg = load_config(None, ["model.path=/m", "data.prompts=[p]", "distill.num_segments=4"])
     grid = torch.tensor([999, 749, 499, 249, 0])
     g = torch.Generator().manual_seed(0)
@@ -150,7 +142,7 @@ def test_distillation_lowers_loss_and_exports_loadable_lora(kit, tmp_path):
         assert len(lora.modules) == len(student) // 2 and all(m.scale == 1.0 for m in lora.modules.values()), fmt
         unet = tiny_unet()
         assert len(merge_lora(unet, lora).matched) == len(lora.modules)
-        got = Denoiser(unet, SCHEDULER, torch.device("cpu")).model_output(z, t, cond)
+        got = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu")).model_output(z, t, cond)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=fmt)
 
     # and samples with the core's TLCM scheduler: an image that differs from the base model's
