@@ -124,7 +124,8 @@ def test_latent_lpips_as_the_stage1_distance(tmp_path):
 
     torch.manual_seed(0)
     weights = save_latent_lpips(LatentLPIPS(TINY), tmp_path / "llpips.safetensors")
-    base = ["model.path=/m", "data.prompts=[p]", "distill.num_segments=4", "distill.distance=latent_lpips"]
+    base = ["model.path=/m", "data.prompts=[p]", "distill.num_segments=4", "distill.distance=latent_lpips", "mps.steps=0",
+            "dm.steps=0"]
     with pytest.raises(ConfigError, match="distill.lpips_weights: required"):
         load_config(None, base)
     with pytest.raises(FileNotFoundError, match="latent LPIPS weights not found"):

@@ -13,7 +13,7 @@ from tlcm.lora import load_lora, merge_lora
 from tlcm.testing.build import build_tiny_sdxl
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
 from train.adapters import add_student, require_student_active, student_parameters, student_state_dict
-from train.config import LoraConfig, load_config
+from train.config import DistillConfig, LoraConfig, MlcdConfig, load_config
 from train.consistency import consistency_loss
 from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
 from train.loop import Trainer
@@ -39,7 +39,7 @@ def tiny_config(kit, out, *overrides):
     return load_config(None, [
         f"model.path={paths.diffusers}", f"data.prompts=[{prompts}]", "data.sample_prompts=[a red cat, a blue dog]",
         "lora.rank=4", "lora.alpha=4", f"lora.target_modules={FAST_TARGETS}", "distill.num_segments=4",
-        "mlcd.steps=3", "lcd.steps=2", "mlcd.lr=1e-3", "lcd.lr=1e-3", "train.max_grad_norm=0",
+        "mlcd.steps=3", "lcd.steps=2", "mps.steps=0", "dm.steps=0", "mlcd.lr=1e-3", "lcd.lr=1e-3", "train.max_grad_norm=0",
         "train.resolution=64", "train.batch_size=2", f"output.dir={out}", "output.sample_every=0",
         "output.checkpoint_every=0", "output.formats=[peft]", *overrides])
 
@@ -73,8 +73,7 @@ def test_adapter_switch_trap_and_the_training_step_pattern():
     # the trainer's step: teacher first (inside the stage), then target and prediction, backward in student state
     unet.enable_gradient_checkpointing()
     unet.train()
-    stage = MlcdStage(load_config(None, ["model.path=/m", "data.prompts=[p]", "distill.num_segments=4"]).distill,
-                      load_config(None, ["model.path=/m", "data.prompts=[p]"]).mlcd, (4, 8, 8))
+    stage = MlcdStage(DistillConfig(num_segments=4), MlcdConfig(), (4, 8, 8))
     loss = consistency_loss(stage, den, cond, l2_distance, torch.Generator().manual_seed(0))
     require_student_active(unet)
     loss.backward()
@@ -89,7 +88,7 @@ def test_stage_pairs_follow_algorithms_1_and_2():
     unet = tiny_unet()
     add_student(unet, LoraConfig(rank=2, alpha=2, target_modules=["to_q"]))
     den = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu"))
-    cfg = load_config(None, ["model.path=/m", "data.prompts=[p]", "distill.num_segments=4"])
+    cfg = load_config(None, ["model.path=/m", "data.prompts=[p]", "mps.weight=0", "distill.num_segments=4"])
     grid = torch.tensor([999, 749, 499, 249, 0])
     g = torch.Generator().manual_seed(0)
     pair = MlcdStage(cfg.distill, cfg.mlcd, (4, 8, 8)).make_pair(den, random_cond(16), g)
@@ -185,6 +184,37 @@ def test_signal_stop_then_resume_equals_uninterrupted_run(kit, tmp_path):
     assert first.losses + rest.losses == full.losses
     a, b = student_state_dict(straight.unet), student_state_dict(resumed.unet)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stages_3_4_train_their_parts_log_every_term_and_resume_exactly(kit, tmp_path):
+    """MLCD → LCD → DM + GAN: the fake adapter and the heads are built, trained, checkpointed and restored."""
+    stages = ("mlcd.steps=1", "lcd.steps=1", "dm.steps=3", "mps.weight=0", "dm.fake_rank=2", "dm.fake_updates=2",
+              "dm.gan_teacher_steps=1", "output.checkpoint_every=3")
+    straight = Trainer(tiny_config(kit, tmp_path / "a", *stages))
+    assert sorted(straight.techniques) == ["dmd", "gan"]
+    full = straight.run()
+    logged = [json.loads(line) for line in (tmp_path / "a" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in row if k.startswith(("loss/", "dmd/", "gan/"))) for row in logged][2:] == [
+        ["dmd/fake_loss", "gan/d_fake", "gan/d_loss", "gan/d_real", "loss/dm", "loss/dmd", "loss/gan"]] * 3
+
+    interrupted = Trainer(tiny_config(kit, tmp_path / "b", *stages))
+    step = interrupted.train_step
+
+    def step_then_sigint():
+        loss = step()
+        if interrupted.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+    interrupted.train_step = step_then_sigint
+    assert interrupted.run().step == 3
+    resumed = Trainer(tiny_config(kit, tmp_path / "b", *stages))
+    rest = resumed.run(resume="latest")
+    assert rest.step == 5 and rest.losses == full.losses[3:]
+    a, b = student_state_dict(straight.unet), student_state_dict(resumed.unet)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("dmd", "gan"):
+        wa, wb = straight.techniques[name].state_dict()["weights"], resumed.techniques[name].state_dict()["weights"]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
 def test_missing_paths_fail_clearly(kit, tmp_path):

@@ -13,7 +13,7 @@ from train.loop import stage_lr
 from train.prompts import PromptFileError, PromptStream, read_prompts
 from train.teacher import even_path
 
-BASE = ["model.path=/m", "data.prompts=[p.txt]"]
+BASE = ["model.path=/m", "data.prompts=[p.txt]", "mps.scorer_weights=/mps.safetensors"]
 
 
 def test_defaults_are_the_papers():
@@ -30,7 +30,7 @@ def test_file_then_overrides_and_snapshot_roundtrip(tmp_path, suffix):
         path.write_text("model: {path: /m}\ndata: {prompts: [a.txt]}\nmlcd: {lr: 1e-3, steps: 5}\n")
     else:
         path.write_text('[model]\npath = "/m"\n[data]\nprompts = ["a.txt"]\n[mlcd]\nlr = 1e-3\nsteps = 5\n')
-    cfg = load_config(path, ["mlcd.steps=7", "output.sample_steps=[2, 4]"])
+    cfg = load_config(path, ["mlcd.steps=7", "output.sample_steps=[2, 4]", "mps.steps=0", "dm.steps=0"])
     assert cfg.mlcd.lr == 1e-3 and cfg.mlcd.steps == 7 and cfg.output.sample_steps == [2, 4]
     again = load_config(save_config(cfg, tmp_path / "snap.yaml"))
     assert again == cfg and again.digest() == cfg.digest()
@@ -53,7 +53,21 @@ def test_bad_values_name_the_key(override, match):
 def test_example_config_loads():
     from pathlib import Path
     cfg = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "sdxl.yaml")
-    assert cfg.total_steps == 14000 and cfg.train.mixed_precision == "bf16"
+    assert cfg.stage_steps() == [("mlcd", 12000), ("lcd", 2000), ("mps", 500), ("dm", 1000)]
+    assert cfg.total_steps == 15500 and cfg.train.mixed_precision == "bf16"
+
+
+def test_paper_recipe_is_the_default_and_every_stage_switches_off():
+    with pytest.raises(ConfigError, match="mps.scorer_weights: required"):
+        load_config(None, BASE[:2])
+    assert load_config(None, [*BASE[:2], "mps.steps=0", "dm.steps=0"]).total_steps == 14000
+    assert load_config(None, [*BASE[:2], "mps.weight=0"]).total_steps == 15500     # DM + GAN without MPS
+    cfg = load_config(None, BASE)
+    assert [cfg.stage_at(s) for s in (0, 11999, 12000, 14000, 14500, 15499)] == [
+        ("mlcd", 0), ("mlcd", 0), ("lcd", 12000), ("mps", 14000), ("dm", 14500), ("dm", 14500)]
+    assert (cfg.mps.lr, cfg.mps.margin, cfg.dm.lr, cfg.dm.disc_lr) == (1e-5, 16.0, 1e-5, 1e-4)
+    with pytest.raises(IndexError):
+        cfg.stage_at(15500)
 
 
 def test_required_paths_and_bad_files(tmp_path):
@@ -73,7 +87,8 @@ def test_required_paths_and_bad_files(tmp_path):
 def test_cli_reports_config_errors(tmp_path, capsys):
     assert cli_main(["--config", str(tmp_path / "nope.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
-    assert cli_main(["--set", "model.path=/m", "--set", "data.prompts=[x.txt]", "--print-config"]) == 0
+    assert cli_main(["--set", "model.path=/m", "--set", "data.prompts=[x.txt]", "--set", "mps.scorer_weights=s",
+                     "--print-config"]) == 0
     assert "guidance_scale: 8.0" in capsys.readouterr().out
 
 
@@ -114,8 +129,10 @@ def test_prompt_stream_shards_shuffles_and_resumes():
 
 
 def test_stage_lr_switches_and_warms_up():
-    cfg = load_config(None, [*BASE, "mlcd.steps=10", "lcd.steps=5", "train.warmup_steps=2"])
-    assert [stage_lr(cfg, s) for s in (0, 1, 9, 10, 11)] == [5e-5, 1e-4, 1e-4, 5e-6, 1e-5]
+    cfg = load_config(None, [*BASE, "mlcd.steps=10", "lcd.steps=5", "mps.steps=3", "dm.steps=4", "mps.lr=2e-5",
+                             "dm.lr=4e-5", "train.warmup_steps=2"])
+    assert [stage_lr(cfg, s) for s in (0, 1, 9, 10, 11, 15, 16, 18, 19, 21)] == [
+        5e-5, 1e-4, 1e-4, 5e-6, 1e-5, 1e-5, 2e-5, 2e-5, 4e-5, 4e-5]
 
 
 def test_even_path_pads_short_paths():

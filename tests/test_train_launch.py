@@ -35,7 +35,7 @@ def test_two_process_launch_keeps_ranks_identical(tmp_path):
            "-m", "train", "--output-dir", str(out),
            "--set", f"model.path={kit.diffusers}", "--set", f"data.prompts=[{tmp_path / 'p.txt'}]",
            "--set", "lora.rank=4", "--set", "lora.target_modules=[to_q, to_v]", "--set", "distill.num_segments=2",
-           "--set", "mlcd.steps=2", "--set", "lcd.steps=1", "--set", "mlcd.lr=1e-2", "--set", "lcd.lr=1e-2",
+           "--set", "mlcd.steps=2", "--set", "lcd.steps=1", "--set", "mps.steps=0", "--set", "dm.steps=0", "--set", "mlcd.lr=1e-2", "--set", "lcd.lr=1e-2",
            "--set", "train.resolution=64", "--set", "output.sample_every=0", "--set", "output.formats=[kohya]"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}

@@ -1,7 +1,8 @@
 """Checkpoints for exact resume: student LoRA, optimizer, LR scheduler, every RNG, step, prompt position.
 
 Layout: ``<output>/checkpoints/checkpoint-<step>/`` with ``student.safetensors`` (fp32 LoRA),
-``trainer.pt`` (optimizer, scheduler, step, config digest; identical on every rank, written by rank 0)
+``trainer.pt`` (optimizer, scheduler, step, config digest, the techniques' adapters/heads/optimizers;
+identical on every rank, written by rank 0)
 and ``rank<r>.pt`` per process (training generator, python/numpy/torch/cuda RNG, prompt position).
 A checkpoint is written to ``checkpoint-<step>.tmp`` and renamed when complete, so a run killed while
 saving never leaves a half checkpoint that "resume latest" would pick. Multi-node runs need the output
@@ -30,6 +31,7 @@ class ResumeState:
     step: int
     prompt_position: int
     config_digest: str
+    techniques: dict[str, Any]       # saved technique states by name (see train/technique.py)
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -73,7 +75,8 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 def save_checkpoint(root: Path, step: int, *, lora_state: dict[str, torch.Tensor], optimizer, scheduler,
                     generator: torch.Generator, prompt_position: int, config_digest: str, rank: int,
-                    is_main: bool, barrier: Callable[[], None], keep: int) -> Path:
+                    is_main: bool, barrier: Callable[[], None], keep: int,
+                    techniques: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write checkpoint ``step`` from every rank; rank 0 renames it into place and prunes to ``keep``."""
     final = root / f"checkpoint-{step:08d}"
     tmp = root / f"checkpoint-{step:08d}.tmp"
@@ -85,7 +88,7 @@ def save_checkpoint(root: Path, step: int, *, lora_state: dict[str, torch.Tensor
     if is_main:
         save_file({k: v.float().contiguous() for k, v in lora_state.items()}, str(tmp / "student.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "config_digest": config_digest}, tmp / "trainer.pt")
+                    "config_digest": config_digest, "techniques": techniques or {}}, tmp / "trainer.pt")
     barrier()
     if is_main:
         shutil.rmtree(final, ignore_errors=True)
@@ -109,4 +112,5 @@ def load_checkpoint(path: Path, *, load_lora: Callable[[dict[str, torch.Tensor]]
     scheduler.load_state_dict(trainer["scheduler"])
     rng = torch.load(rank_file, map_location="cpu", weights_only=False)
     _set_rng_state(rng, generator)
-    return ResumeState(int(trainer["step"]), int(rng["prompt_position"]), str(trainer["config_digest"]))
+    return ResumeState(int(trainer["step"]), int(rng["prompt_position"]), str(trainer["config_digest"]),
+                       trainer.get("techniques", {}))

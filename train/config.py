@@ -24,6 +24,8 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 DISTANCES = ("l2", "huber", "latent_lpips")
+STAGES = ("mlcd", "lcd", "mps", "dm")
+SCORERS = ("mps", "toy")
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,32 @@ class LcdConfig:
 
 
 @dataclass
+class MpsConfig:
+    """Stage 3: the LCD loss plus the preference hinge loss of Eq. 11 on the decoded student x̂0."""
+    steps: int = 500
+    lr: float = 1e-5
+    weight: float = 1.0                 # of the preference term (0 = off); stays on in stage 4
+    margin: float = 16.0                # s0 (positive prompt); unrelated prompts get margin 0
+    scorer: str = "mps"                 # mps (Kwai-Kolors/MPS state dict) | toy (train/toy scorer)
+    scorer_weights: str = ""            # local weights file of the scorer
+
+
+@dataclass
+class DmConfig:
+    """Stage 4: the LCD loss plus data-free distribution matching (Eq. 12) and the adversarial loss (Eq. 13)."""
+    steps: int = 1000
+    lr: float = 1e-5
+    dmd_weight: float = 1.0             # 0 = off
+    fake_rank: int = 64                 # the fake-score LoRA on the same frozen base
+    fake_alpha: float = 8.0
+    fake_lr: float = 1e-5
+    fake_updates: int = 1               # fake-score updates per student step
+    gan_weight: float = 0.1             # 0 = off (PCM's adv_weight)
+    disc_lr: float = 1e-4               # discriminator heads (TLCM §5.1)
+    gan_teacher_steps: int = 4          # teacher CFG-DDIM steps that make the "real" samples
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 1                 # per process
     resolution: int = 1024              # pixels (square)
@@ -111,12 +139,27 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     mlcd: MlcdConfig = field(default_factory=MlcdConfig)
     lcd: LcdConfig = field(default_factory=LcdConfig)
+    mps: MpsConfig = field(default_factory=MpsConfig)
+    dm: DmConfig = field(default_factory=DmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def stage_steps(self) -> list[tuple[str, int]]:
+        """(stage name, steps) in training order: MLCD → LCD → MPS → DM + GAN."""
+        return [(name, getattr(self, name).steps) for name in STAGES]
+
     @property
     def total_steps(self) -> int:
-        return self.mlcd.steps + self.lcd.steps
+        return sum(steps for _, steps in self.stage_steps())
+
+    def stage_at(self, step: int) -> tuple[str, int]:
+        """The stage global ``step`` belongs to, and the step that stage starts at."""
+        start = 0
+        for name, steps in self.stage_steps():
+            if step < start + steps:
+                return name, start
+            start += steps
+        raise IndexError(f"step {step} is past the end of training ({self.total_steps} steps)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,9 +189,20 @@ class Config:
              "required when distill.distance=latent_lpips (train one with `python -m train.lpips train`)")
         segment = 1000 // self.distill.num_segments
         need(1 <= self.mlcd.skip < segment, "mlcd.skip", f"must be in [1, {segment}) (segment length)")
-        need(self.mlcd.steps >= 0 and self.lcd.steps >= 0, "mlcd.steps/lcd.steps", "must be >= 0")
-        need(self.total_steps > 0, "mlcd.steps + lcd.steps", "nothing to train: both stages have 0 steps")
-        need(self.mlcd.lr > 0 and self.lcd.lr > 0, "mlcd.lr/lcd.lr", "must be > 0")
+        for name, steps in self.stage_steps():
+            need(steps >= 0, f"{name}.steps", "must be >= 0 (0 skips the stage)")
+            need(getattr(self, name).lr > 0, f"{name}.lr", "must be > 0")
+        need(self.total_steps > 0, "mlcd/lcd/mps/dm.steps", "nothing to train: every stage has 0 steps")
+        need(self.mps.scorer in SCORERS, "mps.scorer", f"one of {SCORERS}, got {self.mps.scorer!r}")
+        need(self.mps.weight >= 0 and self.dm.dmd_weight >= 0 and self.dm.gan_weight >= 0, "mps.weight/dm.*_weight",
+             "must be >= 0 (0 = off)")
+        need(not (self.mps.steps or self.dm.steps) or self.mps.weight == 0 or bool(self.mps.scorer_weights),
+             "mps.scorer_weights", "required for the preference loss (stages mps and dm): a local MPS state dict "
+             "(see train/preference/mps.py) or the toy scorer; or set mps.weight=0 / mps.steps=0 and dm.steps=0")
+        need(self.dm.fake_rank >= 1 and self.dm.fake_alpha > 0 and self.dm.fake_lr > 0 and self.dm.disc_lr > 0,
+             "dm.fake_rank/fake_alpha/fake_lr/disc_lr", "must be > 0")
+        need(self.dm.fake_updates >= 1, "dm.fake_updates", "must be >= 1")
+        need(self.dm.gan_teacher_steps >= 1, "dm.gan_teacher_steps", "must be >= 1")
         need(self.lcd.student_steps >= 1, "lcd.student_steps", "must be >= 1")
         need(self.lcd.teacher_steps >= 1, "lcd.teacher_steps", "must be >= 1")
         need(0.0 <= self.lcd.rollout_eta <= 1.0, "lcd.rollout_eta", "must be in [0, 1]")

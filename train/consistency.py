@@ -38,14 +38,21 @@ class Stage(Protocol):
         """The student output compared by the loss, from its (x̂0, ε̂)."""
 
 
-def consistency_loss(stage: Stage, denoiser: Denoiser, cond: Conditioning, distance: Distance,
-                     generator: torch.Generator) -> torch.Tensor:
-    """The stage's loss with a graph to the student LoRA only; call ``backward()`` before switching adapters."""
+def consistency_step(stage: Stage, denoiser: Denoiser, cond: Conditioning, distance: Distance,
+                     generator: torch.Generator) -> tuple[torch.Tensor, ConsistencyPair, torch.Tensor]:
+    """The stage's loss, its pair and the student's x̂0 at (z_tm, t_m), both with a graph to the student
+    LoRA only (x̂0 is what auxiliary terms act on); call ``backward()`` before switching adapters."""
     pair = stage.make_pair(denoiser, cond, generator)
     with torch.no_grad():
         target = stage.output(denoiser, *denoiser.predict(pair.z_n, pair.t_n, cond), pair)
-    prediction = stage.output(denoiser, *denoiser.predict(pair.z_m, pair.t_m, cond), pair)
-    return distance(prediction, target)
+    x0, eps = denoiser.predict(pair.z_m, pair.t_m, cond)
+    return distance(stage.output(denoiser, x0, eps, pair), target), pair, x0
+
+
+def consistency_loss(stage: Stage, denoiser: Denoiser, cond: Conditioning, distance: Distance,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Just the loss of :func:`consistency_step`."""
+    return consistency_step(stage, denoiser, cond, distance, generator)[0]
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ from tlcm.scheduler import TLCMScheduler
 from .adapters import add_student, load_student_state_dict, require_student_active, student_state_dict
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, save_config
-from .consistency import Stage, consistency_loss
+from .aux_grad import with_aux
+from .consistency import Stage, consistency_step
 from .diffusion import Denoiser
 from .embeddings import encode_prompts, unload_text_encoders
 from .export import export_lora
@@ -37,6 +38,8 @@ from .prompts import PromptStream, read_prompts
 from .samples import save_grid
 from .stage1_mlcd import MlcdStage
 from .stage2_lcd import LcdStage
+from .technique import AuxBatch
+from .techniques import active, build_techniques, first_step_using
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,8 @@ class StopFlag:
 
 def stage_lr(config: Config, step: int) -> float:
     """Absolute learning rate at global ``step``: the stage's lr with linear warm-up inside each stage."""
-    lr, start = (config.mlcd.lr, 0) if step < config.mlcd.steps else (config.lcd.lr, config.mlcd.steps)
+    name, start = config.stage_at(min(step, config.total_steps - 1))
+    lr = getattr(config, name).lr
     warmup = config.train.warmup_steps
     return lr * min(1.0, (step - start + 1) / warmup) if warmup else lr
 
@@ -163,8 +167,13 @@ class Trainer:
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_shape = (self.unet.config.in_channels, res // vae_scale, res // vae_scale)
         T = self.denoiser.num_train_timesteps
+        lcd = LcdStage(config.distill, config.lcd, self.latent_shape, T)     # stages 3-4 keep its pairs and loss
         self.stages: dict[str, Stage] = {"mlcd": MlcdStage(config.distill, config.mlcd, self.latent_shape, T),
-                                         "lcd": LcdStage(config.distill, config.lcd, self.latent_shape, T)}
+                                         "lcd": lcd, "mps": lcd, "dm": lcd}
+        sync = (lambda params: average_gradients(params, lambda t: acc.reduce(t, reduction="mean"))
+                ) if acc.num_processes > 1 else None
+        self.techniques = build_techniques(config, self.denoiser, self.vae, self.device, sync)
+        self.values: dict[str, float] = {}       # the last step's per-term values, for logging
         self.distance = build_distance(config.distill)
         self.optimizer = acc.prepare(make_optimizer(config, self.params))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: stage_lr(config, s))
@@ -172,17 +181,27 @@ class Trainer:
         self.tracker = Tracker(self.output_dir, config.total_steps) if acc.is_main_process else None
 
     # -- pieces -------------------------------------------------------------------------------------
-    def stage_at(self, step: int) -> Stage:
-        return self.stages["mlcd" if step < self.config.mlcd.steps else "lcd"]
+    def stage_name(self, step: int) -> str:
+        return self.config.stage_at(step)[0]
 
     def train_step(self) -> float:
-        """One optimizer step; returns this process's loss."""
-        stage = self.stage_at(self.step)
-        cond = self.cache.batch(self.stream.next_batch(), self.device)
+        """One optimizer step (student, then the active techniques' own); returns this process's
+        consistency loss and keeps every term's value in ``self.values``."""
+        name = self.stage_name(self.step)
+        techniques = active(name, self.techniques)
+        indices = self.stream.next_batch()
+        cond = self.cache.batch(indices, self.device)
         with self.accelerator.autocast():
-            loss = consistency_loss(stage, self.denoiser, cond, self.distance, self.generator)
+            loss, pair, x0 = consistency_step(self.stages[name], self.denoiser, cond, self.distance, self.generator)
+        self.values = {f"loss/{name}": float(loss.detach())}
+        objective = loss
+        if techniques:
+            batch = AuxBatch(self.denoiser, cond, [self.prompts[i] for i in indices], pair.z_m, pair.t_m, x0,
+                             self.generator)
+            objective, term_values = with_aux(loss, x0, [term for t in techniques for term in t.terms(batch)])
+            self.values.update({f"loss/{k}": v for k, v in term_values.items()})
         require_student_active(self.unet)
-        self.accelerator.backward(loss)
+        self.accelerator.backward(objective)
         if self.accelerator.num_processes > 1:
             average_gradients(self.params, lambda t: self.accelerator.reduce(t, reduction="mean"))
         if self.config.train.max_grad_norm > 0:
@@ -190,6 +209,9 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        for technique in techniques:
+            self.values.update(technique.update(batch))
+        require_student_active(self.unet)
         self.step += 1
         return float(loss.detach())
 
@@ -198,6 +220,7 @@ class Trainer:
         return save_checkpoint(self.checkpoint_root, self.step, lora_state=student_state_dict(self.unet),
                                optimizer=self.optimizer, scheduler=self.scheduler, generator=self.generator,
                                prompt_position=self.stream.position, config_digest=self.config.digest(),
+                               techniques={k: t.state_dict() for k, t in self.techniques.items()},
                                rank=acc.process_index, is_main=acc.is_main_process, barrier=acc.wait_for_everyone,
                                keep=self.config.output.keep_checkpoints)
 
@@ -214,7 +237,19 @@ class Trainer:
             log.warning("resuming %s with a different training config than it was saved with; the run is not "
                         "an exact continuation", path)
         self.step, self.stream.position = state.step, state.prompt_position
+        self._restore_techniques(state.techniques, path)
         return path
+
+    def _restore_techniques(self, saved: dict, path: Path) -> None:
+        """Load each technique's saved state. A technique whose first stage starts at or after the checkpoint
+        has never trained, so a checkpoint without it (e.g. the end of stage 2, branched into stages 3-4)
+        keeps its fresh initialisation; one that should have trained and is missing is an error."""
+        for name, technique in self.techniques.items():
+            if name in saved:
+                technique.load_state_dict(saved[name])
+            elif self.step > first_step_using(self.config, name):
+                raise ValueError(f"{path} holds no state for the {name!r} technique that this config trains before "
+                                 f"step {self.step}; resume with the config the checkpoint was saved with")
 
     def sample(self) -> Path | None:
         if self.sample_cond is None:
@@ -248,15 +283,16 @@ class Trainer:
         try:
             with StopFlag() as stop:
                 while self.step < cfg.total_steps:
-                    stage, started = self.stage_at(self.step), time.perf_counter()
+                    stage, started = self.stage_name(self.step), time.perf_counter()
                     loss = self.train_step()
                     mean_loss = float(acc.reduce(torch.tensor([loss], device=self.device), reduction="mean").item())
                     result.losses.append(mean_loss)
                     stopping = self._stop_everywhere(stop.requested)
                     bar.update(1)
-                    bar.set_postfix(stage=stage.name, loss=f"{mean_loss:.4g}")
+                    bar.set_postfix(stage=stage, loss=f"{mean_loss:.4g}")
                     if self.tracker and (self.step % cfg.output.log_every == 0 or stopping):
-                        self.tracker.log(self.step, {f"loss/{stage.name}": mean_loss, "lr": self.scheduler.get_last_lr()[0],
+                        self.tracker.log(self.step, {**self.values, f"loss/{stage}": mean_loss,
+                                                     "lr": self.scheduler.get_last_lr()[0],
                                                      "it_per_s": 1.0 / max(time.perf_counter() - started, 1e-9)})
                         self.tracker.status("running", self.step, eta_s=bar.format_dict.get("elapsed", 0) /
                                             max(self.step - bar.initial, 1) * (cfg.total_steps - self.step))

@@ -1,0 +1,104 @@
+"""The adversarial technique on the tiny kit: the student gets exactly the generator-hinge gradient (also
+with gradient checkpointing), a discriminator step trains only the heads, real samples are the teacher's
+x̂0, and the state resumes exactly."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from technique_kit import aux_batch, checkpointed, grads_via_aux, relative_error, student_denoiser, weights
+
+from train.adapters import require_student_active, student_parameters, teacher_mode
+from train.adversarial import Adversarial
+from train.consistency import randint, randn
+from train.diffusion import Denoiser
+from train.dmd import DistributionMatching
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
+
+
+def full_forward_features(net: torch.nn.Module, den: Denoiser, z: torch.Tensor, t: torch.Tensor, cond) -> list:
+    """Down/mid block outputs recorded during a complete UNet forward (no early exit)."""
+    features = []
+    blocks = [*net.down_blocks, net.mid_block]
+    handles = [b.register_forward_hook(lambda m, a, o: features.append(o[0] if isinstance(o, tuple) else o))
+               for b in blocks]
+    Denoiser(net, {}, z.device).model_output(z, t, cond)
+    for h in handles:
+        h.remove()
+    return features
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_student_gets_exactly_the_generator_gradient(checkpointing):
+    den = student_denoiser()
+    adv = Adversarial(den, weight=0.3, head_width=16, t_min=10, t_max=400)
+    if checkpointing:
+        checkpointed(den)
+    batch = aux_batch(den)
+    got, values = grads_via_aux(den, batch, adv.terms(batch))
+    assert all(p.grad is None for p in adv.parameters())              # the heads are trained by update() only
+
+    # reference: one graph student → x0 → frozen base copy (full forward) → heads, one gradient
+    base_net = copy.deepcopy(den.unet)
+    base_net.disable_adapters()
+    g = torch.Generator().manual_seed(3)
+    t = randint(10, 400, 2, g, batch.x0.device)
+    noise = randn(tuple(batch.x0.shape), g, batch.x0)
+    x0 = den.predict(batch.z_t, batch.t, batch.cond)[0]
+    features = full_forward_features(base_net, den, den.add_noise(x0, noise, t), t, batch.cond)
+    assert [f.shape[1] for f in features] == [32, 64, 64, 64]       # the kit's block_out_channels + mid
+    loss = -sum(head(f).mean() for head, f in zip(adv.heads, features)) / len(features)
+    expected = torch.autograd.grad(0.3 * loss, student_parameters(den.unet))
+
+    assert relative_error(got, list(expected)) <= 1e-5
+    assert values["gan"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    require_student_active(den.unet)
+
+
+def test_discriminator_step_trains_only_the_heads_on_teacher_samples():
+    den = checkpointed(student_denoiser())
+    adv = Adversarial(den, teacher_steps=2, lr=1e-3)
+    batch = aux_batch(den)
+
+    # real samples: 2 equal CFG-DDIM teacher steps 600 → 300, then the teacher's x̂0 at 300 (written out)
+    with teacher_mode(den.unet):
+        x0, eps = den.predict_cfg(batch.z_t, batch.t, batch.cond, 8.0)
+        mid = torch.div(batch.t, 2, rounding_mode="floor")
+        expected = den.predict_cfg(den.ddim_move(x0, eps, mid), mid, batch.cond, 8.0)[0]
+    torch.testing.assert_close(adv.real_samples(batch), expected, rtol=0, atol=0)
+
+    unet_before, heads_before = weights(den.unet), weights(adv.heads)
+    out = adv.update(batch)
+    assert set(out) == {"gan/d_loss", "gan/d_real", "gan/d_fake"} and all(map(math.isfinite, out.values()))
+    assert all(torch.equal(v, den.unet.get_parameter(n)) for n, v in unet_before.items())
+    assert all(not torch.equal(v, adv.heads.get_parameter(n)) for n, v in heads_before.items())
+    assert all(p.grad is None for p in [*den.unet.parameters(), *adv.parameters()])
+    require_student_active(den.unet)
+
+
+def test_state_resumes_exactly_and_refuses_a_mismatch():
+    torch.manual_seed(1)
+    first = Adversarial(student_denoiser(), head_width=8, lr=1e-3)
+    first.update(aux_batch(first.denoiser))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    den = student_denoiser()
+    torch.manual_seed(2)                                             # different initial heads
+    second = Adversarial(den, head_width=8, lr=1e-3)
+    second.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+    outs = [a.update(aux_batch(a.denoiser, seed=5)) for a in (first, second)]
+    assert outs[0] == outs[1]
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+    with pytest.raises(ValueError, match="does not fit"):
+        Adversarial(den, head_width=16).load_state_dict(state)
+    with pytest.raises(ValueError, match="not a 'gan' state"):
+        second.load_state_dict(DistributionMatching(den, rank=2, target_modules=["to_q"]).state_dict())

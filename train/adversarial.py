@@ -1,0 +1,162 @@
+"""Adversarial term (TLCM Eq. 13) with a discriminator on the frozen base UNet's encoder.
+
+D = the base UNet with adapters disabled, run only through conv_in, the down blocks and the mid block,
+plus one small trainable head per down/mid feature map giving patch logits (after PCM's SDXL
+discriminator, Apache-2.0, G-U-N/Phased-Consistency-Model, code/text_to_image_sdxl/discriminator_sdxl.py;
+own code). Hinge losses: D minimises relu(1 − D(real)) + relu(1 + D(fake)), the student −D(fake), each
+averaged over patches and heads. "Fake" is the student's one-step x̂0 (Eq. 13's z̃0); "real" are teacher
+samples, CFG-DDIM from the same z_t (a choice: Eq. 13 puts the student's rollout ẑ0 on the real side,
+which the batch does not carry). Both are re-noised to t' ~ U[t_min, t_max] before D (the paper does
+not give t'; PCM re-noises within a phase, TLCM's x̂0 is the clean end, so t' is small).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters import adapter_state, teacher_mode
+from .aux_grad import AuxTerm
+from .consistency import randint, randn
+from .diffusion import Conditioning, Denoiser
+from .teacher import even_path, teacher_solve
+from .technique import AuxBatch
+from .trainables import Sync, load_trainable_state, optimizer_step, trainable_state
+
+
+class _EncoderDone(Exception):
+    """Raised by the mid block's hook: the up blocks are never run (memory and time)."""
+
+
+def encoder_features(denoiser: Denoiser, z: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
+    """The output of each down block and of the mid block, in the current adapter state.
+
+    Forward hooks plus an early exit keep diffusers' own forward (embeddings, conditioning, LoRA scaling)
+    instead of re-implementing it; diffusers' gradient checkpointing sits inside the blocks, so the hooks
+    fire once, in the forward.
+    """
+    unet, features = denoiser.unet, []
+
+    def keep(module, args, output):
+        features.append(output[0] if isinstance(output, tuple) else output)
+
+    def stop(module, args, output):
+        keep(module, args, output)
+        raise _EncoderDone
+
+    handles = [block.register_forward_hook(keep) for block in unet.down_blocks]
+    handles.append(unet.mid_block.register_forward_hook(stop))
+    try:
+        denoiser.model_output(z, t, cond)
+    except _EncoderDone:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(features) != len(handles):
+        raise RuntimeError(f"expected {len(handles)} encoder feature maps, got {len(features)}: the UNet's forward "
+                           "no longer runs down_blocks then mid_block")
+    return features
+
+
+class PatchHead(nn.Module):
+    """1×1 conv–GroupNorm–LeakyReLU, one residual block of the same, 1×1 conv → one logit per position."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        groups = math.gcd(32, width)
+
+        def block(c_in: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, width, 1), nn.GroupNorm(groups, width), nn.LeakyReLU(0.2))
+
+        self.inp, self.res, self.out = block(channels), block(width), nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(h + self.res(h))
+
+
+class Adversarial:
+    """The ``gan`` technique: the student's generator term and one discriminator (heads) step per student step."""
+
+    name = "gan"
+
+    def __init__(self, denoiser: Denoiser, *, lr: float = 1e-4, weight: float = 1.0, guidance_scale: float = 8.0,
+                 teacher_steps: int = 4, t_min: int = 0, t_max: int = 250, head_width: int | None = None,
+                 sync: Sync | None = None):
+        """``head_width`` None: each head as wide as its feature map (PCM; ≈7.6 M parameters on SDXL)."""
+        unet = denoiser.unet
+        if not 0 <= t_min <= t_max < denoiser.num_train_timesteps:
+            raise ValueError(f"gan needs 0 <= t_min <= t_max < {denoiser.num_train_timesteps}, got {t_min}, {t_max}")
+        if teacher_steps < 1:
+            raise ValueError(f"gan teacher_steps must be >= 1, got {teacher_steps}")
+        if getattr(unet, "mid_block", None) is None:
+            raise ValueError("the adversarial discriminator needs a UNet with a mid block")
+        self.denoiser, self.weight, self.guidance_scale = denoiser, weight, guidance_scale
+        self.teacher_steps, self.t_min, self.t_max, self.sync = teacher_steps, t_min, t_max, sync
+        channels = list(unet.config.block_out_channels)
+        channels.append(channels[-1])                  # the mid block keeps the last down block's width
+        self.heads = nn.ModuleList(PatchHead(c, head_width or c) for c in channels).to(denoiser.alphas.device)
+        self._named = dict(self.heads.named_parameters())
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.heads.parameters())
+
+    def logits(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
+        """Patch logits of each head for x0 re-noised to t (backbone in the current adapter state)."""
+        return self._score(encoder_features(self.denoiser, self.denoiser.add_noise(x0, noise, t), t, cond))
+
+    def _score(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [head(f.float()) for head, f in zip(self.heads, features)]
+
+    def _renoise(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        t = randint(self.t_min, self.t_max, x0.shape[0], generator, x0.device)
+        return randn(tuple(x0.shape), generator, x0), t
+
+    def terms(self, batch: AuxBatch) -> list[AuxTerm]:
+        """One term ``gan``: −mean D(x̂0) through the frozen backbone (adapters disabled), gradient wrt x̂0 only."""
+        noise, t = self._renoise(batch.x0, batch.generator)
+
+        def loss(x: torch.Tensor) -> torch.Tensor:
+            return -torch.stack([s.mean() for s in self.logits(x, noise, t, batch.cond)]).mean()
+
+        return [AuxTerm("gan", loss, weight=self.weight, state=lambda: adapter_state(self.denoiser.unet, None))]
+
+    def real_samples(self, batch: AuxBatch) -> torch.Tensor:
+        """Teacher x̂0 from the student's input z_t at t: ``teacher_steps`` equal CFG-DDIM steps toward 0, the
+        last one read as the teacher's x̂0 (a DDIM move to t = 0 would stop at ᾱ_0 < 1)."""
+        den, t = self.denoiser, batch.t
+        path = even_path(t, torch.zeros_like(t), self.teacher_steps, self.teacher_steps)
+        z = teacher_solve(den, batch.z_t.float(), path[:, :-1], batch.cond, self.guidance_scale)
+        with teacher_mode(den.unet):
+            return den.predict_cfg(z, path[:, -2], batch.cond, self.guidance_scale)[0]
+
+    def update(self, batch: AuxBatch) -> dict[str, float]:
+        """One hinge step on the heads; real and fake share t' and noise (a paired comparison). The backbone
+        runs without grad (frozen, inputs detached), so only the heads' small graph is kept."""
+        den, cond = self.denoiser, batch.cond
+        real, fake = self.real_samples(batch), batch.x0.detach().float()
+        noise, t = self._renoise(fake, batch.generator)
+        both = Conditioning(*(torch.cat([c, c]) for c in (cond.embeds, cond.pooled, cond.time_ids)))
+        x, noise, t = torch.cat([real, fake]), torch.cat([noise, noise]), torch.cat([t, t])
+        with teacher_mode(den.unet):
+            features = encoder_features(den, den.add_noise(x, noise, t), t, both)
+        with torch.enable_grad():
+            pairs = [s.chunk(2) for s in self._score(features)]
+            loss = torch.stack([F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in pairs]).mean()
+            loss.backward()
+        d_real = torch.stack([r.mean() for r, _ in pairs]).mean()
+        d_fake = torch.stack([f.mean() for _, f in pairs]).mean()
+        optimizer_step(self.parameters(), self.optimizer, self.sync)
+        return {"gan/d_loss": float(loss.detach()), "gan/d_real": float(d_real.detach()),
+                "gan/d_fake": float(d_fake.detach())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return trainable_state(self.name, self._named, self.optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_trainable_state(self.name, self._named, self.optimizer, state)
