@@ -10,25 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .data import Batch, generate, prompts_for
+from .data import Batch, generate
+from .evaluate import REAL_SEED, Sampler, markdown_table, score_samplers, summarise
 from .evaluator import DEFAULT_WEIGHTS as EVALUATOR_WEIGHTS
 from .evaluator import evaluate_images, file_sha256, load_evaluator
-from .metrics import attribute_accuracy, frechet_distance, kernel_inception_distance
-from .sample import sample
+from .metrics import frechet_distance, kernel_inception_distance
 from .sanity import score
 from .vae import reconstruct
 
 DEFAULT_TEACHER = Path(__file__).parent / "weights" / "teacher"
-REAL_SEED = 424_242
 REFERENCE = (25, 3.0)    # (steps, guidance) of the FD-to-teacher reference
-COLUMNS = ("acc_all", "acc_shape", "acc_colour", "acc_texture", "acc_position", "fd", "kid", "fd_teacher25",
-           "unet_evals", "s_per_image")
 
 
 def ensure_tokenizers(folder: str | Path) -> Path:
@@ -51,29 +46,10 @@ def load_teacher(path: str | Path = DEFAULT_TEACHER):
 
 def run(pipe, model, n: int, seed: int, configs: list[tuple[int, float]]) -> dict[str, dict[str, float]]:
     """Metrics of every (steps, guidance) configuration for one noise seed."""
-    real = generate(n, REAL_SEED)
-    prompts = prompts_for(real.labels, np.resize(np.array(["en", "zh"]), n))
-    real_features, _ = evaluate_images(model, real.images)
-    features, rows = {}, {}
-    for steps, guidance in sorted(configs, key=lambda c: c != REFERENCE):   # reference first
-        start = time.perf_counter()
-        images = sample(pipe, prompts, steps, guidance, seed)
-        elapsed = time.perf_counter() - start
-        features[(steps, guidance)], predicted = evaluate_images(model, images)
-        rows[f"DDIM-{steps} w={guidance:g}"] = dict(
-            steps=steps, guidance=guidance,
-            **{f"acc_{k}": v for k, v in attribute_accuracy(predicted, real.labels).items()},
-            fd=frechet_distance(features[(steps, guidance)], real_features),
-            kid=kernel_inception_distance(features[(steps, guidance)], real_features),
-            fd_teacher25=frechet_distance(features[(steps, guidance)], features[REFERENCE]),
-            unet_evals=steps * (2 if guidance > 1 else 1), s_per_image=elapsed / n)
+    def sampler(steps: int, guidance: float) -> Sampler:
+        return Sampler(f"DDIM-{steps} w={guidance:g}", pipe, steps, guidance)
+    rows, _ = score_samplers([sampler(*c) for c in configs], sampler(*REFERENCE), model, n, seed)
     return rows
-
-
-def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
-    """[mean, std] over seeds for every configuration and column."""
-    return {name: {c: [float(np.mean([r[name][c] for r in per_seed])), float(np.std([r[name][c] for r in per_seed]))]
-                   for c in COLUMNS} for name in per_seed[0]}
 
 
 def markdown(record: dict) -> str:
@@ -89,11 +65,7 @@ def markdown(record: dict) -> str:
             f"{record['vae_reconstruction']['acc_texture']:.3g}. Teacher trained {record['teacher']['steps']} steps "
             f"({record['teacher']['train_seconds']} s). s_per_image: CPU, {torch.get_num_threads()} threads, "
             f"shared cores.\n\n")
-    table = ["| sampler | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
-    for name, row in record["summary"].items():
-        cells = [f"{m:.3g}" if len(record["seeds"]) == 1 else f"{m:.3g} ± {s:.2g}" for m, s in row.values()]
-        table.append(f"| {name} | " + " | ".join(cells) + " |")
-    return head + "\n".join(table) + "\n"
+    return head + markdown_table(record["summary"], len(record["seeds"]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,81 @@
+"""Score samplers on the toy: one row of metrics per (model, scheduler, steps, guidance).
+
+Every sampler draws the same N prompts (labels of a held-out real set, English and Chinese alternating)
+from the same noise, and the frozen evaluator scores the images against that real set (FD, KID), against
+the reference sampler's images (FD-to-teacher: the teacher's DDIM-25 + CFG) and by attribute accuracy.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .data import generate, prompts_for
+from .evaluator import evaluate_images
+from .metrics import attribute_accuracy, frechet_distance, kernel_inception_distance
+from .sample import sample
+
+REAL_SEED = 424_242
+COLUMNS = ("acc_all", "acc_shape", "acc_colour", "acc_texture", "acc_position", "fd", "kid", "fd_teacher25",
+           "unet_evals", "s_per_image")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A model (pipeline) with one sampling configuration."""
+
+    label: str
+    pipe: Any
+    steps: int
+    guidance: float = 1.0
+    scheduler: str = "ddim"      # ddim (trailing) | tlcm
+
+    @property
+    def unet_evals(self) -> int:
+        return self.steps * (2 if self.guidance > 1 else 1)
+
+
+def eval_prompts(n: int):
+    """The held-out real set and its prompts (en/zh alternating)."""
+    real = generate(n, REAL_SEED)
+    return real, prompts_for(real.labels, np.resize(np.array(["en", "zh"]), n))
+
+
+def score_samplers(samplers: list[Sampler], reference: Sampler, evaluator, n: int, seed: int
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Metrics per sampler label for one noise seed, and the first 16 images of each (for grids)."""
+    real, prompts = eval_prompts(n)
+    real_features, _ = evaluate_images(evaluator, real.images)
+    shown = samplers if reference.label in {s.label for s in samplers} else [reference, *samplers]
+    ordered = [reference] + [s for s in shown if s.label != reference.label]      # the reference goes first
+    features, rows, previews = {}, {}, {}
+    for s in ordered:
+        start = time.perf_counter()
+        images = sample(s.pipe, prompts, s.steps, s.guidance, seed, scheduler=s.scheduler)
+        elapsed = time.perf_counter() - start
+        features[s.label], predicted = evaluate_images(evaluator, images)
+        rows[s.label] = dict(
+            steps=s.steps, guidance=s.guidance, scheduler=s.scheduler,
+            **{f"acc_{k}": v for k, v in attribute_accuracy(predicted, real.labels).items()},
+            fd=frechet_distance(features[s.label], real_features),
+            kid=kernel_inception_distance(features[s.label], real_features),
+            fd_teacher25=frechet_distance(features[s.label], features[reference.label]),
+            unet_evals=s.unet_evals, s_per_image=elapsed / n)
+        previews[s.label] = images[:16]
+    return {s.label: rows[s.label] for s in shown}, previews
+
+
+def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    """[mean, std] over seeds for every sampler and column."""
+    return {name: {c: [float(np.mean([r[name][c] for r in per_seed])), float(np.std([r[name][c] for r in per_seed]))]
+                   for c in COLUMNS} for name in per_seed[0]}
+
+
+def markdown_table(summary: dict[str, dict[str, list[float]]], seeds: int) -> str:
+    lines = ["| sampler | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, row in summary.items():
+        cells = [f"{m:.3g}" if seeds == 1 else f"{m:.3g} ± {s:.2g}" for m, s in row.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
