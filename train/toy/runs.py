@@ -33,6 +33,12 @@ def train_run(out: Path, overrides: list[str], resume: str | Path | None = None,
     return out
 
 
+def wall_seconds(out: Path) -> float:
+    """Wall time between the first and the last logged step of a run (its logs/metrics.jsonl)."""
+    rows = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return rows[-1]["time"] - rows[0]["time"] if rows else 0.0
+
+
 def checkpoint(out: Path, step: int) -> Path:
     path = out / "checkpoints" / f"checkpoint-{step:08d}"
     if not (path / "student.safetensors").is_file():
