@@ -17,17 +17,33 @@ from train.app.jobs import LOCK_NAME, JobInfo, JobManager, RunRecord  # noqa: E4
 from train.app.paths import (PathError, check_config_file, check_lora, check_model, check_output_dir,  # noqa: E402
                              check_prompt_files, files_inside, inside)
 from train.app.plot import loss_svg  # noqa: E402
-from train.app.presets import PRESETS, TOY_SIZES  # noqa: E402
+from train.app import presets  # noqa: E402
+from train.app.app import LAUNCH_FIELDS, read_form  # noqa: E402
+from train.app.paths import check_scorer_weights  # noqa: E402
+from train.app.presets import PRESETS, TOY_YAML, toy_settings  # noqa: E402
 from train.app.progress import failure_reason, read_run  # noqa: E402
 from train.config import Config, ConfigError, load_config, save_config  # noqa: E402
 
 
+def toy_scorer_file(path):
+    """A file with the toy scorer's tensor names (random weights: only the header is ever checked here)."""
+    import torch
+    from safetensors.torch import save_file
+    from train.preference.toy_scorer import ToyScorer
+    torch.manual_seed(0)
+    save_file(ToyScorer().state_dict(), str(path))
+    return path
+
+
 @pytest.fixture()
 def unusual(tmp_path) -> Config:
-    """A config touching every kind of value: spaces/quotes/unicode in paths and prompts, lists, None."""
+    """A config touching every kind of value: spaces/quotes/unicode in paths and prompts, lists, None, and
+    all four stages (stage 4 off)."""
     prompts = tmp_path / "my prompts 'x'.txt"
     prompts.write_text("a cat\n")
     return load_config(None, [
+        "mps.steps=30", "mps.scorer=toy", f"mps.scorer_weights={json.dumps(str(tmp_path / 'scorer ü.safetensors'))}",
+        "mps.margin=12.5", "dm.steps=0", "dm.gan_weight=0.5", "dm.fake_updates=2", "dm.disc_lr=3e-4",
         f"model.path={json.dumps(str(tmp_path / 'mödel dir'))}", f"data.prompts={json.dumps([str(prompts)])}",
         'data.sample_prompts=["a cat, on a mat", "猫 \\"quoted\\""]', "lora.rank=16", "lora.alpha=2.5",
         "lora.target_modules=[to_q, to_out.0]", "mlcd.lr=3e-5", "lcd.steps=0", "train.mixed_precision=bf16",
@@ -42,7 +58,8 @@ def test_command_parses_back_to_the_same_config(unusual):
     argv = build_argv(unusual, launch)
     assert argv[argv.index("--mixed_precision") + 1] == "bf16"
     # only what differs from the trainer's defaults (plus the required paths) is spelled out
-    assert len(overrides) == 12
+    assert len(overrides) == 20
+    assert "mps.steps=30" in overrides and "dm.steps=0" in overrides and "dm.fake_updates=2" in overrides
     assert parse_command(show_command(unusual, launch, resume=True)) == (overrides, True)
     for bad in ("accelerate launch x.py", "accelerate launch -m train --set", "-m train --set 'a=b"):
         with pytest.raises(ValueError, match="trainer|shell"):
@@ -72,12 +89,41 @@ def test_bad_launch_options_are_named(unusual, launch, message):
 def test_form_round_trip_covers_every_config_key(unusual):
     values = to_form(unusual)
     assert values["lcd.enabled"] is False and values["lcd.steps"] == Config().lcd.steps   # paper value kept
+    assert values["dm.enabled"] is False and values["dm.steps"] == Config().dm.steps
+    assert values["mps.enabled"] is True and values["mps.steps"] == 30 and values["mps.scorer"] == "toy"
     assert values["data.sample_prompts"] == 'a cat, on a mat\n猫 "quoted"'
     assert from_form(values) == unusual
     assert {k for k in KEYS if "." in k and not k.endswith(".enabled")} == {
         f"{s}.{k}" for s, fields in Config().to_dict().items() for k in fields}
     assert from_form({**values, "lcd.enabled": True}).lcd.steps == Config().lcd.steps
+    assert {k for k in KEYS if k.endswith(".enabled")} == {"mlcd.enabled", "lcd.enabled", "mps.enabled", "dm.enabled"}
     assert from_form({**values, "lora.target_modules": ""}).lora.target_modules is None
+
+
+@pytest.mark.parametrize("stage", ["mlcd", "lcd", "mps", "dm"])
+def test_a_stage_toggle_turns_its_steps_to_zero_and_back_to_the_paper_value(unusual, stage):
+    values = to_form(unusual)
+    off = from_form({**values, f"{stage}.enabled": False})
+    assert getattr(off, stage).steps == 0
+    assert load_config(None, parse_command(show_command(off, LaunchOptions()))[0]) == off    # and via the command
+    shown = to_form(off)
+    assert shown[f"{stage}.enabled"] is False
+    paper = getattr(Config(), stage).steps
+    assert shown[f"{stage}.steps"] == paper                 # an off stage's box shows the paper's step count
+    assert getattr(from_form({**shown, f"{stage}.enabled": True}), stage).steps == paper      # on again
+    assert from_form({**to_form(Config()), "model.path": "m", "data.prompts": "p.txt", "mps.scorer_weights": "w",
+                      f"{stage}.enabled": True}) == load_config(None, ["model.path=m", "data.prompts=[p.txt]",
+                                                                       "mps.scorer_weights=w"])     # paper default
+
+
+def test_stages_3_and_4_need_scorer_weights_before_anything_launches(unusual):
+    values = {**to_form(unusual), "mps.scorer_weights": ""}
+    with pytest.raises(ConfigError, match="mps.scorer_weights: required"):
+        from_form(values)
+    with pytest.raises(ConfigError, match="mps.scorer_weights: required"):
+        from_form({**values, "mps.enabled": False, "dm.enabled": True})
+    assert from_form({**values, "mps.enabled": False}).mps.steps == 0       # stages 3-4 off: not needed
+    assert from_form({**values, "mps.weight": 0}).mps.weight == 0           # preference term off: not needed
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -96,23 +142,79 @@ def test_saved_config_loads_in_the_cli_and_the_form(unusual, tmp_path):
     assert from_form(to_form(load_config(path))) == unusual
 
 
-def test_gpu_presets_undo_every_toy_shrink():
-    toy_form = {**to_form(Config()), **form_values(TOY_SIZES), "model.path": "m", "data.prompts": "p.txt"}
+def test_gpu_presets_undo_every_toy_shrink(tmp_path, monkeypatch):
+    monkeypatch.setattr(presets, "TOY_SCORER", toy_scorer_file(tmp_path / "scorer.safetensors"))   # stages 3-4 on
+    toy_form = {**to_form(Config()), **form_values(toy_settings()), "model.path": "m", "data.prompts": "p.txt"}
+    assert toy_form["mps.scorer_weights"] == str(tmp_path / "scorer.safetensors")
     for name, memory in [("24 GB GPU", ["train.mixed_precision=bf16"]),
                          ("16 GB GPU", ["train.mixed_precision=bf16", "train.optimizer=adamw8bit"]),
                          ("12 GB GPU", ["train.mixed_precision=fp16", "train.optimizer=adamw8bit", "lora.rank=32",
                                         "lora.alpha=4", "output.sample_every=1000"])]:
         values = PRESETS[name].values()
         assert "model.path" not in values and "data.prompts" not in values     # the user's paths stay
-        assert from_form({**toy_form, **form_values(values)}) == load_config(
-            None, ["model.path=m", "data.prompts=[p.txt]", *memory]), name
+        gpu_form = {**toy_form, **form_values(values)}
+        assert gpu_form["mps.scorer"] == "mps" and gpu_form["mps.scorer_weights"] == ""   # not the toy's scorer
+        with pytest.raises(ConfigError, match="mps.scorer_weights: required"):
+            from_form(gpu_form)                     # the paper's stages 3-4 wait for the user's MPS weights
+        assert from_form({**gpu_form, "mps.scorer_weights": "mps.safetensors"}) == load_config(
+            None, ["model.path=m", "data.prompts=[p.txt]", "mps.scorer_weights=mps.safetensors", *memory]), name
+        assert "MPS scorer weights" in PRESETS[name].summary
 
 
-def test_toy_preset_is_a_loadable_model_and_prompts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("with_scorer", [False, True])
+def test_toy_preset_is_toy_yaml_with_the_toy_teacher(tmp_path, monkeypatch, with_scorer):
+    from train.toy.bench_teacher import DEFAULT_TEACHER
+    from train.toy.distill import TOY_CONFIG, TRAIN_PROMPTS
     monkeypatch.setenv("TLCM_TRAINER_HOME", str(tmp_path / "home"))
+    scorer = tmp_path / "scorer.safetensors"
+    monkeypatch.setattr(presets, "TOY_SCORER", toy_scorer_file(scorer) if with_scorer else scorer)
     values = PRESETS["CPU toy"].values()
-    assert check_model(values["model.path"]).is_relative_to(tmp_path / "home")
-    assert check_prompt_files(values["data.prompts"])[1] == 4
+    assert TOY_YAML == TOY_CONFIG
+    assert check_model(values["model.path"]) == DEFAULT_TEACHER.resolve()        # tokenizers generated
+    prompts, count = check_prompt_files(values["data.prompts"])
+    assert count == TRAIN_PROMPTS and prompts[0].is_relative_to(tmp_path / "home")
+    late = ([f"mps.steps={presets.TOY_LATE_STEPS['mps']}", f"dm.steps={presets.TOY_LATE_STEPS['dm']}",
+             f"mps.scorer_weights={scorer}"] if with_scorer else ["mps.steps=0", "dm.steps=0"])
+    expected = load_config(TOY_CONFIG, [f"model.path={values['model.path']}", f"data.prompts=[{prompts[0]}]",
+                                        "mps.scorer=toy", *late])
+    assert from_form({**to_form(Config()), **form_values(values)}) == expected    # every toy.yaml value
+    summary = PRESETS["CPU toy"].summary
+    assert "min on an idle 2-core CPU" in summary and f"{expected.mlcd.steps} MLCD" in summary
+    assert ("DM/GAN steps (toy scorer)" in summary) == with_scorer and ("are off" in summary) != with_scorer
+
+
+def test_scorer_weights_path_checks(tmp_path):
+    toy = toy_scorer_file(tmp_path / "toy.safetensors")
+    assert check_scorer_weights(str(toy), "toy") == toy
+    (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    for raw, kind, message in [("", "toy", "empty"), (tmp_path / "nope.safetensors", "mps", "does not exist"),
+                               (tmp_path, "toy", "is a folder"), (tmp_path / "w.ckpt", "mps", "must end in"),
+                               (tmp_path / "garbage.safetensors", "toy", "not a readable .safetensors"),
+                               (toy, "mps", "is not a mps scorer")]:            # the toy file under the MPS kind
+        with pytest.raises(PathError, match=message):
+            check_scorer_weights(raw, kind)
+
+
+def test_the_form_checks_scorer_weights_only_while_stages_3_4_use_them(unusual, tmp_path, monkeypatch):
+    from train.toy.bench_teacher import DEFAULT_TEACHER, ensure_tokenizers
+    monkeypatch.chdir(tmp_path)
+    values = {**to_form(unusual), "model.path": str(ensure_tokenizers(DEFAULT_TEACHER)),
+              "mps.scorer_weights": "scorer ü.safetensors"}                    # relative to the app's folder
+
+    def args(changes=None):
+        shown = {**values, **(changes or {})}
+        return [shown[k] for k in KEYS] + [getattr(LaunchOptions(), n) for n in LAUNCH_FIELDS]
+    with pytest.raises(PathError, match=r"Scorer weights \(toy\): .*scorer ü.safetensors does not exist"):
+        read_form(args())
+    toy_scorer_file(tmp_path / "scorer ü.safetensors")
+    config, _ = read_form(args())
+    assert config.mps.scorer_weights == str(tmp_path / "scorer ü.safetensors")          # made absolute
+    with pytest.raises(PathError, match="is not a mps scorer"):
+        read_form(args({"mps.scorer": "mps"}))
+    for off in ({"mps.enabled": False}, {"mps.weight": 0}):                 # stage 3 off / preference term off
+        config, _ = read_form(args({**off, "mps.scorer_weights": "gone.safetensors"}))
+        assert config.mps.scorer_weights == "gone.safetensors"             # kept as typed, never opened
 
 
 def test_model_path_checks(tmp_path):

@@ -18,18 +18,22 @@ from PIL import Image
 from tlcm.generate import GenerationSettings
 from tlcm.lora import FORMATS
 from train.config import Config, ConfigError, load_config, save_config
+from train.techniques import needed as needed_techniques
 
 from . import form
 from .commands import LaunchOptions, copy_config, parse_command, show_command
 from .jobs import JobError, JobManager, has_checkpoint
 from .plot import loss_svg
-from .paths import PathError, check_config_file, check_model, check_output_dir, check_prompt_files
+from .paths import (PathError, check_config_file, check_model, check_output_dir, check_prompt_files,
+                    check_scorer_weights)
 from .presets import DEFAULT_PRESET, PRESETS
 from .progress import RunView, read_run
 from .try_it import Sampler, export
 
-MAIN_KEYS = ("model.path", "data.prompts", "output.dir", "mlcd.enabled", "mlcd.steps", "lcd.enabled", "lcd.steps",
-             "train.mixed_precision", "output.checkpoint_every", "output.sample_every", "data.sample_prompts")
+STAGE_KEYS = tuple(key for pair in form.STAGES.items() for key in pair)       # every stage's toggle and steps
+SCORER_KEYS = ("mps.scorer", "mps.scorer_weights")
+RUN_KEYS = ("train.mixed_precision", "train.batch_size", "output.checkpoint_every", "output.sample_every")
+MAIN_KEYS = ("model.path", "data.prompts", "output.dir", *STAGE_KEYS, *SCORER_KEYS, *RUN_KEYS, "data.sample_prompts")
 LAUNCH_FIELDS = {"num_processes": "GPUs / processes (total)", "num_machines": "machines",
                  "machine_rank": "this machine's rank", "main_process_ip": "main machine IP",
                  "main_process_port": "main machine port", "gpu_ids": "GPU ids (e.g. 0,1; empty = all)"}
@@ -71,6 +75,13 @@ def _initial_form() -> tuple[dict[str, Any], str]:
         return values, f"**Warning:** preset {DEFAULT_PRESET!r} unavailable: {err}"
 
 
+def _summary(name: str) -> str:
+    try:
+        return PRESETS[name].summary
+    except Exception as err:        # e.g. toy.yaml unreadable: the page still opens
+        return f"(no summary: {err})"
+
+
 def _user_error(err: Exception) -> str:
     return f"**Error:** {err}"
 
@@ -99,6 +110,22 @@ def status_html(view: RunView, folder: Path | None) -> str:
     return text
 
 
+def read_form(args: tuple | list) -> tuple[Config, LaunchOptions]:
+    """The validated config with absolute, checked paths, and the launch options, from the form's values
+    (``form.KEYS`` order, then ``LAUNCH_FIELDS``). The scorer weights are checked only while stages 3-4 use
+    them, so a stale path in a switched-off stage never blocks a run."""
+    config = form.from_form(dict(zip(form.KEYS, args[:len(form.KEYS)])))
+    launch = LaunchOptions(**{n: (int(v) if isinstance(v, float) else v)
+                              for n, v in zip(LAUNCH_FIELDS, args[len(form.KEYS):])}).validate()
+    prompts, _ = check_prompt_files(config.data.prompts)
+    scorer = config.mps.scorer_weights
+    if "mps" in needed_techniques(config):           # stages 3-4 run with the preference term
+        scorer = str(check_scorer_weights(scorer, config.mps.scorer))
+    return copy_config(config, model={"path": str(check_model(config.model.path))},
+                       data={"prompts": [str(p) for p in prompts]}, mps={"scorer_weights": scorer},
+                       output={"dir": str(check_output_dir(config.output.dir))}), launch
+
+
 def build_app(manager: JobManager | None = None, sampler: Sampler | None = None, banner: str = "") -> gr.Blocks:
     """The whole UI; ``banner`` is shown in red on every page (e.g. "exposed without a password")."""
     manager, sampler = manager or JobManager(), sampler or Sampler()
@@ -113,20 +140,23 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
         with gr.Tab("Setup", id="setup"):
             with gr.Row():
                 preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="preset", scale=1)
-                preset_info = gr.Markdown(PRESETS[DEFAULT_PRESET].summary)
+                preset_info = gr.Markdown(_summary(DEFAULT_PRESET), elem_id="preset-summary")
             with gr.Group():
                 for key in ("model.path", "data.prompts", "output.dir"):
                     inputs[key] = _component(fields[key], values[key])
                 check = gr.Button("Check paths", size="sm", elem_id="check-paths")
             with gr.Row():
-                for stage in ("mlcd", "lcd"):
-                    with gr.Column():
-                        inputs[f"{stage}.enabled"] = _component(fields[f"{stage}.enabled"], values[f"{stage}.enabled"])
-                        inputs[f"{stage}.steps"] = _component(fields[f"{stage}.steps"], values[f"{stage}.steps"])
+                for toggle, steps_key in form.STAGES.items():
+                    with gr.Column(min_width=160):
+                        inputs[toggle] = _component(fields[toggle], values[toggle])
+                        inputs[steps_key] = _component(fields[steps_key], values[steps_key])
+            with gr.Row():
+                inputs["mps.scorer"] = _component(fields["mps.scorer"], values["mps.scorer"])
+                inputs["mps.scorer_weights"] = _component(fields["mps.scorer_weights"], values["mps.scorer_weights"])
             with gr.Row():
                 launch_inputs = {name: _launch_component(name, label) for name, label in LAUNCH_FIELDS.items()}
             with gr.Row():
-                for key in ("train.mixed_precision", "output.checkpoint_every", "output.sample_every"):
+                for key in RUN_KEYS:
                     inputs[key] = _component(fields[key], values[key])
             inputs["data.sample_prompts"] = _component(fields["data.sample_prompts"], values["data.sample_prompts"])
             with gr.Accordion("Advanced: every hyperparameter (paper defaults)", open=False):
@@ -156,7 +186,7 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
                 resume_btn = gr.Button("Resume latest", elem_id="resume", interactive=False)
             status = gr.HTML(elem_id="status")
             plot = gr.HTML(loss_svg([]), label="Loss per stage")
-            gallery = gr.Gallery(label="Samples (rows: prompts; columns: 2/4/8 steps)", columns=4, height=360,
+            gallery = gr.Gallery(label="Samples (rows: prompts; columns: the sample steps)", columns=4, height=360,
                                  elem_id="samples")
             lora_files = gr.Markdown(elem_id="lora-files")
             log = gr.Code(label="Log (last lines)", language=None, elem_id="log", max_lines=40)
@@ -165,7 +195,8 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
                 try_model = gr.Textbox(label="Base model", value=values["model.path"], elem_id="try-model")
                 try_lora = gr.Textbox(label="TLCM LoRA (.safetensors or PEFT folder)", elem_id="try-lora")
             with gr.Row():
-                prompt = gr.Textbox(label="Prompt", value="a red circle at the top left", elem_id="try-prompt", scale=3)
+                prompt = gr.Textbox(label="Prompt", value=(values["data.sample_prompts"].splitlines() or [""])[0],
+                                    elem_id="try-prompt", scale=3)
                 steps = gr.Slider(2, 8, value=4, step=1, label="Steps", elem_id="try-steps")
                 strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
             with gr.Row():
@@ -185,16 +216,6 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
         form_inputs = [inputs[k] for k in form.KEYS]
         launch_list = list(launch_inputs.values())
 
-        def read_form(args: tuple) -> tuple[Config, LaunchOptions]:
-            """The validated config with absolute, checked paths, and the launch options."""
-            config = form.from_form(dict(zip(form.KEYS, args[:len(form.KEYS)])))
-            launch = LaunchOptions(**{n: (int(v) if isinstance(v, float) else v)
-                                      for n, v in zip(LAUNCH_FIELDS, args[len(form.KEYS):])}).validate()
-            prompts, _ = check_prompt_files(config.data.prompts)
-            return copy_config(config, model={"path": str(check_model(config.model.path))},
-                               data={"prompts": [str(p) for p in prompts]},
-                               output={"dir": str(check_output_dir(config.output.dir))}), launch
-
         def guarded(fn: Callable[..., Any], n_out: int) -> Callable[..., Any]:
             """Run ``fn``; on a user error show it in ``message`` and leave every output unchanged."""
             def run(*args):
@@ -207,13 +228,15 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
         def on_preset(name: str):
             chosen = PRESETS[name]
             shown = form.form_values(chosen.values())
-            return (f"Preset **{name}** applied.", chosen.summary, *[shown.get(k, gr.skip()) for k in form.KEYS],
+            return (f"Preset **{name}** applied.", _summary(name), *[shown.get(k, gr.skip()) for k in form.KEYS],
                     *[getattr(chosen.launch, n) for n in LAUNCH_FIELDS])
 
         def on_check(*args):
             config, _ = read_form(args)
             _, count = check_prompt_files(config.data.prompts)
-            return f"Paths OK: model {config.model.path} · {count} prompts · output {config.output.dir}"
+            scorer = (f" · {config.mps.scorer} scorer {config.mps.scorer_weights}"
+                      if "mps" in needed_techniques(config) else "")
+            return f"Paths OK: model {config.model.path} · {count} prompts{scorer} · output {config.output.dir}"
 
         def on_show(*args):
             config, launch = read_form(args)

@@ -13,23 +13,44 @@ from typing import Any
 
 import yaml
 
-from train.config import DISTANCES, MIXED_PRECISION, OPTIMIZERS, Config, ConfigError, load_config
+from train.config import DISTANCES, MIXED_PRECISION, OPTIMIZERS, SCORERS, Config, ConfigError, load_config
+from train.config import STAGES as STAGE_NAMES
 
 from .commands import flatten, override
 
+_PAPER = Config()
 CHOICES = {"train.mixed_precision": MIXED_PRECISION, "train.optimizer": OPTIMIZERS,
-           "distill.distance": DISTANCES, "output.save_dtype": ("fp16", "bf16", "fp32")}
+           "distill.distance": DISTANCES, "output.save_dtype": ("fp16", "bf16", "fp32"), "mps.scorer": SCORERS}
 LINES = ("data.prompts", "data.sample_prompts")       # one item per line (prompts contain commas)
-STAGES = {"mlcd.enabled": "mlcd.steps", "lcd.enabled": "lcd.steps"}
+STAGES = {f"{stage}.enabled": f"{stage}.steps" for stage in STAGE_NAMES}   # a toggle per stage, in order
+STAGE_TITLES = {"mlcd": "Stage 1 (MLCD)", "lcd": "Stage 2 (LCD)", "mps": "Stage 3 (preference)",
+                "dm": "Stage 4 (DM + GAN)"}
 LABELS = {"model.path": "Base model", "data.prompts": "Prompt files", "output.dir": "Output folder",
-          "mlcd.enabled": "Stage 1 (MLCD)", "mlcd.steps": "Stage 1 steps", "lcd.enabled": "Stage 2 (LCD)",
-          "lcd.steps": "Stage 2 steps", "data.sample_prompts": "Sample prompts"}
+          "data.sample_prompts": "Sample prompts", "mps.scorer": "Preference scorer",
+          "mps.scorer_weights": "Scorer weights (stages 3-4)",
+          **{f"{s}.enabled": title for s, title in STAGE_TITLES.items()},
+          **{f"{s}.steps": f"{title.split(' (')[0]} steps" for s, title in STAGE_TITLES.items()}}
 INFO = {
     "model.path": "local diffusers folder (with model_index.json) or single-file .safetensors",
     "data.prompts": "one .txt / .jsonl / .csv file per line",
     "data.sample_prompts": "one prompt per line; rendered at the sample steps every N steps",
-    "mlcd.enabled": "stage 1: data-free multistep latent consistency distillation (paper: 12000 steps, lr 1e-4)",
-    "lcd.enabled": "stage 2: improved data-free LCD (paper: 2000 steps, lr 1e-5)",
+    "mlcd.enabled": f"data-free multistep latent consistency distillation (paper: {_PAPER.mlcd.steps} steps, "
+                    f"lr {_PAPER.mlcd.lr:g})",
+    "lcd.enabled": f"improved data-free LCD (paper: {_PAPER.lcd.steps} steps, lr {_PAPER.lcd.lr:g})",
+    "mps.enabled": f"LCD + the preference hinge loss on a scorer, Eq. 11 (paper: {_PAPER.mps.steps} steps, "
+                   f"lr {_PAPER.mps.lr:g}, MPS)",
+    "dm.enabled": f"LCD + preference + distribution matching (Eq. 12) + adversarial loss (Eq. 13) (paper: "
+                  f"{_PAPER.dm.steps} steps, lr {_PAPER.dm.lr:g})",
+    "mps.scorer": "mps: the paper's MPS (SDXL); toy: the toy world's scorer",
+    "mps.scorer_weights": "local file: a converted MPS state dict (.safetensors/.pth, see train/preference/mps.py) "
+                          "or train/toy/weights/scorer.safetensors; needed while stage 3 or 4 runs",
+    "mps.weight": "of the preference term in stages 3 and 4 (0 = off)",
+    "mps.margin": "s0: the score an image must reach with its own prompt",
+    "dm.dmd_weight": "distribution matching term (0 = off)",
+    "dm.gan_weight": "adversarial term (0 = off)",
+    "dm.fake_rank": "LoRA rank of the fake score (a second adapter on the frozen UNet)",
+    "dm.fake_updates": "fake-score updates per student step",
+    "dm.gan_teacher_steps": "teacher CFG-DDIM steps that make the discriminator's real samples",
     "lora.target_modules": "comma-separated module suffixes; empty = TLCM's 14 targets",
     "output.checkpoint_every": "steps between checkpoints (0 = only at the end)",
     "output.sample_every": "steps between sample grids (0 = off)",

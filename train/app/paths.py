@@ -14,6 +14,7 @@ from train.config import CONFIG_SUFFIXES
 from train.prompts import PROMPT_SUFFIXES, PromptFileError, read_prompts
 
 LORA_SUFFIXES = (".safetensors",)
+SCORER_SUFFIXES = {"toy": (".safetensors",), "mps": (".safetensors", ".pth", ".pt", ".bin")}
 
 
 class PathError(ValueError):
@@ -83,6 +84,45 @@ def check_config_file(raw: str | Path, *, must_exist: bool) -> Path:
     if not must_exist and path.is_dir():
         raise PathError(f"Config file: {path} is a folder")
     return path
+
+
+def check_scorer_weights(raw: str | Path, kind: str) -> Path:
+    """The preference scorer's local weights file (stages 3-4): it exists, has a suffix its ``kind``
+    loads, and a ``.safetensors`` header (read, nothing else) names the tensors that scorer expects —
+    so the toy scorer's file left in the field under the ``mps`` kind is caught before launching."""
+    what = f"Scorer weights ({kind})"
+    path = _absolute(raw, what)
+    suffixes = SCORER_SUFFIXES.get(kind, (".safetensors",))
+    if path.is_dir():
+        raise PathError(f"{what}: {path} is a folder; pick the weights file ({'/'.join(suffixes)})")
+    if not path.is_file():
+        raise PathError(f"{what}: {path} does not exist" + (
+            " (get it as train/preference/mps.py says, or turn stages 3-4 off)" if kind == "mps" else ""))
+    if path.suffix.lower() not in suffixes:
+        raise PathError(f"{what}: {path.name} must end in {', '.join(suffixes)}")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = set(handle.keys())
+        except Exception as err:        # safetensors raises its own error types for a bad header
+            raise PathError(f"{what}: {path} is not a readable .safetensors file ({err})") from err
+        missing = sorted(_scorer_keys(kind) - keys)
+        if missing:
+            raise PathError(f"{what}: {path.name} is not a {kind} scorer ({len(missing)} of its tensors are "
+                            f"missing, e.g. {', '.join(missing[:2])}); check the scorer kind and file")
+    return path
+
+
+def _scorer_keys(kind: str) -> set[str]:
+    """The tensor names a scorer of ``kind`` loads (built on the meta device: no memory, no weights read)."""
+    import torch
+    if kind == "toy":
+        from train.preference.toy_scorer import ToyScorer
+        with torch.device("meta"):
+            return set(ToyScorer().state_dict())
+    from train.preference.mps import STALE_KEYS, CrossConfig, _layout, clip_vit_h14_config
+    return {k for k in _layout((clip_vit_h14_config(), CrossConfig())) if not k.endswith(STALE_KEYS)}
 
 
 def check_lora(raw: str | Path) -> Path:

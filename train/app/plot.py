@@ -9,7 +9,9 @@ import html
 import math
 from typing import Any
 
-COLORS = {"mlcd": "#2563eb", "lcd": "#dc2626"}
+# stages 1-4 (their consistency loss), then the terms stages 3-4 add (preference, DMD, GAN)
+COLORS = {"mlcd": "#2563eb", "lcd": "#dc2626", "mps": "#7c3aed", "dm": "#d97706", "dmd": "#0891b2",
+          "gan": "#db2777", "preference": "#4d7c0f"}
 FALLBACK_COLOR = "#059669"
 WIDTH, HEIGHT, PAD = 760, 260, 44
 

@@ -1,12 +1,17 @@
-"""Presets: the CPU toy (default: "Train" works out of the box on a laptop) and 24/16/12 GB GPU setups.
+"""Presets: the CPU toy (default: "Train" runs a real, small distillation out of the box on a CPU) and
+24/16/12 GB GPU setups.
 
-A preset sets only the keys it is about; the GPU presets put every key the toy shrinks back to the
-paper's value, so switching toy → GPU never trains SDXL at 64 px by accident. The GPU memory figures
-are arithmetic (docs/trainer.md §2: frozen bf16/fp16 SDXL UNet + fp32 LoRA masters + optimizer state +
-checkpointed activations at batch 1), not measurements.
+The CPU toy distils the committed toy teacher (``train/toy/weights/teacher``, a 4 M-parameter SDXL-class
+model of a procedural shapes world) with the values of ``train/configs/toy.yaml`` — read from the file,
+the same settings as ``python run.py demo`` — on 4000 toy prompts written into the app's home. Stages 3-4
+(preference, DM + GAN) run a few steps with the toy scorer when ``train/toy/weights/scorer.safetensors``
+exists, and are off otherwise.
 
-The toy's model is one function, ``toy_model``: today the tiny offline SDXL kit (random weights, same
-classes as SDXL), later the trained toy teacher from ``train/toy``.
+A preset sets only the keys it is about; the GPU presets put every key the toy sets back to the paper's
+value (stages 3-4 included, so ``mps.scorer_weights`` is then the user's to fill in), so switching toy →
+GPU never trains SDXL at 32 px by accident. The GPU memory figures are arithmetic (docs/trainer.md §2:
+frozen bf16/fp16 SDXL UNet + fp32 LoRA masters + optimizer state + checkpointed activations at batch 1),
+not measurements.
 """
 from __future__ import annotations
 
@@ -15,73 +20,131 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from train.config import Config
+from train.config import STAGES, Config, load_config, read_config_file
 
-from .commands import LaunchOptions, flatten
+from .commands import LaunchOptions, flatten, override
 
-TOY_PROMPTS = ("a red circle at the top left", "a blue striped square in the middle",
-               "a green triangle at the bottom right", "a yellow dotted star on the left")
+TOY_DIR = Path(__file__).resolve().parents[1] / "toy"
+TOY_YAML = Path(__file__).resolve().parents[1] / "configs" / "toy.yaml"   # = train.toy.distill.TOY_CONFIG
+TOY_SCORER = TOY_DIR / "weights" / "scorer.safetensors"                 # = train.preference.toy_scorer.DEFAULT_WEIGHTS
+TOY_PROMPTS_NAME = "toy-world-prompts.txt"       # not the old kit's 4-line toy-prompts.txt, which may linger
+TOY_LATE_STEPS = {"mps": 20, "dm": 20}           # stages 3-4 on the toy when toy.yaml gives no steps for them
+PATH_KEYS = ("model.path", "data.prompts", "output.dir")     # the user's; a preset never puts the toy's here
+# Wall-clock seconds per step at batch 32 on an idle 2-core CPU (2 torch threads). MLCD 1.3 s: measured on
+# the project's 2-core machine when idle. The others scaled from their CPU time relative to MLCD, measured
+# on that machine under load (1 thread, 3 steps each: MLCD 3.4 s, LCD 2.7 s, DM + GAN 6.5 s; the preference
+# term adds 0.2 s for the toy VAE decode and scorer) — estimates, within maybe 30 %.
+TOY_SECONDS_PER_STEP = {"mlcd": 1.3, "lcd": 1.05, "mps": 1.15, "dm": 2.6}
+TOY_OVERHEAD_S = 45          # estimate: imports, teacher, encoding 4000 prompts, sample grids, checkpoints
 
 
 def app_home() -> Path:
-    """The app's own folder (toy model, prompts): ``$TLCM_TRAINER_HOME`` or ``~/.cache/tlcm-trainer``."""
+    """The app's own folder (toy prompts): ``$TLCM_TRAINER_HOME`` or ``~/.cache/tlcm-trainer``."""
     return Path(os.environ.get("TLCM_TRAINER_HOME") or Path.home() / ".cache" / "tlcm-trainer").expanduser()
 
 
 def toy_model() -> Path:
-    """The CPU toy's base model, built offline on first use (seconds). Swap in the toy teacher here."""
-    from tlcm.testing.build import build_tiny_sdxl
-    return build_tiny_sdxl(app_home() / "tiny-sdxl").diffusers
+    """The CPU toy's base model: the committed toy teacher, its CLIP tokenizers generated on first use."""
+    from train.toy.bench_teacher import DEFAULT_TEACHER, ensure_tokenizers
+    return ensure_tokenizers(DEFAULT_TEACHER)
 
 
 def toy_prompts() -> Path:
-    path = app_home() / "toy-prompts.txt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(TOY_PROMPTS) + "\n", encoding="utf-8")
-    return path
+    """The toy's training prompts (English and Chinese), written once into the app's home."""
+    from train.toy.distill import toy_prompts as write_once
+    return write_once(app_home() / TOY_PROMPTS_NAME)
+
+
+def toy_settings() -> dict[str, Any]:
+    """The CPU toy's config values except the paths: every key ``toy.yaml`` sets (type-checked through
+    ``Config``), then stages 3-4: a few steps with the toy scorer when its file exists, else 0 steps."""
+    raw = read_config_file(TOY_YAML)
+    yaml_keys = [f"{section}.{key}" for section, keys in raw.items() for key in (keys or {})]
+    scorer = TOY_SCORER.is_file()
+    late: dict[str, Any] = {"mps.scorer": "toy", "mps.scorer_weights": str(TOY_SCORER) if scorer else ""}
+    for stage in ("mps", "dm"):
+        late[f"{stage}.steps"] = ((raw.get(stage) or {}).get("steps") or TOY_LATE_STEPS[stage]) if scorer else 0
+    config = flatten(load_config(TOY_YAML, [override(k, v) for k, v in
+                                            {"model.path": "toy", "data.prompts": ["toy.txt"], **late}.items()]))
+    return {key: config[key] for key in dict.fromkeys([*yaml_keys, *late]) if key not in PATH_KEYS}
+
+
+def _toy() -> dict[str, Any]:
+    return {"model.path": str(toy_model()), "data.prompts": [str(toy_prompts())], **toy_settings()}
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies in it (as the README names files)."""
+    root = TOY_DIR.parents[1]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def toy_summary() -> str:
+    """What the CPU toy trains and how long it takes (from ``toy.yaml`` and the measured step times)."""
+    values = toy_settings()
+    steps = {stage: values[f"{stage}.steps"] for stage in STAGES}
+    scale = values["train.batch_size"] / 32
+    seconds = TOY_OVERHEAD_S + sum(n * TOY_SECONDS_PER_STEP[s] * scale for s, n in steps.items())
+    plan = f"{steps['mlcd']} MLCD + {steps['lcd']} LCD"
+    if steps["mps"] or steps["dm"]:
+        plan += f" + {steps['mps']} preference + {steps['dm']} DM/GAN steps (toy scorer)"
+        late = ""
+    else:
+        plan += " steps"
+        late = (f" Stages 3-4 (preference, DM + GAN) are off: they need the toy scorer "
+                f"`{_shown(TOY_SCORER)}`, which is not there "
+                "(`python -m train.preference.toy_scorer` builds it).")
+    return (f"The trained toy teacher (4 M-parameter SDXL-class model of a shapes world, "
+            f"{values['train.resolution']} px) distilled with `train/configs/toy.yaml`: {plan} at batch "
+            f"{values['train.batch_size']}. About {_duration(seconds)} on an idle 2-core CPU (MLCD ~1.3 s/step; "
+            f"slower when other work shares the cores). A real but small distillation: compare 2-4 step "
+            f"samples with the teacher in Try it. Not an SDXL LoRA.{late}")
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Config values (``section.key`` → value) and launch options one choice sets."""
+    """Config values (``section.key`` → value) and launch options one choice sets; ``about`` says what
+    the preset trains (a function: the toy's depends on files that may appear while the app runs)."""
 
     name: str
-    summary: str
+    about: Callable[[], str]
     values: Callable[[], dict[str, Any]]
     launch: LaunchOptions = field(default_factory=LaunchOptions)
 
-
-def _toy() -> dict[str, Any]:
-    return {"model.path": str(toy_model()), "data.prompts": [str(toy_prompts())],
-            "data.sample_prompts": list(TOY_PROMPTS[:2]), **TOY_SIZES}
-
-
-TOY_SIZES: dict[str, Any] = {
-    "lora.rank": 4, "lora.alpha": 4.0, "lora.target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
-    "distill.num_segments": 4, "mlcd.steps": 30, "lcd.steps": 10, "train.resolution": 64, "train.batch_size": 2,
-    "train.mixed_precision": "no", "train.gradient_checkpointing": False, "train.optimizer": "adamw",
-    "output.checkpoint_every": 10, "output.sample_every": 10,
-}
+    @property
+    def summary(self) -> str:
+        return self.about()
 
 
 def _gpu(**memory: Any) -> Callable[[], dict[str, Any]]:
-    """Paper values for everything the toy shrinks, then the memory-related ``memory`` keys."""
-    paper = flatten(Config())
-    values = {key: paper[key] for key in TOY_SIZES}
-    values.update({key.replace("__", "."): value for key, value in memory.items()})
-    return lambda: dict(values)
+    """Paper values for every key the toy sets (except the user's paths), then the memory-related keys."""
+    def values() -> dict[str, Any]:
+        paper = flatten(Config())
+        chosen = {key: paper[key] for key in toy_settings()}
+        chosen.update({key.replace("__", "."): value for key, value in memory.items()})
+        return chosen
+    return values
+
+
+def _gpu_note() -> str:
+    paper = Config()
+    return (f" Paper schedule: {paper.mlcd.steps} MLCD + {paper.lcd.steps} LCD + {paper.mps.steps} preference + "
+            f"{paper.dm.steps} DM/GAN steps. Stages 3-4 need the MPS scorer weights (the field under the stages; "
+            "`train/preference/mps.py` says how to get them), or turn them off. Fill in your SDXL model.")
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("CPU toy", "tiny offline SDXL-architecture model, 40 steps at 64 px: finishes in about a minute on a "
-           "CPU; shows the whole workflow, not a useful LoRA", _toy),
-    Preset("24 GB GPU", "SDXL at 1024 px: bf16 frozen UNet, rank 64, AdamW, batch 1, gradient checkpointing",
-           _gpu(train__mixed_precision="bf16", train__optimizer="adamw")),
-    Preset("16 GB GPU", "as 24 GB with 8-bit AdamW (needs bitsandbytes)",
+    Preset("CPU toy", toy_summary, _toy),
+    Preset("24 GB GPU", lambda: "SDXL at 1024 px: bf16 frozen UNet, rank 64, AdamW, batch 1, gradient "
+           "checkpointing." + _gpu_note(), _gpu(train__mixed_precision="bf16", train__optimizer="adamw")),
+    Preset("16 GB GPU", lambda: "As 24 GB with 8-bit AdamW (needs bitsandbytes)." + _gpu_note(),
            _gpu(train__mixed_precision="bf16", train__optimizer="adamw8bit")),
-    Preset("12 GB GPU", "fp16 frozen UNet, rank 32, 8-bit AdamW (needs bitsandbytes); sample grids every 1000 "
-           "steps (decoding costs memory)",
+    Preset("12 GB GPU", lambda: "fp16 frozen UNet, rank 32, 8-bit AdamW (needs bitsandbytes); sample grids every "
+           "1000 steps (decoding costs memory)." + _gpu_note(),
            _gpu(train__mixed_precision="fp16", train__optimizer="adamw8bit", lora__rank=32, lora__alpha=4.0,
                 output__sample_every=1000)),
 )}
