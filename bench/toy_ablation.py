@@ -1,0 +1,94 @@
+"""The paper's Tables 2 and 3 in toy form: each technique added in turn, and stage 2's teacher steps p.
+
+Builds on the runs of ``bench/toy_table1.py`` (same ``--work``): its TLCM run gives rows ① (end of stage
+1) and ② (end of stage 2). Every later row branches from a checkpoint of an earlier one (exact resume into
+the next stage, so the rows share their history and differ only by the added term):
+
+* ③ ② with the latent LPIPS distance (toy weights, train/toy/weights/lpips.safetensors) in both stages;
+* ④ ② + stage 3 (MPS preference loss with the toy scorer, train/toy/weights/scorer.safetensors);
+* ⑤ ④ + stage 4 with distribution matching only;  ⑥ ④ + stage 4 with DMD and GAN;
+* Table 3: stage 2 with p = 1, 2, 3, 4 teacher steps, each branched from the end of stage 1.
+
+All rows at 4 TLCM steps, metrics per ``train/toy/evaluate.py``.
+
+    python bench/toy_ablation.py     # writes bench/results/toy_ablation.md + .json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from train.toy.bench_teacher import load_teacher  # noqa: E402
+from train.toy.distill import WEIGHTS, toy_config  # noqa: E402
+from train.toy.evaluate import Sampler, markdown_table, score_samplers, summarise  # noqa: E402
+from train.toy.evaluator import file_sha256, load_evaluator  # noqa: E402
+from train.toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
+
+STEPS = 4
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mlcd-steps", type=int, default=300, help="as bench/toy_table1.py")
+    parser.add_argument("--lcd-steps", type=int, default=100, help="as bench/toy_table1.py")
+    parser.add_argument("--mps-steps", type=int, default=50)
+    parser.add_argument("--dm-steps", type=int, default=50)
+    parser.add_argument("--n", type=int, default=250)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench" / "toy")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_ablation")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    s1, s2, s3, s4 = args.mlcd_steps, args.lcd_steps, args.mps_steps, args.dm_steps
+    base = [f"mlcd.steps={s1}", f"lcd.steps={s2}", f"output.checkpoint_every={s1}"]
+    mps = [f"mps.steps={s3}"]
+    tlcm = train_run(args.work / "tlcm", base)
+    runs = {"① stage 1 (MLCD)": checkpoint(tlcm, s1), "② ① + stage 2 (LCD, p = 3)": checkpoint(tlcm, s1 + s2)}
+    lpips = train_run(args.work / "lpips", [*base, "distill.distance=latent_lpips"])
+    runs["③ ② with latent LPIPS"] = checkpoint(lpips, s1 + s2)
+    with_mps = train_run(args.work / "mps", [*base, *mps], resume=checkpoint(tlcm, s1 + s2))
+    runs["④ ② + MPS"] = checkpoint(with_mps, s1 + s2 + s3)
+    for label, name, gan in (("⑤ ④ + DMD", "dmd", 0.0), ("⑥ ④ + DMD + GAN", "dmd_gan", 0.1)):
+        run = train_run(args.work / name, [*base, *mps, f"dm.steps={s4}", f"dm.gan_weight={gan}"],
+                        resume=checkpoint(with_mps, s1 + s2 + s3))
+        runs[label] = checkpoint(run, s1 + s2 + s3 + s4)
+    for p in (1, 2, 4):
+        run = train_run(args.work / f"p{p}", [*base, f"lcd.teacher_steps={p}"], resume=checkpoint(tlcm, s1))
+        runs[f"Table 3: p = {p}"] = checkpoint(run, s1 + s2)
+    train_seconds = {path.parents[1].name: round(wall_seconds(path.parents[1])) for path in runs.values()}
+
+    alpha = toy_config(args.work / "tlcm").lora.alpha
+    teacher = load_teacher()
+    reference = Sampler("teacher DDIM-25 w=3", teacher, 25, 3.0)
+    samplers = [reference, Sampler(f"teacher DDIM-{STEPS} w=3", teacher, STEPS, 3.0)]
+    samplers += [Sampler(label, student_pipe(path, alpha), STEPS, scheduler="tlcm") for label, path in runs.items()]
+    evaluator = load_evaluator()
+    per_seed = [score_samplers(samplers, reference, evaluator, args.n, seed)[0] for seed in args.seeds]
+    summary = summarise(per_seed)
+    record = dict(command="python bench/toy_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  steps=dict(mlcd=s1, lcd=s2, mps=s3, dm=s4), n=args.n, seeds=args.seeds, tlcm_steps=STEPS,
+                  train_seconds=train_seconds, summary=summary, per_seed=per_seed,
+                  weights_sha256={name: file_sha256(WEIGHTS / name) for name in ("scorer.safetensors", "lpips.safetensors")})
+    text = (f"# Toy ablation: Tables 2 and 3 of the paper in toy form\n\n`{record['command']}`\n\n"
+            f"Rows ①–⑥ add one term each (every later row branches from the previous row's checkpoint; "
+            f"stage lengths MLCD {s1}, LCD {s2}, MPS {s3}, DM {s4} steps; DMD fake-score LoRA rank "
+            f"{toy_config(args.work / 'tlcm').dm.fake_rank}, GAN weight 0.1); Table 3 rows redo stage 2 with p "
+            f"teacher steps (② is p = 3). One training run per row (seed 0); training wall time per run folder "
+            f"(s, the branch only): {record['train_seconds']}; all students at {STEPS} TLCM steps, N = {args.n}, noise "
+            f"seeds {args.seeds}.\n\n" + markdown_table(summary, len(args.seeds)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

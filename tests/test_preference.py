@@ -1,0 +1,329 @@
+"""The preference loss (TLCM Eq. 11): hinge values, the MPS re-implementation (tiny random config: state
+dict round trip, key checks, conversion of a pickled whole model, gradients to the images), the
+memory-saving decode, the exact student gradient through with_aux, and the committed toy scorer."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPConfig
+
+from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet, tiny_vae
+from train.adapters import add_student, require_student_active, student_parameters
+from train.aux_grad import with_aux
+from train.config import LoraConfig
+from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+from train.preference.decode import decode_latents
+from train.preference.mps import (CrossConfig, MPSModel, MPSScorer, clip_preprocess, convert_pickled_checkpoint,
+                                  load_mps_state_dict, mps_tokenizer, read_state_dict)
+from train.preference.scorer import build_scorer, hinge_preference_loss
+from train.preference.technique import PreferenceTechnique, unrelated_pairs
+from train.preference.toy_scorer import (DEFAULT_WEIGHTS, HELD_OUT_SEVERITY, change_attributes, degrade,
+                                         file_sha256, label_ids, parse_prompt, toy_vae)
+from train.technique import AuxBatch
+from train.toy.data import generate, prompt, prompts_for
+from train.toy.sanity import blur
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
+
+TINY_CLIP = dict(
+    text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=2, max_position_embeddings=77),
+    vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       image_size=32, patch_size=8),
+    projection_dim=16)
+TINY_CROSS = CrossConfig(dim=16, layers=2, heads=2, dim_head=8, ff_mult=2)
+PROMPTS = ["a red solid circle at the top left", "右下角的蓝色条纹正方形", "a photo of a cat"]
+
+
+def tiny_mps(seed: int) -> MPSModel:
+    torch.manual_seed(seed)
+    return MPSModel(CLIPConfig(**TINY_CLIP), TINY_CROSS).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return mps_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def scorer(tokenizer):
+    return MPSScorer(tiny_mps(0), tokenizer)
+
+
+def test_hinge_loss_at_and_around_the_margins():
+    pos = torch.tensor([16.0, 17.0, 15.0, 0.0], requires_grad=True)
+    neg = torch.tensor([0.0, -1.0, 0.5, 2.0], requires_grad=True)
+    loss = hinge_preference_loss(pos, neg, margin=16.0)
+    assert float(loss.detach()) == pytest.approx((0 + 0 + (1 + 0.5) + (16 + 2)) / 4)
+    loss.backward()
+    assert pos.grad[1:].tolist() == [0.0, -0.25, -0.25] and neg.grad[[1, 2, 3]].tolist() == [0.0, 0.25, 0.25]
+    satisfied = hinge_preference_loss(torch.tensor([16.0, 30.0]), torch.tensor([0.0, -5.0]))   # s0 = 16 default
+    assert float(satisfied) == 0.0
+    assert float(hinge_preference_loss(torch.tensor([20.0]), torch.tensor([0.0]), margin=21.0)) == 1.0
+    with pytest.raises(ValueError, match="must both be"):
+        hinge_preference_loss(torch.zeros(2), torch.zeros(3))
+
+
+def test_tiny_mps_round_trip_is_strict_and_exact(tmp_path, scorer, tokenizer):
+    images = torch.rand(3, 3, 48, 40)
+    expected = scorer(images, PROMPTS)
+    assert expected.shape == (3,) and torch.isfinite(expected).all()
+    save_file(scorer.mps.state_dict(), str(tmp_path / "mps.safetensors"))
+    torch.save(scorer.mps.state_dict(), tmp_path / "mps.pth")
+    for name in ("mps.safetensors", "mps.pth"):
+        fresh = tiny_mps(1)
+        load_mps_state_dict(fresh, read_state_dict(tmp_path / name))
+        torch.testing.assert_close(MPSScorer(fresh, tokenizer)(images, PROMPTS), expected, rtol=0, atol=0)
+    state = scorer.mps.state_dict()
+    assert "cross_model.layers.0.0.fn.to_kv.weight" in state and "model.text_projection.weight" in state
+
+
+def test_mps_refuses_wrong_keys_and_pickled_models_clearly(tmp_path, scorer):
+    state = dict(scorer.mps.state_dict())
+    model = tiny_mps(1)
+    with pytest.raises(ValueError, match=r"1 missing \(e.g. \['model.logit_scale'\]\), 0 unexpected"):
+        load_mps_state_dict(model, {k: v for k, v in state.items() if k != "model.logit_scale"})
+    with pytest.raises(ValueError, match=r"1 unexpected \(e.g. \['head.weight'\]\)"):
+        load_mps_state_dict(model, {**state, "head.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="1 of the wrong shape"):
+        load_mps_state_dict(model, {**state, "model.text_projection.weight": torch.zeros(16, 33)})
+    torch.save(scorer.mps, tmp_path / "whole.pth")
+    with pytest.raises(ValueError, match="convert it once"):
+        read_state_dict(tmp_path / "whole.pth")
+    save_file(state, str(tmp_path / "tiny.safetensors"))      # checked before ViT-H-14 is allocated
+    with pytest.raises(ValueError, match="not an MPS state dict"):
+        build_scorer("mps", tmp_path / "tiny.safetensors")
+
+
+def test_convert_pickled_whole_model_without_its_classes(tmp_path, scorer, tokenizer):
+    """The released checkpoint pickles upstream classes (and transformers 4.27's): none must be importable."""
+    legacy = types.ModuleType("legacy_mps_trainer")
+    legacy.Wrapper = type("Wrapper", (torch.nn.Module,), {"__module__": "legacy_mps_trainer"})
+    sys.modules["legacy_mps_trainer"] = legacy
+    try:
+        whole = legacy.Wrapper()
+        whole.model, whole.cross_model = tiny_mps(0).model, tiny_mps(0).cross_model
+        # transformers < 4.31 stored position_ids as persistent buffers: the converter drops them
+        whole.model.text_model.embeddings.register_buffer("position_ids", torch.arange(77)[None], persistent=True)
+        torch.save(whole, tmp_path / "MPS_overall_checkpoint.pth")
+    finally:
+        del sys.modules["legacy_mps_trainer"]
+    out = convert_pickled_checkpoint(tmp_path / "MPS_overall_checkpoint.pth", tmp_path / "mps.safetensors",
+                                     CLIPConfig(**TINY_CLIP), TINY_CROSS)
+    model = tiny_mps(2)
+    load_mps_state_dict(model, read_state_dict(out))
+    images = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(MPSScorer(model, tokenizer)(images, PROMPTS), scorer(images, PROMPTS), rtol=0, atol=0)
+
+
+def test_mps_gradient_reaches_the_images(scorer):
+    images = torch.rand(3, 3, 64, 48, requires_grad=True)
+    scorer(images, PROMPTS).sum().backward()
+    assert torch.isfinite(images.grad).all() and float(images.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in scorer.parameters())
+    square = clip_preprocess(torch.rand(1, 3, 64, 64), 32)
+    assert square.shape == (1, 3, 32, 32)
+
+
+def test_missing_weights_say_what_to_get(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Kwai-Kolors/MPS.*train.preference.mps convert"):
+        build_scorer("mps", tmp_path / "mps.safetensors")
+    with pytest.raises(FileNotFoundError, match="python -m train.preference.toy_scorer"):
+        build_scorer("toy", tmp_path / "scorer.safetensors")
+    with pytest.raises(ValueError, match="'mps' or 'toy'"):
+        build_scorer("clip", tmp_path / "x")
+
+
+def test_checkpointed_decode_gives_the_plain_gradient():
+    vae = tiny_vae().requires_grad_(False)
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    weights = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    grads, outputs = [], []
+    for kwargs in (dict(), dict(checkpoint=True, chunk=3), dict(checkpoint=True, chunk=1)):
+        x = latents.clone().requires_grad_(True)
+        images = decode_latents(vae, x, **kwargs)
+        (images * weights).sum().backward()
+        grads.append(x.grad)
+        outputs.append(images.detach())
+    assert outputs[0].min() >= 0 and outputs[0].max() <= 1 and float(grads[0].abs().sum()) > 0
+    # checkpointing itself is exact; smaller chunks only change the float summation order of the convs
+    assert torch.equal(outputs[1], outputs[0]) and torch.equal(grads[1], grads[0])
+    scale = float(grads[0].abs().max())
+    torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[2], grads[0], rtol=0, atol=1e-5 * scale)
+
+
+class RecordingScorer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def forward(self, images, prompts):
+        self.seen = list(prompts)
+        return images.mean(dim=(1, 2, 3)) * 100.0
+
+
+def test_technique_contract_and_negatives():
+    scorer = RecordingScorer()
+    technique = PreferenceTechnique(tiny_vae(), scorer)
+    assert technique.parameters() == [] and technique.state_dict() == {} and technique.update(None) == {}
+    technique.load_state_dict({})
+    with pytest.raises(ValueError, match="trains nothing"):
+        technique.load_state_dict({"fake": torch.zeros(1)})
+    x0 = torch.randn(3, 4, 8, 8)
+    batch = AuxBatch(None, None, ["a", "b", "c"], x0, torch.tensor([1, 2, 3]), x0, torch.Generator())
+    (term,) = technique.terms(batch)
+    assert term.name == "preference" and term.weight == 1.0     # logged as loss/preference
+    assert float(term.loss(x0)) >= 0 and scorer.seen == ["a", "b", "c", "b", "c", "a"]
+    # a repeated prompt is never its own negative; with no other prompt only the positive hinge is left
+    assert unrelated_pairs(["a", "a", "b", "a"]) == [(0, 2), (1, 2), (2, 3), (3, 2)]
+    technique.loss(x0, ["a", "a", "b"])
+    assert scorer.seen == ["a", "a", "b", "b", "b", "a"]
+    for prompts in (["a"], ["a", "a"]):
+        x = x0[:len(prompts)].clone().requires_grad_(True)
+        loss = technique.loss(x, prompts)
+        assert scorer.seen == prompts
+        images = decode_latents(technique.vae, x.detach())
+        torch.testing.assert_close(loss, (16.0 - scorer(images, prompts)).clamp_min(0).mean())
+
+
+def test_student_lora_gets_exactly_the_one_graph_gradient(scorer):
+    torch.manual_seed(0)
+    unet = tiny_unet()
+    add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for p in student_parameters(unet):
+            p.add_(0.05 * torch.randn_like(p))
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    vae = tiny_vae()
+    g = torch.Generator().manual_seed(3)
+    cond = Conditioning(torch.randn(3, 77, CROSS_ATTENTION_DIM, generator=g),
+                        torch.randn(3, TEXT_WIDTH_2, generator=g), sdxl_time_ids(64, 3))
+    z, target = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([900, 500, 200])
+    denoiser = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu"))
+    params = student_parameters(unet)
+
+    def main_loss():
+        x0 = denoiser.predict(z, t, cond)[0]
+        return (x0 - target).square().mean(), x0
+
+    def decode_plain(x0):     # per sample, as the checkpointed decode (chunk 1): same float summation order
+        return torch.cat([((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+                          for x in x0.split(1)])
+
+    # shift the random tiny scorer and place the margin so that each hinge is active for some samples only
+    rolled = PROMPTS[1:] + PROMPTS[:1]
+    with torch.no_grad():
+        probe = decode_plain(main_loss()[1])
+        pos0, neg0 = scorer(probe, PROMPTS).sort().values, scorer(probe, rolled).sort().values
+    offset = -float(neg0[:2].mean())
+    margin, weight = float(pos0[1:].mean()) + offset, 32.0     # a power of 2: scaling is exact in floats
+
+    def shifted(images, prompts):
+        return scorer(images, prompts) + offset
+
+    technique = PreferenceTechnique(vae, shifted, margin=margin, weight=weight, checkpoint_decode=True)
+    loss, x0 = main_loss()
+    total, values = with_aux(loss, x0, technique.terms(AuxBatch(denoiser, cond, PROMPTS, z, t, x0, g)))
+    require_student_active(unet)
+    total.backward()
+    got = [p.grad.clone() for p in params]
+    assert all(p.grad is None for p in [*vae.parameters(), *scorer.parameters()])
+
+    # reference: the loss written out on x0 with its graph, no checkpointing, one plain backward
+    for p in params:
+        p.grad = None
+    loss_ref, x0_ref = main_loss()
+    images = decode_plain(x0_ref)
+    pos, neg = shifted(torch.cat([images, images]), PROMPTS + rolled).chunk(2)
+    assert int((pos < margin).sum()) == 2 and int((neg > 0).sum()) == 2
+    mps_ref = hinge_preference_loss(pos, neg, margin)
+    (loss_ref + weight * mps_ref).backward()
+    expected = [p.grad.clone() for p in params]
+    assert values["preference"] == pytest.approx(float(mps_ref.detach()), rel=1e-5)
+    scale = max(float(e.abs().max()) for e in expected)
+    assert max(float((a - e).abs().max()) for a, e in zip(got, expected)) <= 1e-6 * scale
+
+    # the preference part is a real share of the gradient
+    for p in params:
+        p.grad = None
+    main_loss()[0].backward()
+    gap = sum(float((p.grad - e).abs().sum()) for p, e in zip(params, expected))
+    assert gap > 0.05 * sum(float(e.abs().sum()) for e in expected)
+
+
+# --- the committed toy scorer --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy():
+    scorer = build_scorer("toy", DEFAULT_WEIGHTS)
+    assert not any(p.requires_grad for p in scorer.parameters()) and not scorer.training
+    return scorer
+
+
+def test_toy_prompts_parse_in_both_languages():
+    for shape in range(3):
+        for colour in range(4):
+            for texture in range(4):
+                for position in range(4):
+                    ids = (shape, colour, texture, position)
+                    assert parse_prompt(prompt(*ids, language="en")) == parse_prompt(prompt(*ids, language="zh")) == ids
+    for bad in ("a red circle", "a red blue solid circle at the top left", "a photo of a cat"):
+        with pytest.raises(ValueError, match="toy scorer"):
+            parse_prompt(bad)
+
+
+def test_committed_toy_scorer_ranks_fresh_images(toy):
+    record = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text(encoding="utf-8"))
+    assert record["sha256"] == file_sha256(DEFAULT_WEIGHTS) and DEFAULT_WEIGHTS.stat().st_size <= 2 * 2 ** 20
+    n = 300
+    data = generate(n, 13_579)          # neither a training nor the recorded held-out stream
+    clean, ids = torch.as_tensor(data.images), label_ids(data.labels)
+    prompts = prompts_for(data.labels, "en")
+    with torch.no_grad():
+        own = toy(clean, prompts)
+        assert torch.equal(own, toy(clean, prompts_for(data.labels, "zh")))
+        rolled = ids.roll(1, 0)
+        distinct = (rolled != ids).any(1)
+        unrelated = toy.score_ids(clean, rolled)
+        one_wrong = toy.score_ids(clean, change_attributes(ids, torch.ones(n, dtype=torch.long),
+                                                           torch.Generator().manual_seed(0)))
+        blurred = toy(degrade(clean, torch.zeros(n, dtype=torch.long), torch.full((n,), HELD_OUT_SEVERITY),
+                              torch.Generator()), prompts)
+        box_blurred = toy(torch.as_tensor(blur(data.images)), prompts)      # the evaluator sanity check's blur
+    assert float((own > unrelated)[distinct].float().mean()) >= 0.9
+    assert float((own > one_wrong).float().mean()) >= 0.9
+    assert float((own > blurred).float().mean()) >= 0.9
+    assert float((own > box_blurred).float().mean()) >= 0.9
+    # calibration: the paper's margin s0 = 16 separates right-and-clean from everything else
+    assert 16.0 <= float(own.mean()) <= 24.0 and float(unrelated[distinct].mean()) < 0.0
+    assert float(one_wrong.mean()) < 8.0 and float(blurred.mean()) < 16.0
+
+
+def test_toy_scorer_passes_gradients_to_the_images(toy):
+    data = generate(4, 24_680)
+    images = torch.as_tensor(data.images).requires_grad_(True)
+    toy(images, prompts_for(data.labels, "zh")).sum().backward()
+    assert torch.isfinite(images.grad).all() and float(images.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        toy(torch.rand(1, 3, 64, 64), prompts_for(data.labels, "en")[:1])
+
+
+def test_toy_preference_loss_through_the_toy_vae(toy):
+    """End to end with the toy world's VAE: real images' latents nearly satisfy Eq. 11 for their own
+    prompts (the decoder's softness counts as clean), other images' latents are far from it."""
+    vae = toy_vae()
+    data = generate(8, 35_791)
+    prompts = prompts_for(data.labels, "en")
+    with torch.no_grad():
+        latents = vae.encode(torch.as_tensor(data.images) * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+    technique = PreferenceTechnique(vae, toy)
+    assert float(technique.loss(latents, prompts)) < 1.0
+    assert float(technique.loss(latents.roll(1, 0), prompts)) > 20.0
