@@ -45,15 +45,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench" / "toy")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_ablation")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     args = parser.parse_args(argv)
+    if args.render:
+        return write(json.loads(args.out.with_suffix(".json").read_text()), args.out)
     torch.set_num_threads(args.threads)
     s1, s2, s3, s4 = args.mlcd_steps, args.lcd_steps, args.mps_steps, args.dm_steps
     base = [f"mlcd.steps={s1}", f"lcd.steps={s2}", f"output.checkpoint_every={s1}"]
     mps = [f"mps.steps={s3}"]
     tlcm = train_run(args.work / "tlcm", base)
     runs = {"① stage 1 (MLCD)": checkpoint(tlcm, s1), "② ① + stage 2 (LCD, p = 3)": checkpoint(tlcm, s1 + s2)}
-    lpips = train_run(args.work / "lpips", [*base, "distill.distance=latent_lpips"])
-    runs["③ ② with latent LPIPS"] = checkpoint(lpips, s1 + s2)
+    if (WEIGHTS / "lpips.safetensors").is_file():
+        lpips = train_run(args.work / "lpips", [*base, "distill.distance=latent_lpips"])
+        runs["③ ② with latent LPIPS"] = checkpoint(lpips, s1 + s2)
     with_mps = train_run(args.work / "mps", [*base, *mps], resume=checkpoint(tlcm, s1 + s2))
     runs["④ ② + MPS"] = checkpoint(with_mps, s1 + s2 + s3)
     for label, name, gan in (("⑤ ④ + DMD", "dmd", 0.0), ("⑥ ④ + DMD + GAN", "dmd_gan", 0.1)):
@@ -76,19 +80,43 @@ def main(argv: list[str] | None = None) -> None:
     record = dict(command="python bench/toy_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   steps=dict(mlcd=s1, lcd=s2, mps=s3, dm=s4), n=args.n, seeds=args.seeds, tlcm_steps=STEPS,
                   train_seconds=train_seconds, summary=summary, per_seed=per_seed,
-                  weights_sha256={name: file_sha256(WEIGHTS / name) for name in ("scorer.safetensors", "lpips.safetensors")})
+                  weights_sha256={p.name: file_sha256(p) for p in (WEIGHTS / "scorer.safetensors",
+                                                                   WEIGHTS / "lpips.safetensors") if p.is_file()})
+    record["fake_rank"] = toy_config(args.work / "tlcm").dm.fake_rank
+    write(record, args.out)
+
+
+READING = """## Reading it
+
+- One training run per row (seed 0); ± is the spread over sampling noise only.
+- Rows ④–⑥ branch from ② with short stages (MPS and DM steps above) at the toy's learning rates; the
+  paper runs 500 and 1000 iterations at SDXL scale. The preference scorer is the toy scorer
+  (bench/results/toy_scorer.md), not the frozen evaluator that computes these metrics.
+- Position stays at chance (~0.25) for every row, the teacher included, so acc_all is capped near 0.25.
+- fd measures distance to real toy images, fd_teacher25 to the teacher's DDIM-25 + CFG samples: a term
+  that pulls the student toward the teacher (DMD's real score is the teacher with CFG) can raise the first
+  while lowering the second.
+"""
+
+
+def write(record: dict, out: Path) -> None:
+    """Render ``record`` as markdown beside its JSON (``--render`` redoes only this, from the JSON)."""
+    steps, seeds = record["steps"], record["seeds"]
     text = (f"# Toy ablation: Tables 2 and 3 of the paper in toy form\n\n`{record['command']}`\n\n"
             f"Rows ①–⑥ add one term each (every later row branches from the previous row's checkpoint; "
-            f"stage lengths MLCD {s1}, LCD {s2}, MPS {s3}, DM {s4} steps; DMD fake-score LoRA rank "
-            f"{toy_config(args.work / 'tlcm').dm.fake_rank}, GAN weight 0.1); Table 3 rows redo stage 2 with p "
-            f"teacher steps (② is p = 3). One training run per row (seed 0); training wall time per run folder "
-            f"(s, the branch only): {record['train_seconds']}; all students at {STEPS} TLCM steps, N = {args.n}, noise "
-            f"seeds {args.seeds}.\n\n" + markdown_table(summary, len(args.seeds)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+            f"stage lengths MLCD {steps['mlcd']}, LCD {steps['lcd']}, MPS {steps['mps']}, DM {steps['dm']} steps; "
+            f"DMD fake-score LoRA rank {record['fake_rank']}, GAN weight 0.1); Table 3 rows redo stage 2 with p "
+            f"teacher steps (② is p = 3). Training wall time per run folder (s, the branch only): "
+            f"{record['train_seconds']}; all students at {record['tlcm_steps']} TLCM steps, N = {record['n']}, "
+            f"noise seeds {seeds}. Weights: {record['weights_sha256']}.\n\n"
+            + markdown_table(record["summary"], len(seeds)) + "\n" + READING
+            + ("" if any(k.startswith("③") for k in record["summary"]) else
+               "- Row ③ (latent LPIPS in both stages) is absent: train/toy/weights/lpips.safetensors did not exist "
+               "when this ran.\n"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(text)
-
 
 if __name__ == "__main__":
     main()

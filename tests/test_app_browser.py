@@ -189,7 +189,7 @@ def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     page.wait_for_function("document.querySelectorAll('#samples img').length >= 2")
     assert f"{total}/{total}" in page.locator("#run-state").inner_text()
     series = set(page.locator("#loss-plot").get_attribute("data-series").split())     # every stage's curves
-    assert series == ({"mlcd", "lcd", "mps", "dm", "dmd", "gan"} if scorer else {"mlcd", "lcd"})
+    assert series == ({"mlcd", "lcd", "mps", "preference", "dm", "dmd", "gan"} if scorer else {"mlcd", "lcd"})
     assert "tlcm_lora_kohya.safetensors" in page.locator("#lora-files").inner_text()
     for name in ("tlcm_lora_kohya.safetensors", "tlcm_lora_diffusers.safetensors", "tlcm_lora_peft"):
         assert (out / "lora" / name).exists()

@@ -89,7 +89,8 @@ def test_stop_saves_resume_finishes_and_one_run_per_folder(toy_config, tmp_path)
     log = (info.output_dir / "logs/trainer-app.log").read_text()
     assert f"checkpoint-{stopped_at:08d} at step {stopped_at}" in log and log.count("=== tlcm-trainer") == 2
     assert [p.name for p in view.samples][-1] == "step-00000020.png" and len(view.samples) >= 2
-    assert {row["series"] for row in view.losses} == {"mlcd", "lcd", "dm", "dmd", "gan"} | ({"mps"} if scorer else set())
+    expected = {"mlcd", "lcd", "dm", "dmd", "gan"} | ({"mps", "preference"} if scorer else set())
+    assert {row["series"] for row in view.losses} == expected
     assert all(path.exists() for path in view.lora_files.values())
 
 
