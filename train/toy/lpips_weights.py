@@ -1,0 +1,201 @@
+"""Toy latent-LPIPS weights: synthetic 2AFC on toy images, encoded with the toy teacher's VAE, one command.
+
+``python -m train.toy.lpips_weights`` (1 torch thread; deterministic for a fixed thread count) runs the
+documented ``python -m train.lpips`` CLI end to end and records what it measured:
+
+1. references: ``train.toy.data.generate`` at a training seed (and at a different held-out seed), written
+   as one (N, 3, 32, 32) tensor in [-1, 1] (the VAE's range) under ``--work``;
+2. ``python -m train.lpips synth``: every documented distortion of :mod:`train.lpips.synthetic` applied in
+   *pixel space*, judge = sigmoid((s0 − s1)/τ) on severities (the synthetic "human"), each image encoded
+   with the toy teacher's x2 VAE (posterior mean × scaling_factor: the teacher UNet's latent space);
+3. ``python -m train.lpips train``: a narrow copy of the latent LPIPS (VGG16-BN layout, first three
+   max-pools removed, widths ``WIDTHS``) trained with the existing trainer;
+4. 2AFC agreement on the held-out set for the trained model, plain latent squared L2 and the same model at
+   its random initialisation; written to ``train/toy/weights/lpips.json`` and ``bench/results/toy_lpips.md``
+   (+ ``.json``).
+
+Use: ``python -m train --set distill.distance=latent_lpips --set distill.lpips_weights=train/toy/weights/lpips.safetensors``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from train.lpips import cli
+from train.lpips.model import LatentLPIPS, LatentLPIPSConfig, load_latent_lpips
+from train.lpips.synthetic import DISTORTIONS
+from train.lpips.train import two_afc_agreement
+from train.lpips.twoafc import TwoAFCLatents
+
+from .bench_teacher import DEFAULT_TEACHER
+from .data import generate
+from .vae import to_model
+
+WEIGHTS = Path(__file__).parent / "weights" / "lpips.safetensors"
+RESULTS = Path("bench/results/toy_lpips")
+WIDTHS = (8, 16, 32, 32, 32)
+TRAIN_SEED, HELD_OUT_SEED = 61_001, 61_002        # image seeds; the synthetic-pair generator uses the same seed
+TRAIN_REFS, TRAIN_PAIRS = 1000, 4000
+HELD_OUT_REFS, HELD_OUT_PAIRS = 500, 1000
+STEPS, BATCH, LR, INIT_SEED = 300, 100, 1e-3, 0
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory where it lies below it (portable recorded commands)."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+def write_references(path: Path, n: int, seed: int) -> Path:
+    """Toy images ``generate(n, seed)`` as one [-1, 1] tensor, the ``--source`` format of ``synth``."""
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"images": to_model(generate(n, seed).images).contiguous()}, str(path))
+    return path
+
+
+def sq_l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y).pow(2).flatten(1).mean(1)
+
+
+def agreement(distance, data: TwoAFCLatents) -> float:
+    """BAPPS 2AFC score (ties count half) of any per-sample distance, as :func:`two_afc_agreement`."""
+    with torch.no_grad():
+        d0, d1 = distance(data.ref, data.p0), distance(data.ref, data.p1)
+    p1_closer = (d1 < d0).float() + 0.5 * (d1 == d0).float()
+    return float((p1_closer * data.judge + (1 - p1_closer) * (1 - data.judge)).mean())
+
+
+def ceiling(data: TwoAFCLatents) -> float:
+    """The best any distance can score: always side with the judges' majority."""
+    return float(torch.maximum(data.judge, 1 - data.judge).mean())
+
+
+def run_cli(argv: list[str]) -> tuple[str, float, float]:
+    """One ``python -m train.lpips`` command in-process: its stdout, wall seconds and CPU seconds."""
+    buffer = io.StringIO()
+    start, cpu = time.perf_counter(), time.process_time()
+    with contextlib.redirect_stdout(buffer):
+        rc = cli.main(argv)
+    if rc:
+        raise SystemExit(f"python -m train.lpips {' '.join(argv)} failed ({rc})")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"python -m train.lpips {' '.join(argv)}  [{seconds:.0f} s wall, {cpu:.0f} s CPU]\n"
+          f"{buffer.getvalue().rstrip()}", flush=True)
+    return buffer.getvalue(), seconds, cpu
+
+
+def markdown(r: dict) -> str:
+    a, h = r["held_out_agreement"], r["held_out"]
+    rows = [("trained latent LPIPS", a["trained"]), ("plain latent squared L2", a["latent_l2"]),
+            ("untrained latent LPIPS (same init)", a["untrained"]), ("ceiling (judges' majority)", a["ceiling"]),
+            ("chance", 0.5)]
+    table = "\n".join(f"| {name} | {value:.4f} |" for name, value in rows)
+    cmds = "\n".join(r["commands"])
+    return f"""# Toy latent LPIPS: synthetic 2AFC on toy images in the toy teacher's latent space
+
+Reproduce (one command, 1 torch thread, ~{r['total_seconds'] / 60:.0f} min on a shared CPU): `{r['command']}`, which runs
+
+```bash
+{cmds}
+```
+
+- References: `train.toy.data.generate` images in [-1, 1]; train seed {r['train']['image_seed']}
+  ({r['train']['references']} images, {r['train']['pairs']} triplets, pair seed {r['train']['pair_seed']}), held-out seed
+  {h['image_seed']} ({h['references']} images, {h['pairs']} triplets, pair seed {h['pair_seed']}).
+- Distortions (pixel space, then encoded with the toy teacher's VAE, `{r['vae']}`): {', '.join(r['kinds'])}
+  (all of `train/lpips/synthetic.py`; p1 gets p0's kind with probability 0.5, severities uniform in [0.05, 1]),
+  no nuisance distortion. Latents {r['latent_shape']}.
+- **Human-judgement proxy**: there are no human votes in the toy world. The judge is the distortion
+  magnitude, judge = P(p1 closer) = sigmoid((s0 − s1) / 0.05) on the two severities; the amplitudes of the
+  kinds at s = 1 are a calibration choice (`synthetic.py`), not a perceptual measurement. So this measures
+  "ranks pixel-space distortion severity across kinds from latents", which is what the trainer's consistency
+  losses need on the toy; it says nothing about human perception.
+- Model: `LatentLPIPS` widths {r['widths']}, VGG16-BN layout with the first three max-pools removed,
+  {r['parameters']:,} parameters; {r['steps']} steps, batch {r['batch_size']}, lr {r['lr']:g}, init seed
+  {r['init_seed']}; training {r['train_seconds']:.0f} s wall, {r['train_cpu_seconds']:.0f} s CPU ({r['threads']} torch thread,
+  2 cores shared with other jobs, so wall ≥ CPU).
+- Weights: `{r['weights']}` ({r['weights_bytes']:,} bytes, sha256 `{r['weights_sha256'][:16]}…`).
+
+2AFC agreement on the held-out set ({h['pairs']} triplets; BAPPS scoring, ties count half):
+
+| distance | 2AFC agreement |
+|---|---|
+{table}
+
+Train-set agreement of the trained model: {r['train_agreement']['trained']:.4f} (latent L2 {r['train_agreement']['latent_l2']:.4f}).
+Use it in the trainer: `--set distill.distance=latent_lpips --set distill.lpips_weights={r['weights']}`.
+"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER, help="toy teacher folder (its vae/ encodes)")
+    p.add_argument("--work", type=Path, default=Path("outputs/toy_lpips"), help="references and 2AFC latents")
+    p.add_argument("--out", type=Path, default=WEIGHTS)
+    p.add_argument("--results", type=Path, default=RESULTS, help="bench record (.md and .json written)")
+    p.add_argument("--steps", type=int, default=STEPS)
+    args = p.parse_args(argv)
+    args.teacher, args.out = _relative(args.teacher), _relative(args.out)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    sets = {"train": (TRAIN_SEED, TRAIN_REFS, TRAIN_PAIRS), "held_out": (HELD_OUT_SEED, HELD_OUT_REFS, HELD_OUT_PAIRS)}
+    commands, facts = [], {}
+    for name, (seed, refs, pairs) in sets.items():
+        source = write_references(args.work / f"{name}_images.safetensors", refs, seed)
+        out = args.work / f"{name}_2afc.safetensors"
+        argv_synth = ["synth", "--source", str(source), "--vae", str(args.teacher), "--n", str(pairs),
+                      "--seed", str(seed), "--out", str(out)]
+        commands.append(f"python -c \"from train.toy.lpips_weights import write_references as w; from pathlib import "
+                        f"Path; w(Path('{source}'), {refs}, {seed})\"")
+        commands.append("python -m train.lpips " + " ".join(argv_synth))
+        _, seconds, _ = run_cli(argv_synth)
+        facts[name] = dict(image_seed=seed, pair_seed=seed, references=refs, pairs=pairs, path=str(out),
+                           synth_seconds=round(seconds, 1))
+    argv_train = ["train", "--data", facts["train"]["path"], "--widths", ",".join(map(str, WIDTHS)),
+                  "--steps", str(args.steps), "--batch-size", str(BATCH), "--lr", str(LR), "--seed", str(INIT_SEED),
+                  "--out", str(args.out), "--val", facts["held_out"]["path"]]
+    commands.append("python -m train.lpips " + " ".join(argv_train))
+    train_log, train_seconds, train_cpu = run_cli(argv_train)
+
+    train_set, held_out = TwoAFCLatents.load(facts["train"]["path"]), TwoAFCLatents.load(facts["held_out"]["path"])
+    trained = load_latent_lpips(args.out)
+    torch.manual_seed(INIT_SEED)                  # the CLI's initialisation, before any training
+    untrained = LatentLPIPS(LatentLPIPSConfig(held_out.ref.shape[1], WIDTHS)).eval()
+    blob = args.out.read_bytes()
+    record = dict(
+        command=" ".join(["python -m train.toy.lpips_weights", *(argv if argv is not None else sys.argv[1:])]),
+        commands=commands, vae=str(Path(args.teacher) / "vae"), kinds=list(DISTORTIONS), nuisance=[],
+        latent_shape=list(held_out.ref.shape[1:]), train=facts["train"], held_out=facts["held_out"],
+        widths=list(WIDTHS), parameters=sum(p.numel() for p in trained.parameters()), steps=args.steps,
+        batch_size=BATCH, lr=LR, init_seed=INIT_SEED, threads=torch.get_num_threads(),
+        train_seconds=round(train_seconds, 1), train_cpu_seconds=round(train_cpu, 1), train_log=train_log.strip(),
+        held_out_agreement=dict(trained=two_afc_agreement(trained, held_out), latent_l2=agreement(sq_l2, held_out),
+                                untrained=two_afc_agreement(untrained, held_out), ceiling=ceiling(held_out)),
+        train_agreement=dict(trained=two_afc_agreement(trained, train_set), latent_l2=agreement(sq_l2, train_set)),
+        weights=str(args.out), weights_bytes=len(blob), weights_sha256=hashlib.sha256(blob).hexdigest(),
+        torch=torch.__version__, python=platform.python_version(),
+    )
+    record["total_seconds"] = round(time.perf_counter() - start, 1)
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    args.results.with_suffix(".md").write_text(markdown(record), encoding="utf-8")
+    print(markdown(record))
+    return record
+
+
+if __name__ == "__main__":
+    main()
