@@ -17,7 +17,7 @@ from train.adapters import add_student, require_student_active, student_paramete
 from train.aux_grad import with_aux
 from train.config import LoraConfig
 from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
-from train.preference.decode import decode_latents
+from train.preference.decode import crop_window, decode_latents
 from train.preference.mps import (CrossConfig, MPSModel, MPSScorer, clip_preprocess, convert_pickled_checkpoint,
                                   load_mps_state_dict, mps_tokenizer, read_state_dict)
 from train.preference.scorer import build_scorer, hinge_preference_loss
@@ -139,25 +139,6 @@ def test_missing_weights_say_what_to_get(tmp_path):
         build_scorer("clip", tmp_path / "x")
 
 
-def test_checkpointed_decode_gives_the_plain_gradient():
-    vae = tiny_vae().requires_grad_(False)
-    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    weights = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    grads, outputs = [], []
-    for kwargs in (dict(), dict(checkpoint=True, chunk=3), dict(checkpoint=True, chunk=1)):
-        x = latents.clone().requires_grad_(True)
-        images = decode_latents(vae, x, **kwargs)
-        (images * weights).sum().backward()
-        grads.append(x.grad)
-        outputs.append(images.detach())
-    assert outputs[0].min() >= 0 and outputs[0].max() <= 1 and float(grads[0].abs().sum()) > 0
-    # checkpointing itself is exact; smaller chunks only change the float summation order of the convs
-    assert torch.equal(outputs[1], outputs[0]) and torch.equal(grads[1], grads[0])
-    scale = float(grads[0].abs().max())
-    torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(grads[2], grads[0], rtol=0, atol=1e-5 * scale)
-
-
 class RecordingScorer(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -166,6 +147,72 @@ class RecordingScorer(torch.nn.Module):
     def forward(self, images, prompts):
         self.seen = list(prompts)
         return images.mean(dim=(1, 2, 3)) * 100.0
+
+
+def _saved_bytes(fn):
+    """Bytes autograd keeps for the backward while ``fn`` runs (outside checkpoints: only their inputs)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def test_unit_checkpointed_decode_is_the_plain_decode_and_keeps_less():
+    vae = tiny_vae().requires_grad_(False)
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    weights = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = vae.decode(latents / vae.config.scaling_factor).sample
+    grads, outputs, kept = [], [], []
+    for checkpoint in ("none", "unit"):
+        x = latents.clone().requires_grad_(True)
+        images, saved = _saved_bytes(lambda: decode_latents(vae, x, checkpoint=checkpoint))
+        (images * weights).sum().backward()
+        grads.append(x.grad)
+        outputs.append(images.detach())
+        kept.append(saved)
+    # the unit chain is diffusers' decode, and checkpointing it changes nothing but what is kept
+    assert torch.equal(outputs[0], (reference * 0.5 + 0.5).clamp(0, 1))
+    assert outputs[0].min() >= 0 and outputs[0].max() <= 1 and float(grads[0].abs().sum()) > 0
+    assert torch.equal(outputs[1], outputs[0]) and torch.equal(grads[1], grads[0])
+    assert kept[1] < 0.5 * kept[0], kept
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        decode_latents(vae, latents, checkpoint="sample")
+
+
+def test_bf16_decode_runs_on_a_copy_and_stays_close():
+    vae = tiny_vae()
+    technique = PreferenceTechnique(vae, RecordingScorer(), decode_dtype=torch.bfloat16)
+    assert vae.dtype == torch.float32 and technique.vae.dtype == torch.bfloat16 and technique.vae is not vae
+    assert PreferenceTechnique(vae, RecordingScorer(), decode_dtype=torch.float32).vae is vae
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    images = decode_latents(technique.vae, x, checkpoint="unit")
+    assert images.dtype == torch.float32
+    torch.testing.assert_close(images, decode_latents(vae, x.detach()), rtol=0, atol=0.05)
+    images.sum().backward()
+    assert x.grad.dtype == torch.float32 and float(x.grad.abs().sum()) > 0
+
+
+def test_decode_crop_scores_one_window_drawn_from_the_generator():
+    scorer = RecordingScorer()
+    technique = PreferenceTechnique(tiny_vae(), scorer, decode_crop=3)
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    batch = AuxBatch(None, None, ["a", "b"], x0, torch.tensor([1, 2]), x0, torch.Generator().manual_seed(5))
+    (term,) = technique.terms(batch)
+    rows, cols = crop_window(8, 8, 3, torch.Generator().manual_seed(5))
+    x = x0.clone().requires_grad_(True)
+    loss = term.loss(x)
+    torch.testing.assert_close(loss, technique.loss(x0[..., rows, cols], ["a", "b"]))
+    loss.backward()
+    inside = torch.zeros_like(x0, dtype=torch.bool)
+    inside[..., rows, cols] = True
+    assert float(x.grad[inside].abs().sum()) > 0 and not x.grad[~inside].any()
+    with pytest.raises(ValueError, match="decode crop 9 must be in 1..8"):
+        crop_window(8, 8, 9, torch.Generator())
 
 
 def test_technique_contract_and_negatives():
@@ -214,9 +261,8 @@ def test_student_lora_gets_exactly_the_one_graph_gradient(scorer):
         x0 = denoiser.predict(z, t, cond)[0]
         return (x0 - target).square().mean(), x0
 
-    def decode_plain(x0):     # per sample, as the checkpointed decode (chunk 1): same float summation order
-        return torch.cat([((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
-                          for x in x0.split(1)])
+    def decode_plain(x0):
+        return ((vae.decode(x0 / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
 
     # shift the random tiny scorer and place the margin so that each hinge is active for some samples only
     rolled = PROMPTS[1:] + PROMPTS[:1]
@@ -229,7 +275,7 @@ def test_student_lora_gets_exactly_the_one_graph_gradient(scorer):
     def shifted(images, prompts):
         return scorer(images, prompts) + offset
 
-    technique = PreferenceTechnique(vae, shifted, margin=margin, weight=weight, checkpoint_decode=True)
+    technique = PreferenceTechnique(vae, shifted, margin=margin, weight=weight, decode_checkpoint="unit")
     loss, x0 = main_loss()
     total, values = with_aux(loss, x0, technique.terms(AuxBatch(denoiser, cond, PROMPTS, z, t, x0, g)))
     require_student_active(unet)
@@ -327,3 +373,19 @@ def test_toy_preference_loss_through_the_toy_vae(toy):
     technique = PreferenceTechnique(vae, toy)
     assert float(technique.loss(latents, prompts)) < 1.0
     assert float(technique.loss(latents.roll(1, 0), prompts)) > 20.0
+
+
+def test_build_preference_resolves_the_memory_options():
+    from train.config import ConfigError, MpsConfig
+    from train.techniques import build_preference, resolve_dtype
+    assert resolve_dtype("auto", torch.float16, "cpu") == torch.float32
+    assert resolve_dtype("bf16", torch.float16, "cpu") == torch.bfloat16
+    vae = toy_vae()          # 32 px toy images: latents of side 32 // 2 ** (levels - 1)
+    side = 32 // 2 ** (len(vae.config.block_out_channels) - 1)
+    mps = MpsConfig(scorer="toy", scorer_weights=str(DEFAULT_WEIGHTS), decode_dtype="bf16", decode_crop=side)
+    technique = build_preference(mps, vae, 32, "cpu")
+    assert technique.vae.dtype == torch.bfloat16 and vae.dtype == torch.float32 and technique.decode_crop == side
+    assert technique.decode_checkpoint == "unit" and next(technique.scorer.parameters()).dtype == torch.float32
+    with pytest.raises(ConfigError, match=f"mps.decode_crop: {side + 1} is larger than the latent side {side}"):
+        build_preference(MpsConfig(scorer="toy", scorer_weights=str(DEFAULT_WEIGHTS), decode_crop=side + 1),
+                         vae, 32, "cpu")

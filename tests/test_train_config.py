@@ -44,6 +44,10 @@ def test_file_then_overrides_and_snapshot_roundtrip(tmp_path, suffix):
     ("mlcd.skip=200", "mlcd.skip"),
     ("nosection=1", "section.key=value"),
     ("output.formats=[kohya, ckpt]", "output.formats"),
+    ("mps.decode_dtype=fp16", "mps.decode_dtype"),
+    ("mps.decode_checkpoint=sample", "mps.decode_checkpoint"),
+    ("mps.scorer_dtype=int8", "mps.scorer_dtype"),
+    ("mps.decode_crop=-1", "mps.decode_crop"),
 ])
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

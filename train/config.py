@@ -26,6 +26,11 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 DISTANCES = ("l2", "huber", "latent_lpips")
 STAGES = ("mlcd", "lcd", "mps", "dm")
 SCORERS = ("mps", "toy")
+SCORER_DTYPES = ("auto", "fp32", "fp16", "bf16")
+DECODE_DTYPES = ("auto", "fp32", "bf16")
+DECODE_CHECKPOINTS = ("none", "unit")
+FAKE_DATA = ("rollout", "one_step")
+GAN_REAL = ("teacher", "rollout")
 
 
 class ConfigError(ValueError):
@@ -85,6 +90,10 @@ class MpsConfig:
     margin: float = 16.0                # s0 (positive prompt); unrelated prompts get margin 0
     scorer: str = "mps"                 # mps (Kwai-Kolors/MPS state dict) | toy (train/toy scorer)
     scorer_weights: str = ""            # local weights file of the scorer
+    scorer_dtype: str = "auto"          # auto (fp16 on CUDA, as MPS ships; fp32 on CPU) | fp32 | fp16 | bf16
+    decode_checkpoint: str = "unit"     # unit: checkpoint every decoder resnet/upsampler (exact) | none
+    decode_dtype: str = "auto"          # auto (bf16 on a bf16 GPU, else fp32) | fp32 | bf16 (fp16 overflows)
+    decode_crop: int = 0                # > 0: decode a random latent window of this side (approximation)
 
 
 @dataclass
@@ -97,9 +106,11 @@ class DmConfig:
     fake_alpha: float = 8.0
     fake_lr: float = 1e-5
     fake_updates: int = 1               # fake-score updates per student step
+    fake_data: str = "rollout"          # fake score's ε-MSE data: rollout (the paper's ẑ0) | one_step (DMD2's x̂0)
     gan_weight: float = 0.1             # 0 = off (PCM's adv_weight)
     disc_lr: float = 1e-4               # discriminator heads (TLCM §5.1)
-    gan_teacher_steps: int = 4          # teacher CFG-DDIM steps that make the "real" samples
+    gan_real: str = "teacher"           # D's real samples: teacher (CFG-DDIM from z_t) | rollout (Eq. 13's ẑ0)
+    gan_teacher_steps: int = 4          # teacher CFG-DDIM steps that make the "real" samples (gan_real=teacher)
 
 
 @dataclass
@@ -194,6 +205,12 @@ class Config:
             need(getattr(self, name).lr > 0, f"{name}.lr", "must be > 0")
         need(self.total_steps > 0, "mlcd/lcd/mps/dm.steps", "nothing to train: every stage has 0 steps")
         need(self.mps.scorer in SCORERS, "mps.scorer", f"one of {SCORERS}, got {self.mps.scorer!r}")
+        need(self.dm.fake_data in FAKE_DATA, "dm.fake_data", f"one of {FAKE_DATA}")
+        need(self.dm.gan_real in GAN_REAL, "dm.gan_real", f"one of {GAN_REAL}")
+        need(self.mps.scorer_dtype in SCORER_DTYPES, "mps.scorer_dtype", f"one of {SCORER_DTYPES}")
+        need(self.mps.decode_dtype in DECODE_DTYPES, "mps.decode_dtype", f"one of {DECODE_DTYPES}")
+        need(self.mps.decode_checkpoint in DECODE_CHECKPOINTS, "mps.decode_checkpoint", f"one of {DECODE_CHECKPOINTS}")
+        need(self.mps.decode_crop >= 0, "mps.decode_crop", "0 (whole image) or a latent window side")
         need(self.mps.weight >= 0 and self.dm.dmd_weight >= 0 and self.dm.gan_weight >= 0, "mps.weight/dm.*_weight",
              "must be >= 0 (0 = off)")
         need(not (self.mps.steps or self.dm.steps) or self.mps.weight == 0 or bool(self.mps.scorer_weights),

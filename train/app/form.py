@@ -13,14 +13,17 @@ from typing import Any
 
 import yaml
 
-from train.config import DISTANCES, MIXED_PRECISION, OPTIMIZERS, SCORERS, Config, ConfigError, load_config
+from train.config import (DECODE_CHECKPOINTS, DECODE_DTYPES, DISTANCES, FAKE_DATA, GAN_REAL, MIXED_PRECISION,
+                          OPTIMIZERS, SCORER_DTYPES, SCORERS, Config, ConfigError, load_config)
 from train.config import STAGES as STAGE_NAMES
 
 from .commands import flatten, override
 
 _PAPER = Config()
 CHOICES = {"train.mixed_precision": MIXED_PRECISION, "train.optimizer": OPTIMIZERS,
-           "distill.distance": DISTANCES, "output.save_dtype": ("fp16", "bf16", "fp32"), "mps.scorer": SCORERS}
+           "distill.distance": DISTANCES, "output.save_dtype": ("fp16", "bf16", "fp32"), "mps.scorer": SCORERS,
+           "mps.scorer_dtype": SCORER_DTYPES, "mps.decode_dtype": DECODE_DTYPES,
+           "mps.decode_checkpoint": DECODE_CHECKPOINTS, "dm.fake_data": FAKE_DATA, "dm.gan_real": GAN_REAL}
 LINES = ("data.prompts", "data.sample_prompts")       # one item per line (prompts contain commas)
 STAGES = {f"{stage}.enabled": f"{stage}.steps" for stage in STAGE_NAMES}   # a toggle per stage, in order
 STAGE_TITLES = {"mlcd": "Stage 1 (MLCD)", "lcd": "Stage 2 (LCD)", "mps": "Stage 3 (preference)",
@@ -46,10 +49,20 @@ INFO = {
                           "or train/toy/weights/scorer.safetensors; needed while stage 3 or 4 runs",
     "mps.weight": "of the preference term in stages 3 and 4 (0 = off)",
     "mps.margin": "s0: the score an image must reach with its own prompt",
+    "mps.scorer_dtype": "auto: fp16 on a GPU (as MPS ships), fp32 on the CPU",
+    "mps.decode_checkpoint": "unit: recompute the VAE decoder piece by piece in the backward (same result, "
+                             "far less memory); none: keep everything",
+    "mps.decode_dtype": "auto: bf16 on a GPU that has it, else fp32 (SDXL's VAE overflows in fp16)",
+    "mps.decode_crop": "0: score the whole image; N: decode a random N x N latent window (saves memory, "
+                       "scores a part of the image against the whole prompt)",
     "dm.dmd_weight": "distribution matching term (0 = off)",
     "dm.gan_weight": "adversarial term (0 = off)",
     "dm.fake_rank": "LoRA rank of the fake score (a second adapter on the frozen UNet)",
     "dm.fake_updates": "fake-score updates per student step",
+    "dm.fake_data": "what the fake score learns from: rollout (the paper's multi-step student samples) or one_step "
+                    "(the one-step outputs the DMD gradient moves)",
+    "dm.gan_real": "the discriminator's real samples: teacher (CFG-DDIM from the noised rollout) or rollout "
+                   "(Eq. 13 literally: the student's multi-step samples)",
     "dm.gan_teacher_steps": "teacher CFG-DDIM steps that make the discriminator's real samples",
     "lora.target_modules": "comma-separated module suffixes; empty = TLCM's 14 targets",
     "output.checkpoint_every": "steps between checkpoints (0 = only at the end)",

@@ -11,13 +11,14 @@ a gradient to the student.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 
 from ..aux_grad import AuxTerm
 from ..technique import AuxBatch
-from .decode import decode_latents
+from .decode import crop_window, decode_latents
 from .scorer import DEFAULT_MARGIN, Scorer, hinge_preference_loss
 
 
@@ -37,19 +38,26 @@ class PreferenceTechnique:
     name = "mps"
 
     def __init__(self, vae: torch.nn.Module, scorer: Scorer, *, margin: float = DEFAULT_MARGIN,
-                 weight: float = 1.0, checkpoint_decode: bool = True):
-        self.vae, self.scorer = vae.requires_grad_(False), scorer
+                 weight: float = 1.0, decode_checkpoint: str = "unit", decode_dtype: torch.dtype | None = None,
+                 decode_crop: int = 0):
+        """``decode_dtype`` other than the VAE's own decodes with a copy in that dtype (the shared VAE
+        stays as the sample grids need it); ``decode_crop`` > 0 decodes a random latent window of that
+        side (train/preference/decode.py)."""
+        vae = vae.requires_grad_(False)
+        self.vae = vae if decode_dtype in (None, vae.dtype) else copy.deepcopy(vae).to(dtype=decode_dtype)
+        self.scorer = scorer
         if isinstance(scorer, torch.nn.Module):
             scorer.requires_grad_(False)
-        self.margin, self.weight, self.checkpoint_decode = margin, weight, checkpoint_decode
+        self.margin, self.weight = margin, weight
+        self.decode_checkpoint, self.decode_crop = decode_checkpoint, decode_crop
 
     def loss(self, x0: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Eq. 11 on latents ``x0``; positives and negatives are scored in one scorer call on the images
         decoded once."""
         pairs = unrelated_pairs(prompts)
         has_negative = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=x0.device)
-        self.vae.to(x0.device)          # the loop parks the VAE on the CPU between sample grids
-        images = decode_latents(self.vae, x0, checkpoint=self.checkpoint_decode)
+        self.vae.to(x0.device)          # the loop parks the shared VAE on the CPU between sample grids
+        images = decode_latents(self.vae, x0, checkpoint=self.decode_checkpoint)
         scores = self.scorer(torch.cat([images, images[has_negative]]),
                              list(prompts) + [prompts[j] for _, j in pairs]).float()
         positive, negative = scores[:len(prompts)], scores[len(prompts):]
@@ -59,8 +67,11 @@ class PreferenceTechnique:
 
     def terms(self, batch: AuxBatch) -> list[AuxTerm]:
         prompts = list(batch.prompts)
+        rows = cols = slice(None)
+        if self.decode_crop:        # drawn once per step from the training generator: resumes exactly
+            rows, cols = crop_window(*batch.x0.shape[-2:], self.decode_crop, batch.generator)
         # logged as loss/preference: "mps" is the stage's own consistency loss
-        return [AuxTerm("preference", lambda x0d: self.loss(x0d, prompts), weight=self.weight)]
+        return [AuxTerm("preference", lambda x0d: self.loss(x0d[..., rows, cols], prompts), weight=self.weight)]
 
     def update(self, batch: AuxBatch) -> dict[str, float]:
         return {}
