@@ -32,12 +32,15 @@ def checkpointed(den: Denoiser) -> Denoiser:
 
 
 def aux_batch(den: Denoiser, seed: int = 3) -> AuxBatch:
-    """A student step's batch: x0 is the student's x̂0 of z_t **with its graph**; the generator is fresh."""
+    """A student step's batch: z_t diffuses a stand-in rollout ẑ0 (Eq. 9), x0 is the student's x̂0 of z_t
+    **with its graph**; the generator is fresh."""
     g = torch.Generator().manual_seed(seed)
     cond = Conditioning(torch.randn(2, 77, CROSS_ATTENTION_DIM, generator=g),
                         torch.randn(2, TEXT_WIDTH_2, generator=g), sdxl_time_ids(64, 2))
-    z_t, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([600, 300])
-    return AuxBatch(den, cond, ["a", "b"], z_t, t, den.predict(z_t, t, cond)[0], torch.Generator().manual_seed(seed))
+    rollout, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([600, 300])
+    z_t = den.add_noise(rollout, torch.randn(2, 4, 8, 8, generator=g), t)
+    return AuxBatch(den, cond, ["a", "b"], z_t, t, den.predict(z_t, t, cond)[0], torch.Generator().manual_seed(seed),
+                    rollout)
 
 
 def grads_via_aux(den: Denoiser, batch: AuxBatch, terms: list[AuxTerm]) -> tuple[list[torch.Tensor], dict[str, float]]:

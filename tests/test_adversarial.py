@@ -16,6 +16,7 @@ from train.adversarial import Adversarial
 from train.consistency import randint, randn
 from train.diffusion import Denoiser
 from train.dmd import DistributionMatching
+from train.technique import AuxBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 
@@ -102,3 +103,17 @@ def test_state_resumes_exactly_and_refuses_a_mismatch():
         Adversarial(den, head_width=16).load_state_dict(state)
     with pytest.raises(ValueError, match="not a 'gan' state"):
         second.load_state_dict(DistributionMatching(den, rank=2, target_modules=["to_q"]).state_dict())
+
+
+def test_rollout_as_real_samples_is_eq_13_literally():
+    den = student_denoiser()
+    batch = aux_batch(den)
+    adv = Adversarial(den, real="rollout")
+    assert torch.equal(adv.real_samples(batch), batch.rollout)
+    out = adv.update(batch)
+    assert all(map(math.isfinite, out.values()))
+    without = AuxBatch(den, batch.cond, batch.prompts, batch.z_t, batch.t, batch.x0, torch.Generator())
+    with pytest.raises(ValueError, match="needs the student rollout"):
+        adv.real_samples(without)
+    with pytest.raises(ValueError, match="real must be one of"):
+        Adversarial(den, real="data")

@@ -15,6 +15,7 @@ from train.adversarial import Adversarial
 from train.consistency import randint, randn
 from train.diffusion import Denoiser
 from train.dmd import DistributionMatching
+from train.technique import AuxBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 
@@ -121,3 +122,24 @@ def test_state_resumes_exactly_and_refuses_a_mismatch():
         DistributionMatching(student_denoiser(), rank=2, alpha=2, target_modules=TARGETS).load_state_dict(state)
     with pytest.raises(ValueError, match="not a 'dmd' state"):
         dmd_on(student_denoiser()).load_state_dict(Adversarial(student_denoiser(), head_width=8).state_dict())
+
+
+def test_fake_score_learns_from_the_rollout_by_default():
+    """fake_data=rollout trains on ẑ0 exactly as one_step would on a batch whose x̂0 were ẑ0."""
+    trained = {}
+    for name, fake_data, on_rollout in (("rollout", "rollout", False), ("one_step_on_rollout", "one_step", True),
+                                        ("one_step", "one_step", False)):
+        den = student_denoiser()            # same seed: same UNet, student and batch every round
+        batch = aux_batch(den)
+        torch.manual_seed(5)
+        dmd = dmd_on(den, lr=1e-2, fake_data=fake_data)
+        x0 = batch.rollout if on_rollout else batch.x0
+        dmd.update(AuxBatch(den, batch.cond, batch.prompts, batch.z_t, batch.t, x0, batch.generator, batch.rollout))
+        trained[name] = torch.cat([p.detach().flatten() for p in dmd.parameters()])
+    assert torch.equal(trained["rollout"], trained["one_step_on_rollout"])
+    assert not torch.equal(trained["rollout"], trained["one_step"])
+    without = AuxBatch(den, batch.cond, batch.prompts, batch.z_t, batch.t, batch.x0, torch.Generator())
+    with pytest.raises(ValueError, match="needs the student rollout"):
+        dmd_on(student_denoiser()).update(without)
+    with pytest.raises(ValueError, match="fake_data must be one of"):
+        DistributionMatching(student_denoiser(), fake_data="teacher")

@@ -4,9 +4,9 @@ D = the base UNet with adapters disabled, run only through conv_in, the down blo
 plus one small trainable head per down/mid feature map giving patch logits (after PCM's SDXL
 discriminator, Apache-2.0, G-U-N/Phased-Consistency-Model, code/text_to_image_sdxl/discriminator_sdxl.py;
 own code). Hinge losses: D minimises relu(1 − D(real)) + relu(1 + D(fake)), the student −D(fake), each
-averaged over patches and heads. "Fake" is the student's one-step x̂0 (Eq. 13's z̃0); "real" are teacher
-samples, CFG-DDIM from the same z_t (a choice: Eq. 13 puts the student's rollout ẑ0 on the real side,
-which the batch does not carry). Both are re-noised to t' ~ U[t_min, t_max] before D (the paper does
+averaged over patches and heads. "Fake" is the student's one-step x̂0 (Eq. 13's z̃0); "real" are, by
+default, teacher samples, CFG-DDIM from the same z_t (the issue's reading), or with ``real="rollout"``
+Eq. 13 taken literally: the student's own multi-step rollout ẑ0 that z_t diffuses. Both are re-noised to t' ~ U[t_min, t_max] before D (the paper does
 not give t'; PCM re-noises within a phase, TLCM's x̂0 is the clean end, so t' is small).
 """
 from __future__ import annotations
@@ -20,10 +20,11 @@ from torch import nn
 
 from .adapters import adapter_state, teacher_mode
 from .aux_grad import AuxTerm
+from .config import GAN_REAL
 from .consistency import randint, randn
 from .diffusion import Conditioning, Denoiser
 from .teacher import even_path, teacher_solve
-from .technique import AuxBatch
+from .technique import AuxBatch, rollout_of
 from .trainables import Sync, load_trainable_state, optimizer_step, trainable_state
 
 
@@ -86,13 +87,16 @@ class Adversarial:
 
     def __init__(self, denoiser: Denoiser, *, lr: float = 1e-4, weight: float = 1.0, guidance_scale: float = 8.0,
                  teacher_steps: int = 4, t_min: int = 0, t_max: int = 250, head_width: int | None = None,
-                 sync: Sync | None = None):
+                 real: str = "teacher", sync: Sync | None = None):
         """``head_width`` None: each head as wide as its feature map (PCM; ≈7.6 M parameters on SDXL)."""
         unet = denoiser.unet
         if not 0 <= t_min <= t_max < denoiser.num_train_timesteps:
             raise ValueError(f"gan needs 0 <= t_min <= t_max < {denoiser.num_train_timesteps}, got {t_min}, {t_max}")
         if teacher_steps < 1:
             raise ValueError(f"gan teacher_steps must be >= 1, got {teacher_steps}")
+        if real not in GAN_REAL:
+            raise ValueError(f"gan real must be one of {GAN_REAL}, got {real!r}")
+        self.real = real
         if getattr(unet, "mid_block", None) is None:
             raise ValueError("the adversarial discriminator needs a UNet with a mid block")
         self.denoiser, self.weight, self.guidance_scale = denoiser, weight, guidance_scale
@@ -127,8 +131,11 @@ class Adversarial:
         return [AuxTerm("gan", loss, weight=self.weight, state=lambda: adapter_state(self.denoiser.unet, None))]
 
     def real_samples(self, batch: AuxBatch) -> torch.Tensor:
-        """Teacher x̂0 from the student's input z_t at t: ``teacher_steps`` equal CFG-DDIM steps toward 0, the
-        last one read as the teacher's x̂0 (a DDIM move to t = 0 would stop at ᾱ_0 < 1)."""
+        """The rollout ẑ0, or the teacher's x̂0 from the student's input z_t at t: ``teacher_steps`` equal
+        CFG-DDIM steps toward 0, the last one read as the teacher's x̂0 (a DDIM move to t = 0 would stop at
+        ᾱ_0 < 1)."""
+        if self.real == "rollout":
+            return rollout_of(batch, "gan real=rollout").detach().float()
         den, t = self.denoiser, batch.t
         path = even_path(t, torch.zeros_like(t), self.teacher_steps, self.teacher_steps)
         z = teacher_solve(den, batch.z_t.float(), path[:, :-1], batch.cond, self.guidance_scale)

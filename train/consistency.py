@@ -26,6 +26,7 @@ class ConsistencyPair:
     z_n: torch.Tensor
     t_n: torch.Tensor
     boundary: torch.Tensor
+    rollout: torch.Tensor | None = None     # stage 2: the student rollout ẑ0 that z_m diffuses (Eq. 9)
 
 
 class Stage(Protocol):

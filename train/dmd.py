@@ -2,8 +2,9 @@
 
 Both scores live on the one frozen base UNet (docs/trainer.md §1): the real score is the base with
 adapters disabled and CFG, the fake score is the base plus a second LoRA ``fake`` (B = 0 init, so it
-starts equal to SDXL) trained by ε-MSE on the student's detached one-step x̂0 (the samples this
-gradient moves; the paper says "synthetic ẑ0", which the batch does not carry). The generator gradient
+starts equal to SDXL) trained by ε-MSE on student samples: by default the multi-step rollout ẑ0 of Eq. 9
+(the paper's "synthetic ẑ0"), or the detached one-step x̂0 that the gradient moves (DMD2's choice,
+``fake_data="one_step"``). The generator gradient
 is the DMD formula (re-implemented from the DMD paper's math, docs/trainer.md §3 and §9): at
 x_t' = FD(x̂0, t'),
 
@@ -25,9 +26,10 @@ from tlcm.lora import TLCM_TARGET_SUFFIXES
 
 from .adapters import STUDENT, adapter_state
 from .aux_grad import AuxTerm
+from .config import FAKE_DATA
 from .consistency import randint, randn
 from .diffusion import Conditioning, Denoiser
-from .technique import AuxBatch
+from .technique import AuxBatch, rollout_of
 from .trainables import Sync, load_trainable_state, optimizer_step, trainable_state
 
 FAKE = "fake"
@@ -59,11 +61,14 @@ class DistributionMatching:
     def __init__(self, denoiser: Denoiser, *, rank: int = 64, alpha: float = 8.0,
                  target_modules: list[str] | None = None, lr: float = 1e-5, fake_updates: int = 1,
                  guidance_scale: float = 8.0, weight: float = 1.0, t_min: int = 20, t_max: int = 980,
-                 sync: Sync | None = None):
+                 fake_data: str = "rollout", sync: Sync | None = None):
         if not 0 <= t_min <= t_max < denoiser.num_train_timesteps:
             raise ValueError(f"dmd needs 0 <= t_min <= t_max < {denoiser.num_train_timesteps}, got {t_min}, {t_max}")
         if fake_updates < 1:
             raise ValueError(f"dmd fake_updates must be >= 1, got {fake_updates}")
+        if fake_data not in FAKE_DATA:
+            raise ValueError(f"dmd fake_data must be one of {FAKE_DATA}, got {fake_data!r}")
+        self.fake_data = fake_data
         self.denoiser, self.guidance_scale, self.weight = denoiser, guidance_scale, weight
         self.t_min, self.t_max, self.fake_updates, self.sync = t_min, t_max, fake_updates, sync
         unet = denoiser.unet
@@ -96,9 +101,10 @@ class DistributionMatching:
         return [AuxTerm("dmd", loss, weight=self.weight)]
 
     def update(self, batch: AuxBatch) -> dict[str, float]:
-        """Train the fake score on the detached student samples: ε-MSE at t ~ U[0, T); each backward runs
+        """Train the fake score on student samples (``fake_data``): ε-MSE at t ~ U[0, T); each backward runs
         inside the ``fake`` state (with checkpointing, the recomputation must see that state)."""
-        den, x0 = self.denoiser, batch.x0.detach().float()
+        den = self.denoiser
+        x0 = (rollout_of(batch, "dmd fake_data=rollout") if self.fake_data == "rollout" else batch.x0).detach().float()
         losses = []
         for _ in range(self.fake_updates):
             t = randint(0, den.num_train_timesteps - 1, x0.shape[0], batch.generator, x0.device)

@@ -197,7 +197,7 @@ class Trainer:
         objective = loss
         if techniques:
             batch = AuxBatch(self.denoiser, cond, [self.prompts[i] for i in indices], pair.z_m, pair.t_m, x0,
-                             self.generator)
+                             self.generator, pair.rollout)
             objective, term_values = with_aux(loss, x0, [term for t in techniques for term in t.terms(batch)])
             self.values.update({f"loss/{k}": v for k, v in term_values.items()})
         require_student_active(self.unet)

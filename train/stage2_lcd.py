@@ -63,7 +63,7 @@ class LcdStage:
         z_m = denoiser.add_noise(z0, randn(tuple(z0.shape), generator, z0), t_m)
         path = even_path(t_m, t_n, self.teacher_steps, self.teacher_steps)
         z_n = teacher_solve(denoiser, z_m, path, cond, self.guidance_scale)
-        return ConsistencyPair(z_m, t_m, z_n, t_n, t_n)
+        return ConsistencyPair(z_m, t_m, z_n, t_n, t_n, rollout=z0)
 
     def output(self, denoiser: Denoiser, x0: torch.Tensor, eps: torch.Tensor, pair: ConsistencyPair) -> torch.Tensor:
         """f_θ = x̂0."""

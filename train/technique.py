@@ -30,7 +30,8 @@ class AuxBatch:
 
     ``x0`` is the student's one-step x̂0 of ``z_t`` at ``t`` **with its graph** (terms must only use it
     through the detached copy :func:`~train.aux_grad.aux_gradient` passes them); ``z_t`` is the noisy
-    input of Eq. 9 (a student rollout ẑ0 diffused to ``t``), so x0 is the paper's z̃0.
+    input of Eq. 9, the student's multi-step rollout ``rollout`` (ẑ0, no graph) diffused to ``t``, so x0
+    is the paper's z̃0. ``rollout`` is None only where no stage-2 pair exists (batches built by hand).
     """
 
     denoiser: Denoiser
@@ -40,6 +41,14 @@ class AuxBatch:
     t: torch.Tensor
     x0: torch.Tensor
     generator: torch.Generator         # the training generator (CPU): all randomness for exact resume
+    rollout: torch.Tensor | None = None
+
+
+def rollout_of(batch: AuxBatch, who: str) -> torch.Tensor:
+    """The batch's ẑ0, or a clear error where the batch has none."""
+    if batch.rollout is None:
+        raise ValueError(f"{who} needs the student rollout ẑ0 (AuxBatch.rollout), which only stage-2 pairs carry")
+    return batch.rollout
 
 
 class Technique(Protocol):
