@@ -57,3 +57,20 @@ def test_single_file_round_trip(teacher, tmp_path):
         assert ours.keys() == theirs.keys(), name
         for key, value in ours.items():
             torch.testing.assert_close(theirs[key], value, msg=f"{name}.{key}")
+
+
+def test_tokenizers_of_a_read_only_teacher_go_to_a_cache(tmp_path, monkeypatch):
+    import train.toy.bench_teacher as bench_teacher
+    teacher = tmp_path / "teacher"
+    (teacher / "unet").mkdir(parents=True)
+    (teacher / "unet" / "config.json").write_text("{}")
+    (teacher / "model_index.json").write_text("{}")
+    monkeypatch.setattr(bench_teacher, "writable", lambda folder: False)
+    view = bench_teacher.ensure_tokenizers(teacher, cache=tmp_path / "cache")
+    assert view.parent == tmp_path / "cache" and not (teacher / "tokenizer").exists()
+    assert (view / "tokenizer" / "vocab.json").is_file() and (view / "tokenizer_2" / "vocab.json").is_file()
+    assert (view / "unet").is_symlink() and (view / "unet" / "config.json").read_text() == "{}"
+    assert bench_teacher.ensure_tokenizers(teacher, cache=tmp_path / "cache") == view      # reused
+    monkeypatch.setattr(bench_teacher, "writable", lambda folder: True)
+    assert bench_teacher.ensure_tokenizers(teacher) == teacher.resolve()
+    assert (teacher / "tokenizer_2" / "vocab.json").is_file()

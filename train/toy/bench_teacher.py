@@ -8,7 +8,9 @@ Writes ``bench/results/toy_teacher.md`` + ``.json``: ``python -m train.toy.bench
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,15 +28,33 @@ DEFAULT_TEACHER = Path(__file__).parent / "weights" / "teacher"
 REFERENCE = (25, 3.0)    # (steps, guidance) of the FD-to-teacher reference
 
 
-def ensure_tokenizers(folder: str | Path) -> Path:
-    """Write SDXL's two CLIP tokenizers into ``folder`` if absent: they are generated from open-clip-torch's
-    BPE file (identical ids), so the committed teacher carries only its weights (size budget)."""
+def writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
+def ensure_tokenizers(folder: str | Path, cache: str | Path | None = None) -> Path:
+    """A folder of the teacher with SDXL's two CLIP tokenizers: they are generated from open-clip-torch's
+    BPE file (identical ids), so the committed teacher carries only its weights (size budget). They are
+    written into ``folder`` itself, or, where it is read-only (a system-wide install), into a cache folder
+    that links the teacher's other parts (``cache``, default ``$TLCM_CACHE`` or ~/.cache/tlcm)."""
     from tlcm.models.clip_tokenizer import write_clip_tokenizer
-    folder = Path(folder)
-    for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
-        if not (folder / name / "vocab.json").is_file():
-            write_clip_tokenizer(folder / name, pad_token=pad)
-    return folder
+    folder = Path(folder).resolve()
+    tokenizers = (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!"))
+    if all((folder / name / "vocab.json").is_file() for name, _ in tokenizers):
+        return folder
+    target = folder
+    if not writable(folder):
+        root = Path(cache or os.environ.get("TLCM_CACHE") or Path.home() / ".cache" / "tlcm")
+        target = root / f"toy-teacher-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+        target.mkdir(parents=True, exist_ok=True)
+        for part in folder.iterdir():
+            link = target / part.name
+            if part.name not in dict(tokenizers) and not link.exists():
+                link.symlink_to(part)
+    for name, pad in tokenizers:
+        if not (target / name / "vocab.json").is_file():
+            write_clip_tokenizer(target / name, pad_token=pad)
+    return target
 
 
 def load_teacher(path: str | Path = DEFAULT_TEACHER):
