@@ -3,6 +3,7 @@ dict round trip, key checks, conversion of a pickled whole model, gradients to t
 memory-saving decode, the exact student gradient through with_aux, and the committed toy scorer."""
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import types
@@ -389,3 +390,14 @@ def test_build_preference_resolves_the_memory_options():
     with pytest.raises(ConfigError, match=f"mps.decode_crop: {side + 1} is larger than the latent side {side}"):
         build_preference(MpsConfig(scorer="toy", scorer_weights=str(DEFAULT_WEIGHTS), decode_crop=side + 1),
                          vae, 32, "cpu")
+
+
+def test_half_precision_mps_scores_close_to_fp32(scorer):
+    images = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(6)).requires_grad_(True)
+    reference = scorer(images, PROMPTS[:2])
+    half = MPSScorer(copy.deepcopy(scorer.mps).to(torch.bfloat16), scorer.tokenizer)
+    scores = half(images, PROMPTS[:2])
+    scores.sum().backward()
+    assert next(half.mps.parameters()).dtype == torch.bfloat16 and images.grad.dtype == torch.float32
+    assert float(images.grad.abs().sum()) > 0
+    torch.testing.assert_close(scores.float(), reference.detach(), rtol=0.05, atol=0.05)

@@ -242,7 +242,8 @@ class MPSScorer(nn.Module):
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         param = next(self.mps.parameters())
-        pixels = clip_preprocess(images.to(param.device, param.dtype), self.mps.image_size)
+        # resize in fp32 (CPU has no half-precision antialiased bicubic), then the scorer's dtype
+        pixels = clip_preprocess(images.to(param.device, torch.float32), self.mps.image_size).to(param.dtype)
         ids = self._ids(prompts).to(param.device)
         condition = self._ids([self.condition]).to(param.device).expand(len(prompts), -1)
         return self.mps(pixels, ids, condition, self.threshold)
