@@ -147,9 +147,10 @@ def test_gpu_presets_undo_every_toy_shrink(tmp_path, monkeypatch):
     toy_form = {**to_form(Config()), **form_values(toy_settings()), "model.path": "m", "data.prompts": "p.txt"}
     assert toy_form["mps.scorer_weights"] == str(tmp_path / "scorer.safetensors")
     for name, memory in [("24 GB GPU", ["train.mixed_precision=bf16"]),
-                         ("16 GB GPU", ["train.mixed_precision=bf16", "train.optimizer=adamw8bit"]),
+                         ("16 GB GPU", ["train.mixed_precision=bf16", "train.optimizer=adamw8bit",
+                                        "mps.decode_crop=64"]),
                          ("12 GB GPU", ["train.mixed_precision=fp16", "train.optimizer=adamw8bit", "lora.rank=32",
-                                        "lora.alpha=4", "output.sample_every=1000"])]:
+                                        "lora.alpha=4", "output.sample_every=1000", "mps.decode_crop=64"])]:
         values = PRESETS[name].values()
         assert "model.path" not in values and "data.prompts" not in values     # the user's paths stay
         gpu_form = {**toy_form, **form_values(values)}

@@ -9,9 +9,9 @@ exists, and are off otherwise.
 
 A preset sets only the keys it is about; the GPU presets put every key the toy sets back to the paper's
 value (stages 3-4 included, so ``mps.scorer_weights`` is then the user's to fill in), so switching toy →
-GPU never trains SDXL at 32 px by accident. The GPU memory figures are arithmetic (docs/trainer.md §2:
-frozen bf16/fp16 SDXL UNet + fp32 LoRA masters + optimizer state + checkpointed activations at batch 1),
-not measurements.
+GPU never trains SDXL at 32 px by accident. The GPU memory figures are arithmetic at batch 1
+(bench/results/memory_stages.md: exact parameter counts, activations scaled from a mid-size model measured
+on the CPU), not GPU measurements.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ PATH_KEYS = ("model.path", "data.prompts", "output.dir")     # the user's; a pre
 # on that machine under load (1 thread, 3 steps each: MLCD 3.4 s, LCD 2.7 s, DM + GAN 6.5 s; the preference
 # term adds 0.2 s for the toy VAE decode and scorer) — estimates, within maybe 30 %.
 TOY_SECONDS_PER_STEP = {"mlcd": 1.3, "lcd": 1.05, "mps": 1.15, "dm": 2.6}
+CROP_16GB = 64               # latent window the smaller presets decode for the preference term (1024² → 128²)
 TOY_OVERHEAD_S = 45          # estimate: imports, teacher, encoding 4000 prompts, sample grids, checkpoints
 
 
@@ -140,12 +141,15 @@ def _gpu_note() -> str:
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("CPU toy", toy_summary, _toy),
     Preset("24 GB GPU", lambda: "SDXL at 1024 px: bf16 frozen UNet, rank 64, AdamW, batch 1, gradient "
-           "checkpointing." + _gpu_note(), _gpu(train__mixed_precision="bf16", train__optimizer="adamw")),
-    Preset("16 GB GPU", lambda: "As 24 GB with 8-bit AdamW (needs bitsandbytes)." + _gpu_note(),
-           _gpu(train__mixed_precision="bf16", train__optimizer="adamw8bit")),
+           "checkpointing; the preference term decodes checkpointed in bf16 (stage 4 ≈ 17 GiB, "
+           "bench/results/memory_stages.md)." + _gpu_note(), _gpu(train__mixed_precision="bf16", train__optimizer="adamw")),
+    Preset("16 GB GPU", lambda: "As 24 GB with 8-bit AdamW (needs bitsandbytes); stages 3-4 score a random "
+           f"quarter of each image (mps.decode_crop {CROP_16GB}: stage 4 ≈ 11.5 GiB instead of ≈ 14.4)." + _gpu_note(),
+           _gpu(train__mixed_precision="bf16", train__optimizer="adamw8bit", mps__decode_crop=CROP_16GB)),
     Preset("12 GB GPU", lambda: "fp16 frozen UNet, rank 32, 8-bit AdamW (needs bitsandbytes); sample grids every "
-           "1000 steps (decoding costs memory)." + _gpu_note(),
+           f"1000 steps (decoding costs memory); stages 3-4 score a random quarter of each image (mps.decode_crop "
+           f"{CROP_16GB})." + _gpu_note(),
            _gpu(train__mixed_precision="fp16", train__optimizer="adamw8bit", lora__rank=32, lora__alpha=4.0,
-                output__sample_every=1000)),
+                output__sample_every=1000, mps__decode_crop=CROP_16GB)),
 )}
 DEFAULT_PRESET = "CPU toy"
