@@ -149,3 +149,24 @@ def test_latent_lpips_as_the_stage1_distance(tmp_path):
     assert all(p.grad is not None for p in params)
     assert all(float(p.grad.abs().sum()) > 0 for n, p in unet.named_parameters() if "lora_B.student" in n)
     assert all(p.grad is None for n, p in unet.named_parameters() if ".student." not in n)
+
+
+def test_lin_training_keeps_the_pretrained_trunk_and_learns_the_heads(tmp_path):
+    """LPIPS 'lin': from saved weights, only the heads move (batch-norm statistics included); the CLI
+    refuses --lin without a trunk to start from."""
+    from train.lpips import cli
+    g = torch.Generator().manual_seed(0)
+    refs = smooth_latents(96, 4)
+    data = make_synthetic_2afc(refs, 256, g, kinds=("noise",), nuisance=("color",))
+    torch.manual_seed(0)
+    init = save_latent_lpips(LatentLPIPS(TINY).eval(), tmp_path / "init.safetensors")
+    data_path = data.save(tmp_path / "data.safetensors")
+    out = tmp_path / "lin.safetensors"
+    assert cli.main(["train", "--data", str(data_path), "--init", str(init), "--lin", "--steps", "20",
+                     "--batch-size", "32", "--lr", "1e-2", "--out", str(out)]) == 0
+    before, after = load_latent_lpips(init), load_latent_lpips(out)
+    trunk_before, trunk_after = before.trunk.state_dict(), after.trunk.state_dict()
+    assert all(torch.equal(trunk_before[k], trunk_after[k]) for k in trunk_before)      # running stats too
+    assert any(not torch.equal(a.weight, b.weight) for a, b in zip(before.heads, after.heads))
+    with pytest.raises(SystemExit, match="--lin trains the heads on a pretrained trunk"):
+        cli.main(["train", "--data", str(data_path), "--lin", "--steps", "1", "--out", str(out)])

@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--widths", default="64,128,256,512,512", help="five VGG block widths")
     t.add_argument("--no-batch-norm", action="store_true")
+    t.add_argument("--init", help="start from these latent LPIPS weights (architecture from the file; "
+                   "--widths and --no-batch-norm do not apply)")
+    t.add_argument("--lin", action="store_true", help="train only the linear heads on the --init trunk (LPIPS 'lin')")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val", help="held-out 2AFC data (folder or .safetensors) to report agreement on")
     sub.choices["eval"].add_argument("--weights", required=True)
@@ -105,10 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         widths = tuple(int(w) for w in args.widths.split(","))
     except ValueError:
         raise SystemExit(f"--widths: five comma-separated integers, got {args.widths!r}") from None
+    if args.lin and not args.init:
+        raise SystemExit("--lin trains the heads on a pretrained trunk: give that model with --init")
     torch.manual_seed(args.seed)
-    model = LatentLPIPS(LatentLPIPSConfig(data.ref.shape[1], widths, not args.no_batch_norm))
+    if args.init:
+        model = load_latent_lpips(args.init)
+        if model.config.in_channels != data.ref.shape[1]:
+            raise SystemExit(f"--init {args.init} reads {model.config.in_channels}-channel latents, the data has "
+                             f"{data.ref.shape[1]}")
+    else:
+        model = LatentLPIPS(LatentLPIPSConfig(data.ref.shape[1], widths, not args.no_batch_norm))
     losses = train_lpips(model, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         generator=torch.Generator().manual_seed(args.seed))
+                         generator=torch.Generator().manual_seed(args.seed), train_trunk=not args.lin)
     save_latent_lpips(model, args.out)
     tail = losses[-50:]
     print(f"final ranking loss {sum(tail) / len(tail):.4f}; train 2AFC agreement {two_afc_agreement(model, data):.4f}; "

@@ -2,8 +2,10 @@
 
 LPIPS (Zhang et al. 2018) learns from 2AFC judgements through a small network G on the two distances,
 G(d0, d1) -> P(p1 judged closer), trained with BCE against the human fraction; G is thrown away after
-training. Here everything (trunk and heads) trains from scratch, as TLCM trained its latent LPIPS; the
-heads are projected onto w >= 0 after every step. Agreement is BAPPS's 2AFC score: a pair counts ``judge``
+training. By default everything (trunk and heads) trains, from scratch as TLCM trained its latent LPIPS
+or from given weights (LPIPS's "tune"); ``train_trunk=False`` keeps a pretrained trunk frozen and learns
+only the linear heads (LPIPS's "lin", the variant its paper recommends). Heads are projected onto
+w >= 0 after every step. Agreement is BAPPS's 2AFC score: a pair counts ``judge``
 if the model ranks p1 closer, ``1 - judge`` if p0, and half of each on a tie (chance = 0.5).
 """
 from __future__ import annotations
@@ -35,16 +37,20 @@ def pair_distances(model: LatentLPIPS, batch: TwoAFCLatents) -> tuple[torch.Tens
 
 
 def train_lpips(model: LatentLPIPS, data: TwoAFCLatents, *, steps: int, batch_size: int = 32, lr: float = 1e-4,
-                generator: torch.Generator | None = None) -> list[float]:
-    """Adam on trunk + heads + a fresh G with the ranking BCE; minibatches drawn with ``generator``.
-    Returns the loss per step; the model is left frozen in eval mode."""
+                generator: torch.Generator | None = None, train_trunk: bool = True) -> list[float]:
+    """Adam on trunk (unless ``train_trunk`` is False: frozen, batch-norm statistics too) + heads + a fresh
+    G with the ranking BCE; minibatches drawn with ``generator``. Returns the loss per step; the model is
+    left frozen in eval mode."""
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
     generator = generator or torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
     judge_net = JudgeNet().to(device)
     model.requires_grad_(True).train()
-    optimizer = torch.optim.Adam([*model.parameters(), *judge_net.parameters()], lr=lr, betas=(0.5, 0.999))
+    if not train_trunk:
+        model.trunk.requires_grad_(False).eval()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([*trained, *judge_net.parameters()], lr=lr, betas=(0.5, 0.999))
     losses = []
     for _ in range(steps):
         index = torch.randint(len(data), (min(batch_size, len(data)),), generator=generator)
