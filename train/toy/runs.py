@@ -3,12 +3,14 @@ another's checkpoint, and turn any checkpoint into a sampling pipeline through t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from tlcm.generate import apply_loras
+from train.config import Config, load_config
 from train.export import export_lora
 
 from .bench_teacher import load_teacher
@@ -20,16 +22,34 @@ def finished(out: Path) -> bool:
     return status.is_file() and json.loads(status.read_text()).get("state") == "finished"
 
 
+def acting_settings(config: Config) -> dict:
+    """The config values that shape a run's optimisation: no output section, and no section of a stage
+    that never ran (stage 3's section also serves stage 4's preference term)."""
+    data = config.to_dict()
+    data.pop("output")
+    if not config.dm.steps:
+        data.pop("dm")
+        if not config.mps.steps:
+            data.pop("mps")
+    return data
+
+
 def train_run(out: Path, overrides: list[str], resume: str | Path | None = None, reuse: bool = True) -> Path:
     """Train the toy config + ``overrides`` into ``out`` (optionally starting from checkpoint ``resume``,
-    e.g. another run's end of stage 2); a finished run already there is reused. Returns ``out``."""
+    e.g. another run's end of stage 2); a finished run already there is reused when it was trained with the
+    same :func:`acting_settings`, and replaced when not. Returns ``out``. A code change, or new
+    weights under the same path (toy scorer, latent LPIPS), is not detected: delete the run folder."""
     from train.loop import Trainer
+    config = toy_config(out, ["output.sample_every=0", "output.keep_checkpoints=20", *overrides])
     if reuse and finished(out):
-        print(f"[bench] reusing finished run {out}", flush=True)
-        return out
+        if acting_settings(load_config(out / "config.yaml")) == acting_settings(config):
+            print(f"[bench] reusing finished run {out}", flush=True)
+            return out
+        print(f"[bench] {out} was trained with other settings: training it again", flush=True)
+    if out.exists():
+        shutil.rmtree(out)
     torch.manual_seed(0)
-    Trainer(toy_config(out, ["output.sample_every=0", "output.keep_checkpoints=20", *overrides])).run(
-        resume=str(resume) if resume else None)
+    Trainer(config).run(resume=str(resume) if resume else None)
     return out
 
 
