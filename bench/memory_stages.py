@@ -27,8 +27,8 @@ What it does:
 All mid-size figures are CPU RSS in fp32 with gradient checkpointing on, not CUDA allocator figures. glibc's
 dynamic mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in the children so freed tensors leave RSS.
 
-Run: ``nice -n 10 python bench/memory_stages.py`` (about 10 min on a shared 2-core CPU; writes
-bench/results/memory_stages.md and .json).
+Run: ``python bench/memory_stages.py`` (about 6 min on a 2-core CPU; writes bench/results/memory_stages.md
+and .json).
 """
 from __future__ import annotations
 
@@ -84,7 +84,25 @@ PROMPTS = ["a photo of a cat on a sofa", "a red car in the snow", "a bowl of ram
 FAST_LOOPS = ["distill.num_segments=2", "lcd.student_steps=1", "lcd.teacher_steps=1", "dm.gan_teacher_steps=1"]
 STAGE_STEPS = {"mlcd": "stage 1 (MLCD)", "lcd": "stage 2 (LCD)", "mps": "stage 3 (LCD + MPS)",
                "dm": "stage 4 (LCD + MPS + DMD + GAN)"}
-RUNS = [("mlcd", 1), ("lcd", 1), ("mps", 1), ("dm", 1), ("mlcd", 2), ("lcd", 2), ("mps", 2), ("dm", 2)]
+# Measured configurations: stage, batch and a memory-option variant of the preference decode ("" = the trainer's
+# defaults on this CPU: unit-checkpointed fp32 decode, fp32 scorer).
+RUNS = [("mlcd", 1, ""), ("lcd", 1, ""), ("mps", 1, ""), ("dm", 1, ""), ("mlcd", 2, ""), ("lcd", 2, ""), ("mps", 2, ""),
+        ("dm", 2, ""), ("dm", 1, "plain"), ("dm", 1, "bf16"), ("dm", 1, "crop")]
+MID_CROP = 16                          # latent window side of the crop rows: a quarter of the 32² latents
+SDXL_CROP = 64                         # the same quarter of SDXL's 128² latents
+VARIANTS = {"plain": ["mps.decode_checkpoint=none"],
+            "bf16": ["mps.decode_dtype=bf16", "mps.scorer_dtype=bf16"],
+            "crop": [f"mps.decode_crop={MID_CROP}"]}
+VARIANT_NOTES = {"": "defaults", "plain": "decode not checkpointed", "bf16": "bf16 decode + scorer",
+                 "crop": f"decode crop {MID_CROP}"}
+# Real-SDXL variants: (mid-size rows measured with these decode options, AdamW bytes/param, scorer bytes/param,
+# decoding-VAE bytes/param, decode scaling factor); the dtype changes are applied in the arithmetic.
+SDXL_VARIANTS = {
+    "P: plain decode (mps.decode_checkpoint=none, decode_dtype=fp32, scorer_dtype=fp32), AdamW": ("plain", 8, 4, 4, "vae_plain"),
+    "A: the trainer's defaults on a GPU (unit-checkpointed bf16 decode, fp16 scorer), AdamW": ("", 8, 2, 2, "vae_unit_bf16"),
+    "B: A + train.optimizer=adamw8bit": ("", 2, 2, 2, "vae_unit_bf16"),
+    f"C: B + mps.decode_crop={SDXL_CROP} (a quarter of the image scored)": ("crop", 2, 2, 2, "vae_crop_bf16"),
+}
 BATCHES = (1, 2)                       # full pipeline (stage 4) vs stage 1 at the same batch; 1 is the headline
 
 
@@ -401,8 +419,8 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
 
 
 def preference_components(trainer, mem: Mem) -> dict[str, int]:
-    """Own peak (above the RSS before) of the checkpointed VAE decode + its backward, and of the scorer
-    forward + backward on 2B images, as the preference term runs them."""
+    """Own peak (above the RSS before) of the VAE decode + its backward, and of the scorer forward + backward
+    on 2B images, as the preference term runs them (with its decode options)."""
     from train.preference.decode import decode_latents
     tech, batch = trainer.techniques["mps"], trainer.config.train.batch_size
     g = torch.Generator().manual_seed(1)
@@ -411,7 +429,9 @@ def preference_components(trainer, mem: Mem) -> dict[str, int]:
     gc.collect()
     mem.reset()
     before = mem.rss()
-    images = decode_latents(tech.vae, latents, checkpoint=tech.checkpoint_decode)
+    if tech.decode_crop:
+        latents = latents[..., :tech.decode_crop, :tech.decode_crop]
+    images = decode_latents(tech.vae, latents, checkpoint=tech.decode_checkpoint)
     torch.autograd.grad(images.square().mean(), latents)
     result["vae_decode"] = mem.hwm() - before
     peaks = [mem.hwm()]
@@ -529,21 +549,23 @@ def unet_proxy(unet_config: dict[str, Any], latent: int, rank: int, batch: int =
 
 
 def vae_decode_proxy(vae_config: dict[str, Any], latent: int, unit_checkpointing: bool = False) -> int:
-    """Saved bytes (fp32) of one image's VAE decode with grad to the latents (= the recompute of one chunk of
-    ``decode_latents``); ``unit_checkpointing``: as if each decoder resnet, attention and upsampler were
-    checkpointed as well (finer than diffusers' per-block ``enable_gradient_checkpointing``; not in the trainer)."""
+    """Saved bytes (fp32) of one image's VAE decode with grad to the latents, run as ``decode_latents`` runs
+    it (the same unit chain): all units' saved tensors, or with ``unit_checkpointing`` what
+    ``checkpoint="unit"`` holds at the backward's peak (every unit's input + the largest unit's own)."""
     from diffusers import AutoencoderKL
-    from diffusers.models.attention_processor import Attention
-    from diffusers.models.resnet import ResnetBlock2D
-    from diffusers.models.upsampling import Upsample2D
+
+    from train.preference.decode import decoder_units
     with torch.device("meta"):
         vae = AutoencoderKL(**vae_config)
-        z = torch.empty(1, 4, latent, latent, requires_grad=True)
+        h = torch.empty(1, 4, latent, latent, requires_grad=True)
     vae.requires_grad_(False)
-    units = (ResnetBlock2D, Attention, Upsample2D) if unit_checkpointing else ()
-    with saved_bytes_counter(units, [vae.decoder]) as state:
-        vae.decode(z)
-    return state["checkpointed"]
+    inputs, saved = 0, []
+    for unit in decoder_units(vae):
+        inputs += h.numel() * h.element_size()
+        with saved_bytes_counter() as state:
+            h = unit(h)
+        saved.append(state["outside"])
+    return inputs + max(saved) if unit_checkpointing else sum(saved)
 
 
 def scorer_proxy(model_fn: Callable[[], torch.nn.Module], images: int) -> int:
@@ -589,15 +611,15 @@ def is_preference_phase(name: str) -> bool:
 
 
 def sdxl_budget(mid: dict[str, dict[str, Any]], real: dict[str, int], factors: dict[str, float],
-                act_dtype_factor: float, adam_bytes: int, scorer_bytes: int,
-                vae_factor: str = "vae") -> dict[str, dict[str, float]]:
+                act_dtype_factor: float, adam_bytes: int, scorer_bytes: int, vae_bytes: int,
+                vae_factor: str) -> dict[str, dict[str, float]]:
     """Estimated peak (bytes) of each stage of real SDXL at 1024² from the mid-size phase measurements.
 
     Resident: UNet bf16, LoRA masters fp32 (+ grads 4 B while they exist, + AdamW states ``adam_bytes``/param);
-    stages 3-4 also the VAE (fp32, as the trainer keeps it) and the scorer (``scorer_bytes``/param); stage 4
+    stages 3-4 also the decoding VAE (``vae_bytes``/param) and the scorer (``scorer_bytes``/param); stage 4
     the fake LoRA and the heads. Transient, per phase of a step: what earlier phases left live (UNet-scale
     activations, scaled by ``factors['unet']``) + the phase's own (UNet-scale, or for the preference term the
-    larger of VAE decode x ``factors['vae']`` and scorer x ``factors['scorer']``) + the LoRA grads that
+    larger of VAE decode x ``factors[vae_factor]`` and scorer x ``factors['scorer']``) + the LoRA grads that
     phase holds, exactly; AdamW's foreach temporaries on CUDA ≈ 1 fp32 copy of the stepped parameters.
     """
     out = {}
@@ -609,7 +631,7 @@ def sdxl_budget(mid: dict[str, dict[str, Any]], real: dict[str, int], factors: d
         resident = {"unet_bf16": 2 * real["unet_base"], "student_lora_fp32": 4 * real["student_lora"],
                     "student_adamw": adam_bytes * real["student_lora"]}
         if pref:
-            resident.update(vae_fp32=4 * real["vae"], scorer=scorer_bytes * real["scorer"])
+            resident.update(vae=vae_bytes * real["vae"], scorer=scorer_bytes * real["scorer"])
         if dm:
             resident.update(fake_lora_fp32=4 * real["fake_lora"], fake_adamw=adam_bytes * real["fake_lora"],
                             heads_fp32=4 * real["disc_heads"], heads_adamw=adam_bytes * real["disc_heads"])
@@ -645,14 +667,31 @@ def sdxl_budget(mid: dict[str, dict[str, Any]], real: dict[str, int], factors: d
 
 # --- orchestration ---------------------------------------------------------------------------------------
 
+def run_key(stage: str, batch: int, variant: str) -> str:
+    return f"{stage}_b{batch}" + (f"_{variant}" if variant else "")
+
+
+def rows_for(mid: dict[str, dict[str, Any]], variant: str) -> dict[str, dict[str, Any]]:
+    """One variant's rows under the default rows' keys: stages 1-2 have no decode, so their default rows
+    serve every variant; stages 3-4 take the row measured with ``variant``'s options, or are left out."""
+    rows = {}
+    for key, m in mid.items():
+        if m.get("variant", ""):
+            continue
+        own = key if m["stage"] in ("mlcd", "lcd") else run_key(m["stage"], m["batch"], variant)
+        if own in mid:
+            rows[key] = mid[own]
+    return rows
+
+
 def run_overrides(model: Path, prompts: Path, out: Path, stage: str, batch: int, rank: int,
-                  scorer_weights: str) -> list[str]:
+                  scorer_weights: str, variant: str = "") -> list[str]:
     steps = {s: (3 if s == stage else 0) for s in ("mlcd", "lcd", "mps", "dm")}
     return [f"model.path={model}", f"data.prompts=[{prompts}]", f"output.dir={out}", "output.sample_every=0",
             "output.checkpoint_every=0", "train.gradient_checkpointing=true",
             "train.optimizer=adamw", f"train.resolution={RESOLUTION}", f"train.batch_size={batch}",
             f"lora.rank={rank}", f"dm.fake_rank={rank}", "mps.scorer=mps", f"mps.scorer_weights={scorer_weights}",
-            *FAST_LOOPS, *[f"{s}.steps={n}" for s, n in steps.items()]]
+            *FAST_LOOPS, *[f"{s}.steps={n}" for s, n in steps.items()], *VARIANTS.get(variant, [])]
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -714,14 +753,20 @@ def markdown(rec: dict[str, Any]) -> str:
         "| real SDXL | " + " | ".join(f"{real[k] / 1e6:,.1f} M" for k in
                                       ("unet_base", "student_lora", "fake_lora", "disc_heads", "scorer", "vae")) + " |",
         "", "RSS in MiB:", "",
-        "| Stage | batch | after load | load peak | after warm-up | training peak | training − after load | "
-        "whole-process peak | step s |", "|---|---|---|---|---|---|---|---|---|"]
+        "| Stage | batch | decode options | after load | load peak | after warm-up | training peak | training − after load | "
+        "whole-process peak | step s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, m in mid.items():
-        lines.append(f"| {STAGE_STEPS[m['stage']]} | {m['batch']} | {mib(m['rss_after_load'])} | {mib(m['load_peak'])} "
+        lines.append(f"| {STAGE_STEPS[m['stage']]} | {m['batch']} | {_options(m)} | {mib(m['rss_after_load'])} | "
+                     f"{mib(m['load_peak'])} "
                      f"| {mib(m['rss_after_warmup'])} | {mib(m['train_peak'])} | "
                      f"{mib(m['train_peak'] - m['rss_after_load'])} | {mib(m['process_peak'])} | "
                      f"{sum(m['step_s'][1:]) / max(1, len(m['step_s']) - 1):.1f} |")
-    lines.append("")
+    lines += ["", "Decode options of the rows: " + "; ".join(f"{VARIANT_NOTES[v]}: "
+              + (" ".join(f"`{o}`" for o in VARIANTS[v]) if v else "the trainer's defaults on a CPU (unit-checkpointed "
+                 "fp32 decode, fp32 scorer)") for v in VARIANT_NOTES) + ".", "",
+              "Stage 4 / stage 1 training peak, by decode options: " + "; ".join(
+                  f"{_options(mid[k])} at batch {mid[k]['batch']}: **{r:.2f}x**" for k, r in rec["variant_ratios"].items())
+              + ".", ""]
     for b in rec["batches"]:
         r, nc, f1, f4 = rec["ratios"][f"b{b}"], rec["no_copy"][f"b{b}"], mid[f"mlcd_b{b}"], mid[f"dm_b{b}"]
         lines += [f"Full pipeline (stage 4) vs stage 1 at batch {b}, mid-size: training peak **{r['train_peak']:.2f}x**; "
@@ -736,15 +781,15 @@ def markdown(rec: dict[str, Any]) -> str:
     lines += [
               "Peak RSS of each phase of a measured step above the RSS at the step's start (MiB; `start` = what "
               "earlier phases left live):", "",
-              "| Stage | batch | " + " | ".join(rec["phase_names"]) + " |",
-              "|---|---|" + "---|" * len(rec["phase_names"])]
+              "| Stage | batch | decode options | " + " | ".join(rec["phase_names"]) + " |",
+              "|---|---|---|" + "---|" * len(rec["phase_names"])]
     for key, m in mid.items():
         cells = [f"{mib(m['phases'][p]['peak'])} ({mib(m['phases'][p]['start'])})" if p in m["phases"] else "–"
                  for p in rec["phase_names"]]
-        lines.append(f"| {STAGE_STEPS[m['stage']]} | {m['batch']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {STAGE_STEPS[m['stage']]} | {m['batch']} | {_options(m)} | " + " | ".join(cells) + " |")
     lines += ["", "RSS at the start of each step (MiB; allocator drift after the warm-up): " + "; ".join(
         f"{key} " + " → ".join(mib(b) for b in m["step_bases"]) for key, m in mid.items())]
-    parts = [f"batch {m['batch']}: checkpointed VAE decode + backward {mib(m['components']['vae_decode'])} MiB, "
+    parts = [f"{_options(m)}, batch {m['batch']}: VAE decode + backward {mib(m['components']['vae_decode'])} MiB, "
              f"scorer forward + backward on {m['components'].get('scored_images', 2 * m['batch'])} image(s) "
              f"{mib(m['components']['scorer'])} MiB" for key, m in mid.items() if m["stage"] == "dm" and "components" in m]
     if parts:
@@ -757,9 +802,11 @@ def markdown(rec: dict[str, Any]) -> str:
               f"saves in the real vs the mid-size module, counted on `meta` (SDPA counted as flash kernels save it): "
               f"UNet student forward with diffusers' checkpoint units (outside units + unit inputs + largest unit) "
               f"{f['unet']:.1f}x (latent area 16x x width 5x = 80x; full no-checkpoint volume ratio "
-              f"{f['unet_full']:.1f}x), one-image VAE decode {f['vae']:.1f}x ({f['vae_units']:.1f}x if each decoder "
-              f"resnet, attention and upsampler were checkpointed too, halved again in bf16: variant C; 0 in "
-              f"variant D), scorer {f['scorer']:.1f}x (halved for an fp16 scorer). The preference phase "
+              f"{f['unet_full']:.1f}x), one-image VAE decode, each from the mid-size row measured with the same decode "
+              f"options: plain {f['vae_plain']:.1f}x, unit-checkpointed {f['vae_unit']:.1f}x (halved for the bf16 "
+              f"decode), crop {SDXL_CROP} vs {MID_CROP} {2 * f['vae_crop_bf16']:.1f}x (halved likewise); the halving "
+              f"is checked by the mid-size bf16 row above. Scorer {f['scorer']:.1f}x (halved for an fp16 scorer). "
+              f"The preference phase "
               f"takes the larger of the scaled VAE-decode and scorer parts measured on their own. UNet "
               f"activations are then halved for bf16 (column 'bf16 act.'; 'fp32 act.' is the upper bound: outside "
               f"autocast PEFT runs the LoRA branch in fp32). LoRA grads are added exactly; AdamW on CUDA is assumed to "
@@ -800,14 +847,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results path without suffix")
     parser.add_argument("--measured", type=Path, help="reuse the mid-size measurements of an earlier results "
                         ".json (only the arithmetic is redone)")
-    parser.add_argument("--runs", default=",".join(f"{s}:{b}" for s, b in RUNS), help="stage:batch,... to measure")
+    parser.add_argument("--runs", default=",".join(f"{s}:{b}:{v}" for s, b, v in RUNS),
+                        help="stage:batch:variant,... to measure (variant: empty or one of " + ", ".join(VARIANTS) + ")")
     args = parser.parse_args(argv)
     if args.child:
         child_main(args.child)
         return
     torch.set_num_threads(1)
     started = time.perf_counter()
-    runs = [(s, int(b)) for s, b in (item.split(":") for item in args.runs.split(","))]
+    runs = [(s, int(b), v) for s, b, v in ((item.split(":") + [""])[:3] for item in args.runs.split(","))]
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tlcm-memory-")))
         work.mkdir(parents=True, exist_ok=True)
@@ -825,41 +873,41 @@ def main(argv: list[str] | None = None) -> None:
         prompts = work / "prompts.txt"
         prompts.write_text("\n".join(PROMPTS) + "\n")
         mid = json.loads(args.measured.read_text())["mid"] if args.measured else {}
-        for stage, batch in runs:
-            key = f"{stage}_b{batch}"
+        for stage, batch, variant in runs:
+            key = run_key(stage, batch, variant)
             if key in mid:
                 continue
             print(f"measuring {key} ...", flush=True)
             spec = {"key": key, "overrides": run_overrides(model, prompts, work / f"out_{key}", stage, batch, rank,
-                                                           weights),
+                                                           weights, variant),
                     "scorer_weights": weights, "scorer_tokenizer": str(model / "tokenizer")}
-            mid[key] = run_child(spec)
+            mid[key] = dict(run_child(spec), variant=variant)
             m = mid[key]
             print(f"  after load {mib(m['rss_after_load'])} MiB, training peak {mib(m['train_peak'])} MiB, "
                   f"{m['wall_s']:.0f} s", flush=True)
         print("saved-activation proxies (meta) ...", flush=True)
         u_real, u_mid = (unet_proxy(sdxl_unet_config(), SDXL_RESOLUTION // 8, 64),
                          unet_proxy(mid_unet_config(), RESOLUTION // 8, rank))
-        v_real, v_mid = vae_decode_proxy(sdxl_vae_config(), SDXL_RESOLUTION // 8), vae_decode_proxy(mid_vae_config(),
-                                                                                                  RESOLUTION // 8)
-        v_real_blocks = vae_decode_proxy(sdxl_vae_config(), SDXL_RESOLUTION // 8, unit_checkpointing=True)
+        sdxl_latent, mid_latent = SDXL_RESOLUTION // 8, RESOLUTION // 8
+        v = {"real_plain": vae_decode_proxy(sdxl_vae_config(), sdxl_latent),
+             "mid_plain": vae_decode_proxy(mid_vae_config(), mid_latent),
+             "real_unit": vae_decode_proxy(sdxl_vae_config(), sdxl_latent, unit_checkpointing=True),
+             "mid_unit": vae_decode_proxy(mid_vae_config(), mid_latent, unit_checkpointing=True),
+             "real_crop": vae_decode_proxy(sdxl_vae_config(), SDXL_CROP, unit_checkpointing=True),
+             "mid_crop": vae_decode_proxy(mid_vae_config(), MID_CROP, unit_checkpointing=True)}
         from train.preference.mps import MPSModel, clip_vit_h14_config
         s_real, s_mid = scorer_proxy(lambda: MPSModel(clip_vit_h14_config()), 4), scorer_proxy(_mid_scorer_model, 4)
+    # each decode factor scales a mid-size measurement made with the same decode options to real SDXL
     factors = {"unet": u_real["checkpointed"] / u_mid["checkpointed"], "unet_full": u_real["full"] / u_mid["full"],
-               "vae": v_real / v_mid, "vae_units": v_real_blocks / v_mid, "vae_units_bf16": v_real_blocks / v_mid / 2,
-               "no_decode": 0.0, "scorer": s_real / s_mid}
-    proxies = {"unet_real": u_real, "unet_mid": u_mid, "vae_real": v_real, "vae_real_unit_checkpointing": v_real_blocks,
-               "vae_mid": v_mid, "scorer_real": s_real,
-               "scorer_mid": s_mid}
-    variants = {"A: bf16 + checkpointing (as implemented; fp32 AdamW, fp32 VAE + scorer)": (8, 4, "vae"),
-                "B: A + adamw8bit": (2, 4, "vae"),
-                "C: B + fp16 scorer + bf16 VAE decode checkpointed per resnet/attention/upsampler (code changes)":
-                    (2, 2, "vae_units_bf16"),
-                "D: C with a decode whose backward is negligible (tiny decoder or small latent crop; lower bound)":
-                    (2, 2, "no_decode")}
-    estimates = {name: {dt: sdxl_budget(mid, real, factors, f, adam, scorer, vae)
-                        for dt, f in (("bf16", 0.5), ("fp32", 1.0))}
-                 for name, (adam, scorer, vae) in variants.items()}
+               "vae_plain": v["real_plain"] / v["mid_plain"], "vae_unit": v["real_unit"] / v["mid_unit"],
+               "vae_unit_bf16": v["real_unit"] / v["mid_unit"] / 2, "vae_crop_bf16": v["real_crop"] / v["mid_crop"] / 2,
+               "scorer": s_real / s_mid}
+    proxies = {"unet_real": u_real, "unet_mid": u_mid, "vae": v, "scorer_real": s_real, "scorer_mid": s_mid}
+    estimates = {}
+    for name, (suffix, adam, scorer, vae_bytes, vae_factor) in SDXL_VARIANTS.items():
+        rows = rows_for(mid, suffix)
+        estimates[name] = {dt: sdxl_budget(rows, real, factors, f, adam, scorer, vae_bytes, vae_factor)
+                           for dt, f in (("bf16", 0.5), ("fp32", 1.0))}
     batches = [b for b in BATCHES if f"mlcd_b{b}" in mid and f"dm_b{b}" in mid]
     ratios, no_copy = {}, {}
     for b in batches:
@@ -875,48 +923,33 @@ def main(argv: list[str] | None = None) -> None:
                                    / (first["train_peak"] - first["rss_imports"])),
             "over_baseline": ((full["train_peak"] - first["rss_after_load"])
                               / (first["train_peak"] - first["rss_after_load"]))}
+    variant_ratios = {key: m["train_peak"] / mid[f"mlcd_b{m['batch']}"]["train_peak"] for key, m in mid.items()
+                      if m["stage"] == "dm" and f"mlcd_b{m['batch']}" in mid}
     b0 = batches[0]
-    first, full = mid[f"mlcd_b{b0}"], mid[f"dm_b{b0}"]
-    comp = full.get("components", {})
+    first = mid[f"mlcd_b{b0}"]
     conclusion = [
-        "- Mid-size, measured: the stage-4 training peak is "
-        + ", ".join(f"{ratios[f'b{b}']['train_peak']:.2f}x stage 1's at batch {b}" for b in batches)
-        + f" (raw RSS with the {mib(first['rss_imports'])} MiB runtime in both; "
-        + ", ".join(f"{ratios[f'b{b}']['model_attributable']:.2f}x" for b in batches)
-        + " without it); target 1.6x: "
-        + ", ".join(f"batch {b} {'met' if ratios[f'b{b}']['train_peak'] <= 1.6 else 'missed'}" for b in batches)
-        + ". No stage holds a second UNet (see the after-load gap above). What stage 4 adds on top of the fake "
-        f"LoRA, heads and scorer is mostly the preference term's VAE-decode backward ({mib(comp.get('vae_decode', 0))} "
-        f"MiB at batch {b0})."]
+        f"- Mid-size, measured (CPU RSS, {mib(first['rss_imports'])} MiB runtime included): stage-4 training peak / "
+        "stage-1's, target 1.6x: " + "; ".join(
+            f"{VARIANT_NOTES[mid[key].get('variant', '')]}, batch {mid[key]['batch']}: {r:.2f}x "
+            f"({'met' if r <= 1.6 else 'missed'})" for key, r in variant_ratios.items())
+        + ". No stage holds a second UNet (the after-load gap above is the fake LoRA, heads and scorer). Decode + "
+        "its backward, measured alone: " + "; ".join(
+            f"{VARIANT_NOTES[m.get('variant', '')]} {mib(m['components']['vae_decode'])} MiB"
+            for key, m in mid.items() if m["stage"] == "dm" and m["batch"] == b0 and "components" in m) + "."]
     for name, by in estimates.items():
         e, e32 = by["bf16"], by["fp32"]
-        conclusion.append(f"- {name}: " + "; ".join(
-            f"batch {b}: stage 4 ≈ {gib(e[f'dm_b{b}']['total'])} GiB (fp32 activations "
+        conclusion.append(f"- Real SDXL, {name}: " + "; ".join(
+            f"batch {b}: stage 4 ≈ {gib(e[f'dm_b{b}']['total'])} GiB (fp32 UNet activations "
             f"{gib(e32[f'dm_b{b}']['total'])}), stage 1 ≈ {gib(e[f'mlcd_b{b}']['total'])} GiB, ratio "
             f"{e[f'dm_b{b}']['total'] / e[f'mlcd_b{b}']['total']:.2f}x, peak in `{e[f'dm_b{b}']['peak_phase']}`"
-            for b in batches) + ".")
-    if comp:
-        names = list(estimates)
-        a, c, d = (estimates[names[i]]["bf16"] for i in (0, 2, 3))
-        fk, sk = f"dm_b{b0}", f"mlcd_b{b0}"
-        conclusion.append(
-            f"- Real SDXL at batch {b0}: the preference term dominates stage 4. The checkpointed decode of one 1024² "
-            f"image still holds the whole fp32 decoder's activations during its recompute: ≈ "
-            f"{gib(factors['vae'] * comp['vae_decode'])} GiB (≈ {gib(factors['vae_units'] * comp['vae_decode'])} GiB "
-            f"even with every decoder resnet checkpointed, {gib(factors['vae_units_bf16'] * comp['vae_decode'])} GiB "
-            f"of that in bf16), against ≈ {gib(a[sk]['transient'])} GiB of transient memory in stage 1. Stage 4 / "
-            f"stage 1 is {a[fk]['total'] / a[sk]['total']:.2f}x as implemented, {c[fk]['total'] / c[sk]['total']:.2f}x "
-            f"in variant C and {d[fk]['total'] / d[sk]['total']:.2f}x in the lower bound D. So as implemented real "
-            f"SDXL's stages 3-4 do **not** fit one 24 GB GPU (≈ {gib(a[fk]['total'])} GiB), although no second UNet "
-            "exists; with the decoder fix of C they would. The ratio stays above 1.6x in C because the scorer "
-            "(1.1 B parameters) and the fake LoRA with its AdamW states are resident throughout and are each of the "
-            "order of stage 1's whole transient memory.")
-    rec = {"command": "nice -n 10 python bench/memory_stages.py", "runtime_s": time.perf_counter() - started,
+            for b in batches if f"dm_b{b}" in e) + ".")
+    rec = {"command": " ".join(["python bench/memory_stages.py", *(argv if argv is not None else sys.argv[1:])]),
+           "runtime_s": time.perf_counter() - started,
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
                       f"{platform.system()} {platform.release()}",
            "cpu_model": _cpu_model(), "torch": torch.__version__, "mid_rank": rank, "real_share": real_share,
            "scorer_note": scorer_note, "mid": mid, "sdxl": real, "factors": factors, "proxies": proxies,
-           "estimates": estimates, "ratios": ratios, "batches": batches,
+           "estimates": estimates, "ratios": ratios, "variant_ratios": variant_ratios, "batches": batches,
            "phase_names": _phase_names(mid), "conclusion": conclusion, "no_copy": no_copy,
            "mid_unet_config": mid_unet_config(), "mid_vae_config": mid_vae_config(), "mid_scorer": MID_SCORER}
     rec["machine"] = f"{rec['cpu_model']}, {os.cpu_count()} cores shared with other jobs"
@@ -924,6 +957,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(rec, indent=1, default=str))
     args.out.with_suffix(".md").write_text(markdown(rec))
     print(markdown(rec))
+
+
+def _options(m: dict[str, Any]) -> str:
+    return VARIANT_NOTES[m.get("variant", "")] if m["stage"] in ("mps", "dm") else "–"
 
 
 def _phase_names(mid: dict[str, dict[str, Any]]) -> list[str]:
