@@ -45,3 +45,15 @@ def test_measure_one_stage_on_the_tiny_kit(tmp_path):
     assert counts["unet_base"] > 0 and counts["student_lora"] > 0 and counts["vae"] > 0
     assert counts["fake_lora"] == counts["disc_heads"] == counts["scorer"] == 0      # stage 1 builds none of them
     assert "components" not in result
+
+
+def test_sdxl_variants_take_the_rows_measured_with_their_options():
+    bench = load_bench()
+    row = lambda stage, batch, variant="": {"stage": stage, "batch": batch, "variant": variant}  # noqa: E731
+    mid = {"mlcd_b1": row("mlcd", 1), "mps_b1": row("mps", 1), "dm_b1": row("dm", 1),
+           "dm_b1_crop": row("dm", 1, "crop")}
+    assert bench.rows_for(mid, "") == {k: mid[k] for k in ("mlcd_b1", "mps_b1", "dm_b1")}
+    # stage 1 has no decode and serves every variant; stage 3 was not measured with a crop, so it is left out
+    assert bench.rows_for(mid, "crop") == {"mlcd_b1": mid["mlcd_b1"], "dm_b1": mid["dm_b1_crop"]}
+    assert set(bench.SDXL_VARIANTS.values()) >= {("crop", 2, 2, 2, "vae_crop_bf16")}
+    assert all(suffix in ("", *bench.VARIANTS) for suffix, *_ in bench.SDXL_VARIANTS.values())
