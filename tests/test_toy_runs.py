@@ -18,3 +18,10 @@ def test_unused_stage_sections_and_output_do_not_count():
     # stage 4 runs: its section counts, and stage 3's (the preference term's settings) too
     assert settings("mps.steps=0", "dm.steps=2", "dm.fake_lr=1") != settings("mps.steps=0", "dm.steps=2")
     assert settings("mps.steps=0", "dm.steps=2", "mps.margin=3") != settings("mps.steps=0", "dm.steps=2")
+
+
+def test_prompt_files_compare_by_resolved_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative = acting_settings(load_config(None, [*BASE[:1], "data.prompts=[p.txt]", *BASE[2:]]))
+    absolute = acting_settings(load_config(None, [*BASE[:1], f"data.prompts=[{tmp_path / 'p.txt'}]", *BASE[2:]]))
+    assert relative == absolute

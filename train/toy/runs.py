@@ -23,10 +23,12 @@ def finished(out: Path) -> bool:
 
 
 def acting_settings(config: Config) -> dict:
-    """The config values that shape a run's optimisation: no output section, and no section of a stage
-    that never ran (stage 3's section also serves stage 4's preference term)."""
+    """The config values that shape a run's optimisation: no output section, prompt files by their
+    resolved paths, and no section of a stage that never ran (stage 3's section also serves stage 4's
+    preference term)."""
     data = config.to_dict()
     data.pop("output")
+    data["data"]["prompts"] = [str(Path(p).resolve()) for p in config.data.prompts]    # same files, any spelling
     if not config.dm.steps:
         data.pop("dm")
         if not config.mps.steps:
