@@ -6,7 +6,8 @@ the next stage, so the rows share their history and differ only by the added ter
 
 * ③ ② with the latent LPIPS distance (toy weights, train/toy/weights/lpips.safetensors) in both stages;
 * ④ ② + stage 3 (MPS preference loss with the toy scorer, train/toy/weights/scorer.safetensors);
-* ⑤ ④ + stage 4 with distribution matching only;  ⑥ ④ + stage 4 with DMD and GAN;
+* ⑤ ④ + stage 4 with distribution matching only (⑤ᵇ: with DMD2's 5 fake-score updates per step);
+  ⑥ ④ + stage 4 with DMD and GAN;
 * Table 3: stage 2 with p = 1, 2, 3, 4 teacher steps, each branched from the end of stage 1.
 
 All rows at 4 TLCM steps, metrics per ``train/toy/evaluate.py``; stage 3-4 branches are also evaluated at
@@ -64,11 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     with_mps = train_run(args.work / "mps", [*base, *mps, *along], resume=checkpoint(tlcm, s1 + s2))
     runs["④ ② + MPS"] = checkpoint(with_mps, s1 + s2 + s3)
     trajectory = {f"④ after {k} MPS steps": checkpoint(with_mps, s1 + s2 + k) for k in range(args.every, s3, args.every)}
-    for label, name, gan in (("⑤ ④ + DMD", "dmd", 0.0), ("⑥ ④ + DMD + GAN", "dmd_gan", 0.1)):
-        run = train_run(args.work / name, [*base, *mps, *along, f"dm.steps={s4}", f"dm.gan_weight={gan}"],
+    for label, name, extra in (("⑤ ④ + DMD", "dmd", ["dm.gan_weight=0.0"]),
+                               ("⑤ᵇ ⑤ with 5 fake-score updates per step (DMD2)", "dmd_k5",
+                                ["dm.gan_weight=0.0", "dm.fake_updates=5"]),
+                               ("⑥ ④ + DMD + GAN", "dmd_gan", ["dm.gan_weight=0.1"])):
+        run = train_run(args.work / name, [*base, *mps, *along, f"dm.steps={s4}", *extra],
                         resume=checkpoint(with_mps, s1 + s2 + s3))
         runs[label] = checkpoint(run, s1 + s2 + s3 + s4)
-        trajectory.update({f"{label[0]} after {k} DM steps": checkpoint(run, s1 + s2 + s3 + k)
+        trajectory.update({f"{label.split()[0]} after {k} DM steps": checkpoint(run, s1 + s2 + s3 + k)
                            for k in range(args.every, s4, args.every)})
     for p in (1, 2, 4):
         run = train_run(args.work / f"p{p}", [*base, f"lcd.teacher_steps={p}"], resume=checkpoint(tlcm, s1))
@@ -110,8 +114,9 @@ READING = """## Reading it
   goes up (shape accuracy 0.97 → 0.998, colour 0.976 → 0.998): the student optimises the toy scorer's
   notion of "matches the prompt" at the cost of diversity. DMD (fake score trained on the student's
   rollouts, 1 fake update per step, rank 16) does not pull it back: FD 115 → 129 and FD to the teacher
-  33 → 44 over 200 steps; + GAN 111 → 120. Untried: DMD2's 5 fake updates per step, the paper's lrs, a
-  larger fake rank.
+  33 → 44 over 200 steps; + GAN 111 → 120. DMD2's 5 fake-score updates per step (⑤ᵇ) help along the way
+  (FD 107 at 100-150 steps) but end where ⑤ ends (128). Untried: the paper's lrs, a larger fake rank,
+  longer runs.
 - The preference scorer is the toy scorer (bench/results/toy_scorer.md), not the frozen evaluator that
   computes these metrics.
 - Position stays at chance (~0.25) for every row, the teacher included, so acc_all is capped near 0.25.
