@@ -12,7 +12,7 @@ import torch
 from train.lpips.model import load_latent_lpips
 from train.lpips.synthetic import make_synthetic_2afc
 from train.lpips.train import two_afc_agreement
-from train.toy.lpips_weights import HELD_OUT_SEED, TRAIN_SEED, WEIGHTS, agreement, sq_l2
+from train.toy.lpips_weights import HELD_OUT_SEED, TRAIN_SEED, WEIGHTS, sq_l2
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: shared cores
 FRESH_SEED = 61_003                                  # neither the training nor the recorded held-out seed
@@ -56,7 +56,7 @@ def test_fresh_toy_pairs_separate_content_and_rank_like_the_judges(model, capsys
                       for name, m in (("weights", model), ("random trunk", random_trunk))}
     data = make_synthetic_2afc(source, FRESH_PAIRS, g, encode=encode, batch_size=256)
     assert tuple(data.ref.shape[1:]) == (4, 16, 16)
-    trained, l2 = two_afc_agreement(model, data), agreement(sq_l2, data)
+    trained, l2 = two_afc_agreement(model, data), two_afc_agreement(sq_l2, data)
     with capsys.disabled():
         print(f"\ntoy latent LPIPS on fresh pairs: other image / mild noise {separation}; 2AFC {trained:.3f} "
               f"(latent L2 {l2:.3f})")

@@ -10,6 +10,8 @@ if the model ranks p1 closer, ``1 - judge`` if p0, and half of each on a tie (ch
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -32,7 +34,8 @@ class JudgeNet(nn.Module):
         return self.net(feats).squeeze(1)
 
 
-def pair_distances(model: LatentLPIPS, batch: TwoAFCLatents) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_distances(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   batch: TwoAFCLatents) -> tuple[torch.Tensor, torch.Tensor]:
     return model(batch.ref, batch.p0), model(batch.ref, batch.p1)
 
 
@@ -67,16 +70,21 @@ def train_lpips(model: LatentLPIPS, data: TwoAFCLatents, *, steps: int, batch_si
 
 
 @torch.no_grad()
-def two_afc_agreement(model: LatentLPIPS, data: TwoAFCLatents, batch_size: int = 64) -> float:
-    """BAPPS 2AFC score of ``model`` (eval mode) on ``data``, in [0, 1]."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+def two_afc_agreement(distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: TwoAFCLatents,
+                      batch_size: int = 64) -> float:
+    """BAPPS 2AFC score on ``data``, in [0, 1], of a latent LPIPS (run in eval mode) or any per-sample
+    distance function (latent L2 as the baseline)."""
+    module = distance if isinstance(distance, nn.Module) else None
+    device = next(module.parameters()).device if module is not None else data.ref.device
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     scores = []
     for i in range(0, len(data), batch_size):
         b = data.subset(slice(i, i + batch_size)).to(device)
-        d0, d1 = pair_distances(model, b)
+        d0, d1 = pair_distances(distance, b)
         p1_closer = (d1 < d0).float() + 0.5 * (d1 == d0).float()
         scores.append(p1_closer * b.judge + (1 - p1_closer) * (1 - b.judge))
-    model.train(was_training)
+    if module is not None:
+        module.train(was_training)
     return float(torch.cat(scores).mean())

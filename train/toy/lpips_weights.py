@@ -20,10 +20,11 @@ the documented ``python -m train.lpips`` CLI end to end and records what it meas
 3. ``python -m train.lpips train --init trunk --lin``: the heads of that narrow latent LPIPS (VGG16-BN
    layout, first three max-pools removed, widths ``WIDTHS``) learnt on the 2AFC set, trunk frozen;
 4. 2AFC agreement on the held-out set for the trained model, plain latent squared L2, the pretrained trunk
-   with uniform heads and the same architecture at its random initialisation; written to ``train/toy/weights/lpips.json`` and ``bench/results/toy_lpips.md``
-   (+ ``.json``).
+   with uniform heads and the same architecture at its random initialisation; written to
+   ``train/toy/weights/lpips.json`` and ``bench/results/toy_lpips.md`` (+ ``.json``).
 
-Use: ``python -m train --set distill.distance=latent_lpips --set distill.lpips_weights=train/toy/weights/lpips.safetensors``.
+Use: ``python -m train --set distill.distance=latent_lpips
+--set distill.lpips_weights=train/toy/weights/lpips.safetensors``.
 """
 from __future__ import annotations
 
@@ -120,14 +121,6 @@ def pretrain_trunk(vae_path: Path, steps: int = PRETRAIN_STEPS, seed: int = PRET
 
 def sq_l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).pow(2).flatten(1).mean(1)
-
-
-def agreement(distance, data: TwoAFCLatents) -> float:
-    """BAPPS 2AFC score (ties count half) of any per-sample distance, as :func:`two_afc_agreement`."""
-    with torch.no_grad():
-        d0, d1 = distance(data.ref, data.p0), distance(data.ref, data.p1)
-    p1_closer = (d1 < d0).float() + 0.5 * (d1 == d0).float()
-    return float((p1_closer * data.judge + (1 - p1_closer) * (1 - data.judge)).mean())
 
 
 def ceiling(data: TwoAFCLatents) -> float:
@@ -252,12 +245,14 @@ def main(argv: list[str] | None = None) -> dict:
         widths=list(WIDTHS), parameters=sum(p.numel() for p in trained.parameters()), steps=args.steps,
         batch_size=BATCH, lr=LR, init_seed=INIT_SEED, threads=torch.get_num_threads(),
         train_seconds=round(train_seconds, 1), train_cpu_seconds=round(train_cpu, 1), train_log=train_log.strip(),
-        held_out_agreement=dict(trained=two_afc_agreement(trained, held_out), latent_l2=agreement(sq_l2, held_out),
+        held_out_agreement=dict(trained=two_afc_agreement(trained, held_out),
+                                latent_l2=two_afc_agreement(sq_l2, held_out),
                                 pretrained_uniform=two_afc_agreement(trunk, held_out),
                                 untrained=two_afc_agreement(untrained, held_out), ceiling=ceiling(held_out)),
         pretrain=dict(steps=PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH, lr=PRETRAIN_LR, seed=PRETRAIN_SEED,
                       held_out_accuracy=trunk_accuracy, seconds=round(trunk_seconds, 1)),
-        train_agreement=dict(trained=two_afc_agreement(trained, train_set), latent_l2=agreement(sq_l2, train_set)),
+        train_agreement=dict(trained=two_afc_agreement(trained, train_set),
+                             latent_l2=two_afc_agreement(sq_l2, train_set)),
         weights=str(args.out), weights_bytes=len(blob), weights_sha256=hashlib.sha256(blob).hexdigest(),
         torch=torch.__version__, python=platform.python_version(),
     )
