@@ -378,18 +378,18 @@ def test_toy_preference_loss_through_the_toy_vae(toy):
 
 def test_build_preference_resolves_the_memory_options():
     from train.config import ConfigError, MpsConfig
-    from train.techniques import build_preference, resolve_dtype
-    assert resolve_dtype("auto", torch.float16, "cpu") == torch.float32
-    assert resolve_dtype("bf16", torch.float16, "cpu") == torch.bfloat16
+    from train.techniques import build_preference, preference_dtypes
+    assert preference_dtypes(MpsConfig(), "cpu") == (torch.float32, torch.float32)          # auto on a CPU
+    assert preference_dtypes(MpsConfig(scorer_dtype="bf16"), "cpu")[0] == torch.bfloat16
     vae = toy_vae()          # 32 px toy images: latents of side 32 // 2 ** (levels - 1)
     side = 32 // 2 ** (len(vae.config.block_out_channels) - 1)
     mps = MpsConfig(scorer="toy", scorer_weights=str(DEFAULT_WEIGHTS), decode_dtype="bf16", decode_crop=side)
-    technique = build_preference(mps, vae, 32, "cpu")
+    technique = build_preference(mps, vae, side, "cpu")
     assert technique.vae.dtype == torch.bfloat16 and vae.dtype == torch.float32 and technique.decode_crop == side
     assert technique.decode_checkpoint == "unit" and next(technique.scorer.parameters()).dtype == torch.float32
     with pytest.raises(ConfigError, match=f"mps.decode_crop: {side + 1} is larger than the latent side {side}"):
         build_preference(MpsConfig(scorer="toy", scorer_weights=str(DEFAULT_WEIGHTS), decode_crop=side + 1),
-                         vae, 32, "cpu")
+                         vae, side, "cpu")
 
 
 def test_half_precision_mps_scores_close_to_fp32(scorer):

@@ -172,7 +172,7 @@ class Trainer:
                                          "lcd": lcd, "mps": lcd, "dm": lcd}
         sync = (lambda params: average_gradients(params, lambda t: acc.reduce(t, reduction="mean"))
                 ) if acc.num_processes > 1 else None
-        self.techniques = build_techniques(config, self.denoiser, self.vae, self.device, sync)
+        self.techniques = build_techniques(config, self.denoiser, self.vae, self.latent_shape[-1], self.device, sync)
         self.values: dict[str, float] = {}       # the last step's per-term values, for logging
         self.distance = build_distance(config.distill)
         self.optimizer = acc.prepare(make_optimizer(config, self.params))

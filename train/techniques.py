@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import torch
 
+from tlcm.models.device import auto_device_dtype
+
 from .config import Config, ConfigError, MpsConfig
+from .export import DTYPES
 from .diffusion import Denoiser
 from .technique import Technique
 from .trainables import Sync
@@ -22,12 +25,13 @@ def needed(config: Config) -> list[str]:
     return [name for name in ("mps", "dmd", "gan") if name in used and weights[name] > 0]
 
 
-def build_techniques(config: Config, denoiser: Denoiser, vae, device, sync: Sync | None) -> dict[str, Technique]:
+def build_techniques(config: Config, denoiser: Denoiser, vae, latent_side: int, device,
+                     sync: Sync | None) -> dict[str, Technique]:
     """The needed techniques, each sharing ``denoiser.unet`` (the fake score is a second adapter on it)."""
     built: dict[str, Technique] = {}
     for name in needed(config):
         if name == "mps":
-            built[name] = build_preference(config.mps, vae, config.train.resolution, device)
+            built[name] = build_preference(config.mps, vae, latent_side, device)
         elif name == "dmd":
             from .dmd import DistributionMatching
             built[name] = DistributionMatching(denoiser, rank=config.dm.fake_rank, alpha=config.dm.fake_alpha,
@@ -45,32 +49,26 @@ def build_techniques(config: Config, denoiser: Denoiser, vae, device, sync: Sync
     return built
 
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+def preference_dtypes(mps: MpsConfig, device: torch.device | str) -> tuple[torch.dtype, torch.dtype]:
+    """(scorer, decode) dtypes; ``auto`` follows the core's device rule (``auto_device_dtype``) except
+    that the scorer takes fp16 on CUDA (as MPS ships) and the decode never fp16 (SDXL's VAE overflows):
+    fp32 wherever the rule would not give bf16."""
+    device_type, rule = torch.device(device).type, auto_device_dtype(device)[1]
+    scorer = DTYPES.get(mps.scorer_dtype) or (torch.float16 if device_type == "cuda" else torch.float32)
+    decode = DTYPES.get(mps.decode_dtype) or (rule if rule == torch.bfloat16 else torch.float32)
+    return scorer, decode
 
 
-def resolve_dtype(name: str, auto_cuda: torch.dtype, device: torch.device | str) -> torch.dtype:
-    """``auto`` is ``auto_cuda`` on a CUDA device (bf16 only where the GPU has it) and fp32 elsewhere: CPU
-    kernels in half precision are slow and the CPU has memory to spare."""
-    if name != "auto":
-        return DTYPES[name]
-    if torch.device(device).type != "cuda" or (auto_cuda == torch.bfloat16 and not torch.cuda.is_bf16_supported()):
-        return torch.float32
-    return auto_cuda
-
-
-def build_preference(mps: MpsConfig, vae, resolution: int, device: torch.device | str):
+def build_preference(mps: MpsConfig, vae, latent_side: int, device: torch.device | str):
     """The preference technique with the memory options of ``mps`` (train/preference/decode.py)."""
     from .preference.scorer import build_scorer
     from .preference.technique import PreferenceTechnique
-    latent_side = resolution // 2 ** (len(vae.config.block_out_channels) - 1)
     if mps.decode_crop > latent_side:
-        raise ConfigError(f"mps.decode_crop: {mps.decode_crop} is larger than the latent side {latent_side} "
-                          f"at train.resolution {resolution}")
-    scorer = build_scorer(mps.scorer, mps.scorer_weights, device, resolve_dtype(mps.scorer_dtype, torch.float16, device))
-    return PreferenceTechnique(vae, scorer, margin=mps.margin, weight=mps.weight,
-                               decode_checkpoint=mps.decode_checkpoint,
-                               decode_dtype=resolve_dtype(mps.decode_dtype, torch.bfloat16, device),
-                               decode_crop=mps.decode_crop)
+        raise ConfigError(f"mps.decode_crop: {mps.decode_crop} is larger than the latent side {latent_side}")
+    scorer_dtype, decode_dtype = preference_dtypes(mps, device)
+    return PreferenceTechnique(vae, build_scorer(mps.scorer, mps.scorer_weights, device, scorer_dtype),
+                               margin=mps.margin, weight=mps.weight, decode_checkpoint=mps.decode_checkpoint,
+                               decode_dtype=decode_dtype, decode_crop=mps.decode_crop)
 
 
 def first_step_using(config: Config, name: str) -> int:
