@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         runs["③ ② with latent LPIPS"] = checkpoint(lpips, s1 + s2)
     with_mps = train_run(args.work / "mps", [*base, *mps, *along], resume=checkpoint(tlcm, s1 + s2))
     runs["④ ② + MPS"] = checkpoint(with_mps, s1 + s2 + s3)
-    trajectory = {f"④ after {k} MPS steps": checkpoint(with_mps, s1 + s2 + k) for k in range(args.every, s3, args.every)}
+    trajectory = {f"④ after {k} MPS steps": checkpoint(with_mps, s1 + s2 + k)
+                  for k in range(args.every, s3, args.every)}
     for label, name, extra in (("⑤ ④ + DMD", "dmd", ["dm.gan_weight=0.0"]),
                                ("⑤ᵇ ⑤ with 5 fake-score updates per step (DMD2)", "dmd_k5",
                                 ["dm.gan_weight=0.0", "dm.fake_updates=5"]),
@@ -140,7 +141,7 @@ def write(record: dict, out: Path) -> None:
             f"{record['train_seconds']}; all students at {record['tlcm_steps']} TLCM steps, N = {record['n']}, "
             f"noise seeds {seeds}. Weights: {record['weights_sha256']}.\n\n"
             + markdown_table(main_rows, len(seeds)) + "\n"
-            + (f"Stages 3-4 along the way (checkpoints of the same runs; the rows above are their ends):\n\n"
+            + ("Stages 3-4 along the way (checkpoints of the same runs; the rows above are their ends):\n\n"
                + markdown_table(along, len(seeds)) + "\n" if along else "") + READING
             + ("" if any(k.startswith("③") for k in record["summary"]) else
                "- Row ③ (latent LPIPS in both stages) is absent: train/toy/weights/lpips.safetensors did not exist "

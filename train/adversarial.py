@@ -6,8 +6,9 @@ discriminator, Apache-2.0, G-U-N/Phased-Consistency-Model, code/text_to_image_sd
 own code). Hinge losses: D minimises relu(1 − D(real)) + relu(1 + D(fake)), the student −D(fake), each
 averaged over patches and heads. "Fake" is the student's one-step x̂0 (Eq. 13's z̃0); "real" are, by
 default, teacher samples, CFG-DDIM from the same z_t (the issue's reading), or with ``real="rollout"``
-Eq. 13 taken literally: the student's own multi-step rollout ẑ0 that z_t diffuses. Both are re-noised to t' ~ U[t_min, t_max] before D (the paper does
-not give t'; PCM re-noises within a phase, TLCM's x̂0 is the clean end, so t' is small).
+Eq. 13 taken literally: the student's own multi-step rollout ẑ0 that z_t diffuses. Both are re-noised
+to t' ~ U[t_min, t_max] before D (the paper does not give t'; PCM re-noises within a phase, TLCM's x̂0
+is the clean end, so t' is small).
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..config import DECODE_CHECKPOINTS
+
 Unit = Callable[[torch.Tensor], torch.Tensor]
 
 
