@@ -109,8 +109,22 @@ def test_kohya_sgm_names_resolve_like_diffusers_names(unet, lora, tmp_path):
 
 def test_sdxl_module_names_contain_the_tiny_kit(unet):
     sdxl = set(sdxl_unet_module_names())
-    tiny = {name for name, _ in unet.named_modules() if name}
+    tiny = {name for name, mod in unet.named_modules() if isinstance(getattr(mod, "weight", None), torch.Tensor)}
     assert tiny <= sdxl and len(sdxl) > len(tiny)
+
+
+def test_sdxl_module_names_are_those_of_diffusers_sdxl_unet():
+    """The structural derivation against diffusers' own SDXL UNet, built on the meta device."""
+    from diffusers import UNet2DConditionModel
+    from tlcm.lora.targets import SDXL_UNET_STRUCTURE
+    with torch.device("meta"):
+        reference = UNet2DConditionModel(**SDXL_UNET_STRUCTURE)
+    weighted = [name for name, mod in reference.named_modules()
+                if isinstance(getattr(mod, "weight", None), torch.Tensor)]
+    names = sdxl_unet_module_names()
+    assert len(names) == len(set(names)) == 1050
+    assert set(names) == set(weighted)
+    assert sum(n.endswith("conv_shortcut") for n in names) == 2 + 9
 
 
 def test_other_unet_key_layouts(lora, tmp_path):

@@ -35,15 +35,54 @@ def tlcm_target_modules(unet: nn.Module) -> list[str]:
             if isinstance(mod, (nn.Linear, nn.Conv2d)) and is_tlcm_target(name)]
 
 
+def _resnet(prefix: str, channels_in: int, channels_out: int) -> list[str]:
+    names = [f"{prefix}.{part}" for part in ("norm1", "conv1", "time_emb_proj", "norm2", "conv2")]
+    return names + ([f"{prefix}.conv_shortcut"] if channels_in != channels_out else [])
+
+
+def _transformer(prefix: str, depth: int) -> list[str]:
+    names = [f"{prefix}.norm", f"{prefix}.proj_in"]
+    for k in range(depth):
+        block = f"{prefix}.transformer_blocks.{k}"
+        for attn in ("attn1", "attn2"):
+            names += [f"{block}.{attn}.{proj}" for proj in ("to_q", "to_k", "to_v", "to_out.0")]
+        names += [f"{block}.norm1", f"{block}.norm2", f"{block}.norm3", f"{block}.ff.net.0.proj", f"{block}.ff.net.2"]
+    return names + [f"{prefix}.proj_out"]
+
+
 @functools.lru_cache(maxsize=1)
 def sdxl_unet_module_names() -> tuple[str, ...]:
-    """Every module name of a full SDXL UNet, built on the meta device (no memory, ~0.1 s).
+    """Names of every weight-bearing module (Linear, Conv2d, norms) of the full SDXL UNet, diffusers naming.
 
-    Needed to turn kohya's flattened names (``down_blocks_1_attentions_0_proj_in``) back into module
-    paths when no model is at hand, e.g. ``tlcm lora convert x.safetensors out --to peft``.
+    Derived from ``SDXL_UNET_STRUCTURE`` alone, the way diffusers' ``UNet2DConditionModel`` lays the blocks
+    out, so that hosts can turn kohya's flattened names (``down_blocks_1_attentions_0_proj_in``) back into
+    module paths (``tlcm lora convert``, the WebUI's Convert button) without importing diffusers.
     """
-    import torch
-    from diffusers import UNet2DConditionModel
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_UNET_STRUCTURE)
-    return tuple(name for name, _ in unet.named_modules() if name)
+    s = SDXL_UNET_STRUCTURE
+    widths, layers, depths = s["block_out_channels"], s["layers_per_block"], s["transformer_layers_per_block"]
+    has_attention = [kind.startswith("CrossAttn") for kind in s["down_block_types"]]
+    last = len(widths) - 1
+    names = ["conv_in", "time_embedding.linear_1", "time_embedding.linear_2",
+             "add_embedding.linear_1", "add_embedding.linear_2"]
+    for b, width in enumerate(widths):
+        for i in range(layers):
+            channels_in = widths[max(b - 1, 0)] if i == 0 else width
+            names += _resnet(f"down_blocks.{b}.resnets.{i}", channels_in, width)
+            if has_attention[b]:
+                names += _transformer(f"down_blocks.{b}.attentions.{i}", depths[b])
+        if b < last:
+            names.append(f"down_blocks.{b}.downsamplers.0.conv")
+    names += _resnet("mid_block.resnets.0", widths[-1], widths[-1])
+    names += _transformer("mid_block.attentions.0", depths[-1])
+    names += _resnet("mid_block.resnets.1", widths[-1], widths[-1])
+    for u in range(len(widths)):
+        b = last - u                                   # up block u mirrors down block b
+        width, previous = widths[b], widths[min(b + 1, last)]
+        for i in range(layers + 1):
+            skip = widths[max(b - 1, 0)] if i == layers else width
+            names += _resnet(f"up_blocks.{u}.resnets.{i}", (previous if i == 0 else width) + skip, width)
+            if has_attention[b]:
+                names += _transformer(f"up_blocks.{u}.attentions.{i}", depths[b])
+        if u < last:
+            names.append(f"up_blocks.{u}.upsamplers.0.conv")
+    return tuple(names + ["conv_norm_out", "conv_out"])
