@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shlex
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +42,7 @@ TINY_CLIP = dict(
                        image_size=32, patch_size=8),
     projection_dim=16)
 TINY_CROSS = CrossConfig(dim=16, layers=2, heads=2, dim_head=8, ff_mult=2)
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red solid circle at the top left", "右下角的蓝色条纹正方形", "a photo of a cat"]
 
 
@@ -116,10 +121,55 @@ def test_convert_pickled_whole_model_without_its_classes(tmp_path, scorer, token
         del sys.modules["legacy_mps_trainer"]
     out = convert_pickled_checkpoint(tmp_path / "MPS_overall_checkpoint.pth", tmp_path / "mps.safetensors",
                                      CLIPConfig(**TINY_CLIP), TINY_CROSS)
+    with pytest.raises(FileExistsError, match="mps.safetensors exists"):
+        convert_pickled_checkpoint(tmp_path / "MPS_overall_checkpoint.pth", out, CLIPConfig(**TINY_CLIP), TINY_CROSS)
     model = tiny_mps(2)
     load_mps_state_dict(model, read_state_dict(out))
     images = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(MPSScorer(model, tokenizer)(images, PROMPTS), scorer(images, PROMPTS), rtol=0, atol=0)
+
+
+class _Payload:
+    """Unpickling it runs ``call(*args)``: what a malicious checkpoint does."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def _payloads(marker):
+    return {"os.system": _Payload(os.system, f"touch {shlex.quote(str(marker))}"),
+            "open": _Payload(open, str(marker), "w")}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("kind", ["os.system", "open"])
+@pytest.mark.parametrize("nested", [False, True], ids=["top", "in-module"])
+def test_convert_refuses_code_in_the_pickle_and_runs_none(tmp_path, legacy, kind, nested):
+    marker = tmp_path / "MARKER"
+    payload = _payloads(marker)[kind]
+    if nested:                                  # inside a submodule's attributes, as a whole-model pickle holds it
+        payload, inner = torch.nn.Sequential(torch.nn.Linear(2, 2)), payload
+        payload[0].extra = inner
+    torch.save(payload, tmp_path / "evil.pth", _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(ValueError, match="refusing to convert .*evil.pth: " + (
+            "not a zip-format" if legacy else "it calls io.open" if kind == "open" else ".*posix is blocked")):
+        convert_pickled_checkpoint(tmp_path / "evil.pth", tmp_path / "out.safetensors",
+                                   CLIPConfig(**TINY_CLIP), TINY_CROSS)
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_convert_command_refuses_a_payload_in_one_line(tmp_path, legacy):
+    marker = tmp_path / "MARKER"
+    torch.save(_payloads(marker)["os.system"], tmp_path / "evil.pth", _use_new_zipfile_serialization=not legacy)
+    done = subprocess.run([sys.executable, "-m", "train.preference.mps", "convert", str(tmp_path / "evil.pth"),
+                           str(tmp_path / "out.safetensors")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode != 0 and not marker.exists()
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mps convert: refusing to convert"), done.stderr
 
 
 def test_mps_gradient_reaches_the_images(scorer):

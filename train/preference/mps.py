@@ -38,6 +38,8 @@ except ImportError:                     # transformers 4.x
     from transformers.modeling_utils import no_init_weights
 from transformers import CLIPConfig, CLIPModel
 
+from tlcm.files import atomic_save_safetensors, check_writable
+
 OVERALL_CONDITION = ("light, color, clarity, tone, style, ambiance, artistry, shape, face, hair, hands, limbs, "
                      "structure, instance, texture, quantity, attributes, position, number, location, word, things.")
 RELEVANCE_THRESHOLD = 0.3    # upstream's evaluation scripts (its training forward uses 0.01)
@@ -318,14 +320,22 @@ def load_mps_scorer(path: str | Path, dtype: torch.dtype = torch.float32,
 
 # --- one-off conversion of the released pickled model -------------------------------------------------
 
+class UnsafeCheckpointError(ValueError):
+    """Unpickling the file would call something: a pickled module tree only creates objects."""
+
+
 class _Inert:
-    """Stands in for every class named in the pickle: keeps its attributes, runs nothing."""
+    """Stands in for one class or function the pickle names, so neither the MPS repo nor its old
+    transformers must be importable. Unpickling makes instances with ``__new__`` and never calls
+    ``__init__``; a call of the stand-in itself is the pickle asking to run the named callable."""
+
+    target = ""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        raise UnsafeCheckpointError(f"it calls {self.target} while being unpickled (nothing was run)")
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2:      # (dict, slots) form
@@ -334,71 +344,78 @@ class _Inert:
             self.__dict__.update(state)
 
 
-class _TensorOnlyUnpickler(pickle.Unpickler):
-    """Resolves only torch's tensor-rebuild functions, dtypes and plain containers; any other class
-    becomes :class:`_Inert`, so neither the MPS repo nor its old transformers must be importable."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = "builtins" if module == "__builtin__" else module      # protocol-2 pickles name Python 2's
-        if module == "collections" and name == "OrderedDict" or module == "builtins" and name in ("set", "frozenset"):
-            return super().find_class(module, name)
-        if module == "torch._utils" and name.startswith("_rebuild_"):
-            return super().find_class(module, name)
-        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        return type(name, (_Inert,), {"__module__": module})
+def _stand_in(qualified: str) -> type:
+    module, _, name = qualified.rpartition(".")
+    return type(name, (_Inert,), {"__module__": module, "target": qualified})
 
 
-class _TensorOnlyPickle:
-    """The ``pickle_module`` handed to ``torch.load``."""
-    Unpickler = _TensorOnlyUnpickler
-    load = staticmethod(pickle.load)
+def _load_inert(src: Path) -> Any:
+    """``src`` unpickled by torch's restricted (``weights_only``) unpickler, each global it does not
+    allow by default mapped to an inert stand-in: tensors are rebuilt, nothing else runs."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(src)
+    except ValueError as err:           # a legacy (torch < 1.6) pickle or a TorchScript archive
+        raise ValueError(f"refusing to convert {src}: not a zip-format torch.save checkpoint, the only format "
+                         f"torch's restricted unpickler reads whole models from ({err})") from None
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"refusing to convert {src}: its pickle is not one torch's restricted unpickler "
+                         f"reads ({err})") from None
+    with torch.serialization.safe_globals([(_stand_in(name), name) for name in names]):
+        try:
+            return torch.load(src, map_location="cpu", weights_only=True)
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(f"refusing to convert {src}: {err}") from None
+        except pickle.UnpicklingError as err:   # torch's one-line reason is the error it re-raised
+            reason = str(err.__context__ or err).splitlines()[0]
+            raise UnsafeCheckpointError(f"refusing to convert {src}: {reason}") from None
 
 
 def _module_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """The state dict of an unpickled nn.Module tree (parameters and persistent buffers)."""
     attrs = getattr(obj, "__dict__", {})
-    out = {prefix + k: p for k, p in attrs.get("_parameters", {}).items() if p is not None}
     skip = attrs.get("_non_persistent_buffers_set", set())
-    out.update({prefix + k: b for k, b in attrs.get("_buffers", {}).items() if b is not None and k not in skip})
+    out = {prefix + k: p for k, p in attrs.get("_parameters", {}).items() if isinstance(p, torch.Tensor)}
+    out.update({prefix + k: b for k, b in attrs.get("_buffers", {}).items()
+                if isinstance(b, torch.Tensor) and k not in skip})
     for name, child in attrs.get("_modules", {}).items():
         if child is not None:
             out.update(_module_tensors(child, f"{prefix}{name}."))
     return out
 
 
-def convert_pickled_checkpoint(src: str | Path, dst: str | Path,
-                               clip_config: CLIPConfig | None = None, cross: CrossConfig = CrossConfig()) -> Path:
+def convert_pickled_checkpoint(src: str | Path, dst: str | Path, clip_config: CLIPConfig | None = None,
+                               cross: CrossConfig = CrossConfig(), *, overwrite: bool = False) -> Path:
     """Re-save the released pickled MPS model as a checked safetensors state dict.
 
-    WARNING: this unpickles ``src``. Unpickling can run code; the unpickler here only resolves torch's
-    tensor-rebuild functions (every class becomes an inert placeholder), which narrows but does not
-    remove the risk: convert only a file you downloaded yourself from the authors' link.
+    The pickle goes through torch's restricted unpickler only: its classes become inert stand-ins that
+    keep their attributes, and a file that would call anything but torch's tensor rebuilding is refused
+    (``UnsafeCheckpointError``), as is any format that unpickler cannot read.
     """
-    obj = torch.load(src, map_location="cpu", weights_only=False, pickle_module=_TensorOnlyPickle)
+    check_writable(dst, overwrite=overwrite)         # before the slow unpickling
+    src = Path(src)
+    obj = _load_inert(src)
     state = _module_tensors(obj) if hasattr(obj, "__dict__") and "_modules" in obj.__dict__ else obj
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{src} holds neither an nn.Module nor a state dict")
     state = check_state_dict(state, _layout((clip_config or clip_vit_h14_config(), cross)))
-    from safetensors.torch import save_file
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(dst),
-              metadata={"format": "mps-state-dict", "source": Path(src).name})
-    return dst
+    return atomic_save_safetensors(dst, {k: v.detach() for k, v in state.items()},
+                                   {"format": "mps-state-dict", "source": src.name}, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="MPS scorer utilities.")
     sub = parser.add_subparsers(dest="command", required=True)
     convert = sub.add_parser("convert", help="re-save the released pickled MPS model as a safetensors state dict "
-                             "(unpickles SRC: only for your own trusted download)")
+                             "(read with torch's restricted unpickler: tensors only, nothing runs)")
     convert.add_argument("src", type=Path)
     convert.add_argument("dst", type=Path)
+    convert.add_argument("--force", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
-    print(f"WARNING: unpickling {args.src}; pickles can run code. Convert only the checkpoint you downloaded "
-          "yourself from the MPS authors.", flush=True)
-    print(f"wrote {convert_pickled_checkpoint(args.src, args.dst)}")
+    try:
+        out = convert_pickled_checkpoint(args.src, args.dst, overwrite=args.force)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"mps convert: {err}") from None
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ MPS_DOWNLOAD = (
     "The MPS 'overall' checkpoint comes from its authors (github.com/Kwai-Kolors/MPS, README 'Download the MPS "
     "checkpoint', a Google Drive link: MPS_overall_checkpoint.pth). It is a pickled whole model: convert it "
     "once to a state dict with `python -m train.preference.mps convert MPS_overall_checkpoint.pth "
-    "mps_overall.safetensors` (only your own download: it unpickles the file) and pass that file.")
+    "mps_overall.safetensors` (tensors only: a file that would run code is refused) and pass that file.")
 TOY_TRAIN = ("The toy scorer is committed as train/toy/weights/scorer.safetensors; to rebuild it run "
              "`python -m train.preference.toy_scorer --out train/toy/weights/scorer.safetensors`.")
 
