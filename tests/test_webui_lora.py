@@ -1,5 +1,6 @@
 """The WebUI LoRA story: PEFT files in the Lora folder are found, warned about, converted to kohya + .alpha."""
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -138,3 +139,72 @@ def test_damaged_files_do_not_break_the_scan(webui, peft_file):
     from webui_tlcm import lora_folder
     (peft_file.parents[1] / "damaged.safetensors").write_bytes(b"not a safetensors file")
     assert [item.path for item in lora_folder.scan(peft_file.parents[1])] == [peft_file]
+
+
+def kohya_file(path, n_modules):
+    """A kohya LoRA file with ``n_modules`` modules (down, up, alpha each)."""
+    state = {}
+    for i in range(n_modules):
+        key = f"lora_unet_down_blocks_1_attentions_0_transformer_blocks_{i}_attn1_to_q"
+        state |= {f"{key}.lora_down.weight": torch.zeros(2, 8), f"{key}.lora_up.weight": torch.zeros(8, 2),
+                  f"{key}.alpha": torch.tensor(1.0)}
+    save_file(state, str(path))
+    return path
+
+
+def network(name, path, modules):
+    return SimpleNamespace(name=name, modules=modules, network_on_disk=SimpleNamespace(filename=str(path)))
+
+
+def generate(webui, monkeypatch, nets):
+    load_extension(webui)
+    r = webui.scripts.ScriptRunner(False)
+    r.setup_ui()
+    monkeypatch.setitem(sys.modules, "networks", SimpleNamespace(loaded_networks=nets))
+    p = webui.processing.StableDiffusionProcessing(cond=conditioning(1, 1), uncond=conditioning(1, 2), scripts=r,
+                                                   script_args=[True, 4])
+    _, infotext = webui.processing.process_images(p)
+    return p, infotext
+
+
+def test_forge_counts_come_from_its_patchers_never_a_false_zero(webui, monkeypatch, tmp_path, capsys):
+    """Forge keeps ``net.modules`` empty; its patchers hold one entry per patched weight."""
+    full, dead, unknown = (kohya_file(tmp_path / f"{n}.safetensors", 5) for n in ("full", "dead", "unknown"))
+    unet_patches = {(str(full), 1.0, 1.0, False): {f"w{i}": [] for i in range(4)}, (str(dead), 1.0, 1.0, False): {}}
+    clip_patches = {(str(full), 1.0, 1.0, False): {"te.w": []}}
+    webui.shared.sd_model.forge_objects = SimpleNamespace(
+        unet=SimpleNamespace(lora_patches=unet_patches),
+        clip=SimpleNamespace(patcher=SimpleNamespace(lora_patches=clip_patches)))
+    p, infotext = generate(webui, monkeypatch, [network("full", full, {}), network("dead", dead, {}),
+                                                network("unknown", unknown, {})])
+    assert "LoRA full: 5 modules applied" in capsys.readouterr().err
+    assert list(p.comments) == ["TLCM: LoRA dead applied 0 modules (wrong model or unconverted PEFT file)"]
+    assert "TLCM warning: LoRA dead applied 0 modules" in infotext and "unknown" not in infotext
+
+
+def test_a1111_partial_and_empty_matches_reach_the_infotext(webui, monkeypatch, tmp_path):
+    part, none_ = kohya_file(tmp_path / "part.safetensors", 6), kohya_file(tmp_path / "none.safetensors", 2)
+    p, infotext = generate(webui, monkeypatch, [network("part", part, {f"m{i}": None for i in range(4)}),
+                                                network("none", none_, {})])
+    assert "TLCM warning: LoRA part applied 4 of its 6 modules (partial match); LoRA none applied 0 modules" \
+        in infotext
+    assert len(p.comments) == 2
+
+
+def test_callbacks_turn_any_error_into_one_line(webui, peft_file, monkeypatch):
+    """The Convert button and the status panel answer with a message, never an exception (HTTP 500)."""
+    from webui_tlcm import lora_folder
+    from webui_tlcm.script import convert_pending, lora_status
+    load_extension(webui)
+
+    def broken(item):
+        raise ImportError("cannot import name 'X' from 'accelerate'\nsecond line")
+    monkeypatch.setattr(lora_folder, "convert", broken)
+    assert "adapter_model.safetensors: not converted: ImportError: cannot import name" in convert_pending()
+    assert "second line" not in convert_pending()
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(lora_folder, "scan", unreadable)
+    assert "could not scan the Lora folder: PermissionError" in lora_status()
+    assert "could not scan the Lora folder" in convert_pending()

@@ -81,8 +81,9 @@ def test_img2img_in_mode(webui):
 def test_bad_api_arguments_are_reported_not_ignored(webui, args, message, capsys):
     r = runner(webui)
     p, infotext = generate(webui, r, args)
-    assert p.sampler_name == "DPM++ 2M" and "TLCM mode" not in infotext
+    assert p.sampler_name == "DPM++ 2M" and "TLCM mode: True" not in infotext
     assert any(message in c and "without TLCM mode" in c for c in p.comments)
+    assert "TLCM warning: " in infotext and message in infotext     # API callers read the infotext
     assert message in capsys.readouterr().err
 
 

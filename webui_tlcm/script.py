@@ -3,8 +3,8 @@
 Only imported inside the WebUI (``scripts/tlcm_webui.py``): it subclasses ``modules.scripts.Script``
 (A1111 1.10 ``modules/scripts.py``) and builds gradio components. Hook used: ``before_process`` (A1111
 >= 1.6, Forge, reForge), which runs before the host validates the sampler and writes the infotext.
-Script hooks' exceptions are caught and logged by the host, so problems are reported with ``report``
-(console and the comment under the image) instead of raised.
+Nothing here raises into the host: every UI callback and hook turns an error into one line shown where
+the user looks (the accordion, the comment under the image, the infotext that API users get back).
 """
 from __future__ import annotations
 
@@ -17,17 +17,34 @@ import gradio as gr
 from modules import scripts, shared
 
 from . import SAMPLER_NAME, lora_folder
+from .applied_loras import applied_loras
 from .mode import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, apply_tlcm_mode, check_mode_args, main_control_values, \
     mode_from_infotext, steps_from_infotext
 
 TITLE = "TLCM"
 
 
+INFOTEXT_WARNING = "TLCM warning"
+
+
 def report(p: Any, message: str) -> None:
-    """Tell the user: console line and, when ``p`` is given, a comment shown under the generated image."""
+    """Tell the user: console line and, when ``p`` is given, a comment under the image and an infotext entry
+    (the infotext is what API callers get back in ``info``)."""
     print(f"[TLCM] {message}", file=sys.stderr)
-    if p is not None and hasattr(p, "comment"):
+    if p is None:
+        return
+    if hasattr(p, "comment"):
         p.comment(f"TLCM: {message}")
+    params = getattr(p, "extra_generation_params", None)
+    if isinstance(params, dict):
+        earlier = params.get(INFOTEXT_WARNING)
+        params[INFOTEXT_WARNING] = f"{earlier}; {message}" if earlier else message
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message``: what a user sees of an unexpected error."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def lora_dir() -> Path:
@@ -41,7 +58,10 @@ def lora_dir() -> Path:
 
 def lora_status() -> str:
     """HTML for the accordion: the PEFT-layout files still needing conversion (a visible warning) or all clear."""
-    pending = [item for item in lora_folder.scan(lora_dir()) if not item.is_converted]
+    try:
+        pending = [item for item in lora_folder.scan(lora_dir()) if not item.is_converted]
+    except Exception as err:  # a UI callback must answer, never raise into the host (HTTP 500)
+        return f"<p>TLCM: could not scan the Lora folder: {html.escape(one_line(err))}</p>"
     if not pending:
         return f"<p>No unconverted PEFT/diffusers LoRA files in <code>{html.escape(str(lora_dir()))}</code>.</p>"
     rows = "".join(f"<li>{html.escape(lora_folder.warning_text(item))}</li>" for item in pending)
@@ -52,11 +72,15 @@ def lora_status() -> str:
 def convert_pending() -> str:
     """The "Convert LoRA files" button: convert every pending file, report each result (console and UI)."""
     lines = []
-    for item in [i for i in lora_folder.scan(lora_dir()) if not i.is_converted]:
+    try:
+        pending = [i for i in lora_folder.scan(lora_dir()) if not i.is_converted]
+    except Exception as err:  # a UI callback must answer, never raise into the host (HTTP 500)
+        return f"<p>TLCM: could not scan the Lora folder: {html.escape(one_line(err))}</p>"
+    for item in pending:
         try:
             lines.append(lora_folder.convert(item))
-        except (OSError, ValueError) as err:
-            lines.append(f"{item.path.name}: not converted: {err}")
+        except Exception as err:  # one bad file must not hide the others' results
+            lines.append(f"{item.path.name}: not converted: {one_line(err)}")
         print(f"[TLCM] {lines[-1]}", file=sys.stderr)
     if not lines:
         return lora_status()
@@ -82,16 +106,13 @@ def warn_about_peft_loras(p: Any) -> None:
 
 
 def report_applied_loras(p: Any) -> None:
-    """After the Lora extension activated its networks: how many modules each one really patched."""
-    networks = sys.modules.get("networks")
-    for net in getattr(networks, "loaded_networks", []):
-        modules = getattr(net, "modules", None)
-        if modules is None:
-            continue
-        if modules:
-            print(f"[TLCM] LoRA {net.name}: {len(modules)} modules applied", file=sys.stderr)
-        else:
-            report(p, f"LoRA {net.name} applied 0 modules (wrong model or unconverted PEFT file)")
+    """After the Lora extension activated its networks: how many modules each one really patched (where the
+    host can tell); no match and partial matches are warnings."""
+    for lora in applied_loras(sys.modules.get("networks"), shared.sd_model):
+        if (warning := lora.warning()) is not None:
+            report(p, warning)
+        elif lora.applied is not None:
+            print(f"[TLCM] LoRA {lora.name}: {lora.applied} modules applied", file=sys.stderr)
 
 
 class TLCMScript(scripts.Script):
@@ -147,7 +168,10 @@ class TLCMScript(scripts.Script):
         return [enabled, steps]
 
     def before_process(self, p: Any, enabled: Any = False, steps: Any = DEFAULT_STEPS, *args: Any) -> None:
-        warn_about_peft_loras(p)
+        try:
+            warn_about_peft_loras(p)
+        except Exception as err:  # a warning helper must never stop the generation
+            report(p, f"could not check the prompt's LoRA files: {one_line(err)}")
         try:
             enabled, steps = check_mode_args(enabled, steps)
         except ValueError as err:
@@ -157,5 +181,9 @@ class TLCMScript(scripts.Script):
             apply_tlcm_mode(p, steps)
 
     def after_extra_networks_activate(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        if p.sampler_name == SAMPLER_NAME:
+        if p.sampler_name != SAMPLER_NAME:
+            return
+        try:
             report_applied_loras(p)
+        except Exception as err:  # the report is advice; the generation goes on
+            report(p, f"could not count the applied LoRA modules: {one_line(err)}")
