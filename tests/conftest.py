@@ -35,12 +35,25 @@ def one_thread():
 REQUIRE_ALL_LAYERS = os.environ.get("TLCM_REQUIRE_ALL_LAYERS") == "1"
 
 
+def _skip_reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if (REQUIRE_ALL_LAYERS and report.skipped and not hasattr(report, "wasxfail")
             and item.get_closest_marker("optional_layer") is None):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"required layer skipped (TLCM_REQUIRE_ALL_LAYERS=1): {reason}"
+        report.longrepr = f"required layer skipped (TLCM_REQUIRE_ALL_LAYERS=1): {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped at import (``pytest.importorskip``) fails too."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_ALL_LAYERS and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"required layer skipped (TLCM_REQUIRE_ALL_LAYERS=1): {_skip_reason(report)}"
