@@ -2,33 +2,38 @@
 
 Thin by design: the form is derived from the trainer's config (``form``), the command is the CLI's
 (``commands``), runs are subprocesses (``jobs``) read back from their folder (``progress``), and
-generation/export is the core's (``try_it``). Every handler turns bad input into a message on the page
-and leaves the form as it was.
+generation/export is the core's (``try_it``). Every handler turns bad input, a value beyond the app's
+limits (``limits``) included, into a message on the page and leaves the form as it was. Files are
+written only where the user pointed, never over an existing one unconfirmed: a config inside the chosen
+folder with "Overwrite" ticked, a fresh run over an earlier one with "Start over" ticked.
 """
 from __future__ import annotations
 
 import html
 import math
+import shlex
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+import yaml
 from PIL import Image
 
-from tlcm.generate import GenerationSettings
+from tlcm.files import atomic_write_text
 from tlcm.lora import FORMATS
-from train.config import Config, ConfigError, load_config, save_config
+from train.config import Config, ConfigError, load_config
 from train.techniques import needed as needed_techniques
 
 from . import form
 from .commands import LaunchOptions, copy_config, parse_command, show_command
-from .jobs import JobError, JobManager, has_checkpoint
+from .jobs import JobError, JobInfo, JobManager, has_checkpoint
+from .limits import check_whole
 from .plot import loss_svg
 from .paths import (PathError, check_config_file, check_model, check_output_dir, check_prompt_files,
-                    check_scorer_weights)
+                    check_scorer_weights, file_in_folder)
 from .presets import DEFAULT_PRESET, PRESETS
 from .progress import RunView, read_run
-from .try_it import Sampler, export
+from .try_it import Sampler, export, generate_images
 
 STAGE_KEYS = tuple(key for pair in form.STAGES.items() for key in pair)       # every stage's toggle and steps
 SCORER_KEYS = ("mps.scorer", "mps.scorer_weights")
@@ -38,6 +43,7 @@ LAUNCH_FIELDS = {"num_processes": "GPUs / processes (total)", "num_machines": "m
                  "machine_rank": "this machine's rank", "main_process_ip": "main machine IP",
                  "main_process_port": "main machine port", "gpu_ids": "GPU ids (e.g. 0,1; empty = all)"}
 USER_ERRORS = (ConfigError, PathError, JobError, ValueError, OSError)   # OSError: e.g. no permission
+CONFIG_FILE = "Config file"
 CSS = ".tlcm-danger {background:#b91c1c; color:white; padding:8px 12px; border-radius:6px; font-weight:bold}"
 
 
@@ -115,7 +121,8 @@ def read_form(args: tuple | list) -> tuple[Config, LaunchOptions]:
     (``form.KEYS`` order, then ``LAUNCH_FIELDS``). The scorer weights are checked only while stages 3-4 use
     them, so a stale path in a switched-off stage never blocks a run."""
     config = form.from_form(dict(zip(form.KEYS, args[:len(form.KEYS)])))
-    launch = LaunchOptions(**{n: (int(v) if isinstance(v, float) else v)
+    numbers = {n for n, v in vars(LaunchOptions()).items() if isinstance(v, int)}     # the largest is a port
+    launch = LaunchOptions(**{n: check_whole(LAUNCH_FIELDS[n], v, 0, 65535) if n in numbers else str(v or "")
                               for n, v in zip(LAUNCH_FIELDS, args[len(form.KEYS):])}).validate()
     prompts, _ = check_prompt_files(config.data.prompts)
     scorer = config.mps.scorer_weights
@@ -124,6 +131,29 @@ def read_form(args: tuple | list) -> tuple[Config, LaunchOptions]:
     return copy_config(config, model={"path": str(check_model(config.model.path))},
                        data={"prompts": [str(p) for p in prompts]}, mps={"scorer_weights": scorer},
                        output={"dir": str(check_output_dir(config.output.dir))}), launch
+
+
+def save_config_file(config: Config, folder: str, name: str, overwrite: bool) -> str:
+    """Write ``config`` as YAML to ``name`` inside ``folder``: never outside that folder, and over an
+    existing file only when the user ticked ``overwrite``."""
+    target = check_config_file(file_in_folder(folder, name, CONFIG_FILE), must_exist=False)
+    if target.suffix.lower() == ".toml":
+        raise PathError(f"{CONFIG_FILE}: saving writes YAML; use a .yaml name (TOML files load fine)")
+    try:
+        atomic_write_text(target, yaml.safe_dump(config.to_dict(), sort_keys=False), overwrite=overwrite)
+    except FileExistsError:
+        raise PathError(f"{CONFIG_FILE}: {target} exists; tick \"Overwrite\" and press Save config again to "
+                        "replace it") from None
+    return f"Saved {target} (run it with `python -m train --config {shlex.quote(str(target))}`)"
+
+
+def load_config_file(folder: str, name: str) -> Config:
+    """The config file ``name`` inside ``folder``."""
+    return load_config(check_config_file(file_in_folder(folder, name, CONFIG_FILE), must_exist=True))
+
+
+def started(info: JobInfo, verb: str) -> str:
+    return f"{verb} in {info.output_dir}: watch it here; closing or reloading the page does not stop it"
 
 
 def build_app(manager: JobManager | None = None, sampler: Sampler | None = None, banner: str = "") -> gr.Blocks:
@@ -170,8 +200,11 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
                         for f in section_fields:
                             inputs[f.key] = _component(f, values[f.key])
             with gr.Row():
-                config_path = gr.Textbox(label="Config file (.yaml / .toml, as for `python -m train --config`)",
-                                         value=str(Path("tlcm-train.yaml").resolve()), elem_id="config-path", scale=3)
+                config_dir = gr.Textbox(label="Config folder (files are read and written only inside it)",
+                                        value=str(Path.cwd()), elem_id="config-dir", scale=2)
+                config_name = gr.Textbox(label="Config file (.yaml / .toml, as for `python -m train --config`)",
+                                         value="tlcm-train.yaml", elem_id="config-name", scale=2)
+                config_overwrite = gr.Checkbox(False, label="Overwrite an existing file", elem_id="config-overwrite")
                 load_btn = gr.Button("Load config", elem_id="load-config")
                 save_btn = gr.Button("Save config", elem_id="save-config")
             show_btn = gr.Button("Show command", elem_id="show-command")
@@ -184,6 +217,8 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
                 train_btn = gr.Button("Train", variant="primary", elem_id="train")
                 stop_btn = gr.Button("Stop (save & exit)", variant="stop", elem_id="stop", interactive=False)
                 resume_btn = gr.Button("Resume latest", elem_id="resume", interactive=False)
+                start_over = gr.Checkbox(False, label="Start over: Train replaces the earlier run in this folder",
+                                         elem_id="start-over")
             status = gr.HTML(elem_id="status")
             plot = gr.HTML(loss_svg([]), label="Loss per stage")
             gallery = gr.Gallery(label="Samples (rows: prompts; columns: the sample steps)", columns=4, height=360,
@@ -200,9 +235,9 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
                 steps = gr.Slider(2, 8, value=4, step=1, label="Steps", elem_id="try-steps")
                 strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
             with gr.Row():
-                seed = gr.Number(0, precision=0, label="Seed")
-                width = gr.Number(values["train.resolution"], precision=0, label="Width")
-                height = gr.Number(values["train.resolution"], precision=0, label="Height")
+                seed = gr.Number(0, precision=0, label="Seed", elem_id="try-seed")
+                width = gr.Number(values["train.resolution"], precision=0, label="Width", elem_id="try-width")
+                height = gr.Number(values["train.resolution"], precision=0, label="Height", elem_id="try-height")
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             images = gr.Gallery(label="Generated", columns=4, height=360, elem_id="generated")
             with gr.Row():
@@ -248,25 +283,21 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
             return ("Form updated from the command (accelerate flags are set in the fields above).",
                     *[shown[k] for k in form.KEYS])
 
-        def on_save(path: str, *args):
-            target = check_config_file(path, must_exist=False)
-            if target.suffix.lower() == ".toml":
-                raise PathError("Config file: saving writes YAML; use a .yaml name (TOML files load fine)")
-            save_config(read_form(args)[0], target)
-            return f"Saved {target} (run it with `python -m train --config {target}`)"
+        def on_save(folder: str, name: str, overwrite: bool, *args):
+            return save_config_file(read_form(args)[0], folder, name, overwrite), False
 
-        def on_load(path: str):
-            config = load_config(check_config_file(path, must_exist=True))
-            shown = form.to_form(config)
-            return (f"Loaded {path}", *[shown[k] for k in form.KEYS])
+        def on_load(folder: str, name: str):
+            shown = form.to_form(load_config_file(folder, name))
+            return (f"Loaded {name}", *[shown[k] for k in form.KEYS])
 
-        def on_train(resume: bool):
-            def start(*args):
-                config, launch = read_form(args)
-                info = manager.start(config, launch, resume=resume)
-                return (f"{'Resumed' if resume else 'Started'} in {info.output_dir}: watch it here; closing or "
-                        "reloading the page does not stop it")
-            return start
+        def on_train(overwrite: bool, *args):
+            config, launch = read_form(args)
+            info = manager.start(config, launch, overwrite=overwrite)
+            return started(info, "Started over" if overwrite else "Started"), False
+
+        def on_resume(*args):
+            config, launch = read_form(args)
+            return started(manager.start(config, launch, resume=True), "Resumed")
 
         def on_stop(folder: str):
             return manager.stop(check_output_dir(folder))
@@ -280,6 +311,7 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
                         gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False),
                         seen, gr.skip(), offered)
             view = read_run(manager.info(root))
+            resumable = not view.active and has_checkpoint(root)        # then Resume is the offer, not Train
             names = tuple(str(p) for p in view.samples)
             pictures = [_picture(p) for p in view.samples] if names != seen else gr.skip()
             trained = str(view.lora_files.get("kohya") or next(iter(view.lora_files.values()), ""))
@@ -287,13 +319,13 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
             return (status_html(view, root), loss_svg(view.losses), pictures,
                     "\n".join(view.log_tail),
                     ("**LoRA files**\n" + lora_md) if lora_md else "",
-                    gr.update(interactive=not view.active), gr.update(interactive=view.active),
-                    gr.update(interactive=not view.active and has_checkpoint(root)), names,
+                    gr.update(interactive=not view.active, variant="secondary" if resumable else "primary"),
+                    gr.update(interactive=view.active),
+                    gr.update(interactive=resumable, variant="primary" if resumable else "secondary"), names,
                     trained if trained and trained != offered else gr.skip(), trained)
 
-        def on_generate(model, lora, text, n_steps, power, seed_value, w, h):
-            settings = GenerationSettings(text, steps=int(n_steps), seed=int(seed_value), width=int(w), height=int(h))
-            return "Generated.", sampler.generate(model, lora, float(power), settings)
+        def on_generate(*fields):
+            return "Generated.", generate_images(sampler, *fields)
 
         def on_export(lora: str, chosen: str):
             path = export(lora, chosen)
@@ -317,10 +349,11 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
         check.click(guarded(on_check, 1), all_inputs, [message])
         show_btn.click(guarded(on_show, 2), all_inputs, [message, command])
         apply_btn.click(guarded(on_apply, 1 + len(form_inputs)), command, [message, *form_inputs])
-        save_btn.click(guarded(on_save, 1), [config_path, *all_inputs], [message])
-        load_btn.click(guarded(on_load, 1 + len(form_inputs)), config_path, [message, *form_inputs])
-        train_btn.click(guarded(on_train(False), 1), all_inputs, [message])
-        resume_btn.click(guarded(on_train(True), 1), all_inputs, [message])
+        save_btn.click(guarded(on_save, 2), [config_dir, config_name, config_overwrite, *all_inputs],
+                       [message, config_overwrite])
+        load_btn.click(guarded(on_load, 1 + len(form_inputs)), [config_dir, config_name], [message, *form_inputs])
+        train_btn.click(guarded(on_train, 2), [start_over, *all_inputs], [message, start_over])
+        resume_btn.click(guarded(on_resume, 1), all_inputs, [message])
         stop_btn.click(guarded(on_stop, 1), inputs["output.dir"], [message])
         run_outputs = [status, plot, gallery, log, lora_files, train_btn, stop_btn, resume_btn, samples_seen, try_lora,
                        lora_offered]

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from train.config import Config
+
+from .limits import (MAX_COMMAND, MAX_MACHINES, MAX_PROCESSES_PER_MACHINE, check_at_most, check_text,
+                     check_whole)
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 
@@ -36,6 +40,12 @@ class LaunchOptions:
             raise ValueError("GPUs / processes and machines must each be at least 1")
         if self.num_processes < self.num_machines:
             raise ValueError("processes is the total over all machines: it must be >= the number of machines")
+        check_at_most("machines", self.num_machines, MAX_MACHINES)
+        check_at_most("GPUs / processes per machine", math.ceil(self.num_processes / self.num_machines),
+                      MAX_PROCESSES_PER_MACHINE)
+        check_whole("main machine port", self.main_process_port, 1, 65535)
+        check_text("main machine IP", self.main_process_ip)
+        check_text("GPU ids", self.gpu_ids)
         if not 0 <= self.machine_rank < self.num_machines:
             raise ValueError(f"machine rank must be in 0..{self.num_machines - 1}")
         if self.num_machines > 1 and not self.main_process_ip.strip():
@@ -75,17 +85,18 @@ def launch_args(config: Config, launch: LaunchOptions) -> list[str]:
     return args
 
 
-def train_args(config: Config, resume: bool = False) -> list[str]:
-    """The ``-m train`` part: one ``--set`` per non-default value, plus ``--resume latest``."""
+def train_args(config: Config, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """The ``-m train`` part: one ``--set`` per non-default value, plus ``--resume latest``, or for a fresh
+    run the user confirmed over an earlier one ``--overwrite`` (the CLI refuses such a run without it)."""
     args = ["-m", "train"]
     for item in config_overrides(config):
         args += ["--set", item]
-    return args + (["--resume", "latest"] if resume else [])
+    return args + (["--resume", "latest"] if resume else ["--overwrite"] if overwrite else [])
 
 
-def build_argv(config: Config, launch: LaunchOptions, resume: bool = False) -> list[str]:
+def build_argv(config: Config, launch: LaunchOptions, resume: bool = False, overwrite: bool = False) -> list[str]:
     """The argv the app executes."""
-    return [*ACCELERATE, *launch_args(config, launch), *train_args(config, resume)]
+    return [*ACCELERATE, *launch_args(config, launch), *train_args(config, resume, overwrite)]
 
 
 def show_command(config: Config, launch: LaunchOptions, resume: bool = False) -> str:
@@ -105,6 +116,7 @@ def parse_command(text: str) -> tuple[list[str], bool]:
     """The ``--set`` values and ``--resume`` flag of a shell line such as ``show_command``'s (its inverse
     for the training config), so an edited command can be brought back into the form."""
     from train.cli import build_parser
+    check_text("command", text, MAX_COMMAND)
     try:
         argv = shlex.split(text.replace("\\\n", " "))
     except ValueError as err:

@@ -18,6 +18,7 @@ from train.config import (DECODE_CHECKPOINTS, DECODE_DTYPES, DISTANCES, FAKE_DAT
 from train.config import STAGES as STAGE_NAMES
 
 from .commands import flatten, override
+from .limits import check_config_values
 
 _PAPER = Config()
 CHOICES = {"train.mixed_precision": MIXED_PRECISION, "train.optimizer": OPTIMIZERS,
@@ -150,20 +151,27 @@ def _read(field: Field, value: Any) -> Any:
     if field.kind in ("int", "float"):
         if value is None or value == "":
             raise ConfigError(f"{field.key}: empty — type a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{field.key}: expected a number, got {value!r}") from None
         if field.kind == "int":
-            if float(value) != int(float(value)):
+            if not number.is_integer():         # also refuses inf and nan
                 raise ConfigError(f"{field.key}: expected a whole number, got {value}")
-            return int(float(value))
-        return float(value)
+            return int(number)
+        return number
     if field.kind == "optional_str" and not str(value or "").strip():
         return None
     return value
 
 
 def from_form(values: dict[str, Any]) -> Config:
-    """The validated ``Config`` for form ``values`` (keyed like ``KEYS``); ``ConfigError`` names the key."""
+    """The validated ``Config`` for form ``values`` (keyed like ``KEYS``), within the app's limits;
+    ``ConfigError`` or ``LimitError`` names the key."""
     data = {f.key: _read(f, values[f.key]) for f in FIELDS}
     for toggle, steps in STAGES.items():
         if not data.pop(toggle):
             data[steps] = 0
-    return load_config(None, [override(key, value) for key, value in data.items()])
+    config = load_config(None, [override(key, value) for key, value in data.items()])
+    check_config_values(flatten(config))
+    return config

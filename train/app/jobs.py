@@ -6,6 +6,10 @@ recycled pid is not mistaken for it) exists while it runs; ``.tlcm-trainer.json`
 where this run's part of the log starts, whether Stop was pressed and the exit code;
 ``logs/trainer-app.log`` gets the trainer's stdout/stderr. Stop sends SIGINT to the trainer processes
 (the launcher's children), which save a checkpoint and the LoRA and exit 0; a second Stop kills.
+
+A fresh run over an earlier run's outputs starts only after the user confirmed it ("Start over", passed
+on as ``--overwrite``); otherwise resuming is offered. The trainer's own one-line refusals (its folder
+lock, say) become the failed run's reason. Resuming reads no checkpoint here: the trainer does.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from train.checkpoint import earlier_run_outputs
 from train.config import Config
 
 from .commands import LaunchOptions, build_argv
@@ -110,6 +115,20 @@ def has_checkpoint(output_dir: Path) -> bool:
     return any((output_dir / "checkpoints").glob("checkpoint-*[0-9]"))
 
 
+def refuse_fresh_over(output_dir: Path) -> None:
+    """``JobError`` when ``output_dir`` holds an earlier run's outputs (the CLI's own list): a fresh run
+    would replace them, so it needs the user's explicit "Start over"; resuming is offered first."""
+    found = earlier_run_outputs(output_dir)
+    if not found:
+        return
+    names = ", ".join(sorted({p.relative_to(output_dir).parts[0] for p in found}))
+    if has_checkpoint(output_dir):
+        raise JobError(f"{output_dir} holds an earlier run ({names}): press Resume latest to continue it, or tick "
+                       "\"Start over\" and press Train to replace its outputs")
+    raise JobError(f"{output_dir} holds an earlier run's outputs ({names}) and no checkpoint to resume: tick "
+                   "\"Start over\" and press Train to replace them, or choose another output folder")
+
+
 class JobManager:
     """Starts, watches and stops runs; safe to share between Gradio's worker threads."""
 
@@ -130,19 +149,19 @@ class JobManager:
         me = psutil.Process()
         _write_owner(output_dir, me.pid, me.create_time(), exclusive=True)
 
-    def start(self, config: Config, launch: LaunchOptions, resume: bool = False) -> JobInfo:
-        """Launch the trainer for ``config``; ``resume`` continues the folder's latest checkpoint."""
+    def start(self, config: Config, launch: LaunchOptions, resume: bool = False, overwrite: bool = False) -> JobInfo:
+        """Launch the trainer for ``config``: ``resume`` continues the folder's latest checkpoint; a fresh
+        run over an earlier run's outputs needs ``overwrite`` (the user confirmed replacing them)."""
         output_dir = Path(config.output.dir).expanduser().resolve()
-        argv = build_argv(config, launch, resume)
+        argv = build_argv(config, launch, resume, overwrite)
         with self._guard:
             output_dir.mkdir(parents=True, exist_ok=True)
             self._take_lock(output_dir)
             try:
                 if resume and not has_checkpoint(output_dir):
                     raise JobError(f"nothing to resume: {output_dir} has no checkpoints yet — press Train")
-                if not resume and has_checkpoint(output_dir):
-                    raise JobError(f"{output_dir} holds checkpoints of an earlier run: press Resume latest to "
-                                   "continue it, or choose an empty output folder (nothing was overwritten)")
+                if not resume and not overwrite:
+                    refuse_fresh_over(output_dir)
                 record = self._spawn(output_dir, argv, resume)
                 _write_owner(output_dir, record.pid, record.create_time, exclusive=False)
             except BaseException:

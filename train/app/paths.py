@@ -13,6 +13,8 @@ from tlcm.models.detect import check_sdxl_folder, inspect_single_file
 from train.config import CONFIG_SUFFIXES
 from train.prompts import PROMPT_SUFFIXES, PromptFileError, read_prompts
 
+from .limits import check_text
+
 LORA_SUFFIXES = (".safetensors",)
 SCORER_SUFFIXES = {"toy": (".safetensors",), "mps": (".safetensors", ".pth", ".pt", ".bin")}
 
@@ -22,7 +24,7 @@ class PathError(ValueError):
 
 
 def _absolute(raw: str | Path, what: str) -> Path:
-    text = str(raw).strip()
+    text = check_text(what, str(raw).strip())
     if not text:
         raise PathError(f"{what}: empty — type a path")
     return Path(text).expanduser().resolve()
@@ -71,6 +73,21 @@ def check_output_dir(raw: str | Path) -> Path:
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise PathError(f"Output folder: {existing} is a file, so {path} cannot be created")
+    return path
+
+
+def file_in_folder(folder: str | Path, name: str | Path, what: str) -> Path:
+    """``name`` inside ``folder`` (an existing folder), resolved: ``PathError`` when it leads out of it —
+    by ``..`` steps, as an absolute path elsewhere, or through a symlink pointing outside."""
+    root = _absolute(folder, f"{what} folder")
+    if not root.is_dir():
+        raise PathError(f"{what} folder: {root} is not an existing folder")
+    text = check_text(what, str(name).strip())
+    if not text:
+        raise PathError(f"{what}: empty — type a file name")
+    path = (root / Path(text).expanduser()).resolve()        # an absolute name replaces root here
+    if path == root or not path.is_relative_to(root):
+        raise PathError(f"{what}: {text} leads outside the folder {root}; give a file name inside it")
     return path
 
 

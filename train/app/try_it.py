@@ -11,16 +11,17 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
-from tlcm.generate import GenerationSettings, apply_loras, generate, save_images
+from tlcm.generate import MAX_STEPS, MIN_STEPS, GenerationSettings, apply_loras, generate, save_images
 from tlcm.lora import FORMATS, load_lora, save_lora
 from tlcm.models import load_sdxl_pipeline
 from train.export import EXPORT_NAMES
 
+from .limits import MAX_LORA_STRENGTH, MAX_PROMPT, MAX_SEED, MAX_SIDE, check_between, check_text, check_whole
 from .paths import check_lora, check_model
-
 
 
 class Sampler:
@@ -51,6 +52,17 @@ class Sampler:
         if save_dir is not None:
             save_images(images, save_dir, settings)
         return images
+
+
+def generate_images(sampler: Sampler, model: str, lora: str, prompt: str, steps: Any, strength: Any, seed: Any,
+                    width: Any, height: Any) -> list[Image.Image]:
+    """Try it: one image of the given fields, each checked against the app's limits before anything loads."""
+    settings = GenerationSettings(check_text("Prompt", str(prompt or ""), MAX_PROMPT),
+                                  steps=check_whole("Steps", steps, MIN_STEPS, MAX_STEPS),
+                                  seed=check_whole("Seed", seed, 0, MAX_SEED),
+                                  width=check_whole("Width", width, 8, MAX_SIDE),
+                                  height=check_whole("Height", height, 8, MAX_SIDE))
+    return sampler.generate(model, lora, check_between("LoRA strength", strength, 0.0, MAX_LORA_STRENGTH), settings)
 
 
 def export(lora: str, fmt: str) -> Path:
