@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from train.checkpoint import checkpoint_dirs, resolve_resume
+from train.checkpoint import REQUIRED, checkpoint_dirs, resolve_resume, write_manifest
 from train.cli import main as cli_main
 from train.config import ConfigError, load_config, save_config
 from train.loop import stage_lr
@@ -147,13 +147,16 @@ def test_even_path_pads_short_paths():
 def test_resume_resolution(tmp_path):
     assert resolve_resume(None, tmp_path) is None and resolve_resume("latest", tmp_path) is None
     for step in (5, 10, 2):
-        (tmp_path / f"checkpoint-{step:08d}").mkdir()
+        folder = tmp_path / f"checkpoint-{step:08d}"
+        folder.mkdir()
+        for name in REQUIRED:
+            (folder / name).write_text(name)
+        write_manifest(folder, step)
     (tmp_path / "checkpoint-00000011.tmp").mkdir()       # an interrupted save is never picked
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["checkpoint-00000002", "checkpoint-00000005",
                                                           "checkpoint-00000010"]
     assert resolve_resume("latest", tmp_path).name == "checkpoint-00000010"
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
-        resolve_resume(str(tmp_path / "checkpoint-00000005"), tmp_path)
+    assert resolve_resume(str(tmp_path / "checkpoint-00000005"), tmp_path) == tmp_path / "checkpoint-00000005"
 
 
 def test_distances():

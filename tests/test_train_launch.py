@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tlcm.testing.build import build_tiny_sdxl
+from train.checkpoint import load_state, verify_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +47,7 @@ def test_two_process_launch_keeps_ranks_identical(tmp_path):
     assert status["state"] == "finished" and len(digests) == 2 and digests[0] == digests[1]
     # identical weights although each rank drew its own noise (and prompts): the gradients were averaged
     ckpt = out / "checkpoints" / "checkpoint-00000003"
-    ranks = [torch.load(ckpt / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert {"rank0.json", "rank1.json", "rank1.safetensors"} <= set(verify_checkpoint(ckpt))
+    ranks = [load_state(ckpt, f"rank{r}") for r in range(2)]
     assert not torch.equal(ranks[0]["generator"], ranks[1]["generator"])
-    assert (out / "lora" / "tlcm_lora_kohya.safetensors").is_file()
+    assert (out / "lora" / "tlcm_lora_kohya.safetensors").is_file() and not (out / ".tlcm-train.lock").exists()

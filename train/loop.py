@@ -26,7 +26,7 @@ from tlcm.models import load_sdxl_pipeline
 from tlcm.scheduler import TLCMScheduler
 
 from .adapters import add_student, load_student_state_dict, require_student_active, student_state_dict
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import CHECKPOINTS, CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, save_config
 from .aux_grad import with_aux
 from .consistency import Stage, consistency_step
@@ -136,7 +136,7 @@ class Trainer:
         acc = self.accelerator
         self.device = acc.device
         self.output_dir = Path(config.output.dir).expanduser()
-        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.checkpoint_root = self.output_dir / CHECKPOINTS
         self.prompts = read_prompts(config.data.prompts)           # fails fast, before loading the model
         if not Path(config.model.path).expanduser().exists():
             raise FileNotFoundError(f"model.path: no SDXL model at {config.model.path} (a local diffusers "
@@ -246,10 +246,13 @@ class Trainer:
         keeps its fresh initialisation; one that should have trained and is missing is an error."""
         for name, technique in self.techniques.items():
             if name in saved:
-                technique.load_state_dict(saved[name])
+                try:
+                    technique.load_state_dict(saved[name])
+                except ValueError as err:
+                    raise CheckpointError(f"{path} does not fit this run: {err}") from err
             elif self.step > first_step_using(self.config, name):
-                raise ValueError(f"{path} holds no state for the {name!r} technique that this config trains before "
-                                 f"step {self.step}; resume with the config the checkpoint was saved with")
+                raise CheckpointError(f"{path} holds no state for the {name!r} technique that this config trains "
+                                      f"before step {self.step}; resume with the config the checkpoint was saved with")
 
     def sample(self) -> Path | None:
         if self.sample_cond is None:

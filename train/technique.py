@@ -64,7 +64,8 @@ class Technique(Protocol):
         """Its trainable tensors (empty when it trains nothing of its own)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume it exactly (``torch.save``-able)."""
+        """Everything needed to resume it exactly: tensors, numbers, strings, None, and lists, tuples and dicts
+        (str or int keys) of them, which checkpoints store without pickle (``train.checkpoint.flatten_state``)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output, refusing a mismatched one."""
