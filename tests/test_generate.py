@@ -1,6 +1,7 @@
 """Generation API: settings validation, seeds, img2img rule, PNG metadata, LoRA application."""
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -82,6 +83,20 @@ def test_png_metadata_round_trip(pipe, tmp_path):
                       "Model: sdxl, Lora tlcm_lora: 0.8")
     more = save_images(generate(pipe, settings(steps=1)), tmp_path, settings(steps=1))
     assert more[0].name == "tlcm-00002-1steps-seed0.png"      # never overwrites
+
+
+def test_saved_images_take_a_fresh_index_and_the_umask(pipe, tmp_path):
+    s = settings(steps=1, seed=2)
+    image = generate(pipe, s)[0]
+    (tmp_path / "tlcm-00007-1steps-seed2.png").write_bytes(b"the user's image")     # a gap: 0..6 were deleted
+    previous = os.umask(0o027)
+    try:
+        [path] = save_images([image], tmp_path, s)
+    finally:
+        os.umask(previous)
+    assert path.name == "tlcm-00008-1steps-seed2.png" and oct(path.stat().st_mode & 0o777) == "0o640"
+    assert (tmp_path / "tlcm-00007-1steps-seed2.png").read_bytes() == b"the user's image"
+    assert list(Image.open(path).getdata()) == list(image.getdata()) and not list(tmp_path.glob(".*"))
 
 
 def test_apply_loras_merges_and_rejects_foreign_files(pipe, tmp_path):

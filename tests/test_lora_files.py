@@ -5,7 +5,9 @@ import argparse
 import copy
 import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from tlcm.lora import (LoraFile, LoraMatchError, LoraModule, load_lora, match_lora, merge_lora, resolve_names,
                        save_lora, sdxl_unet_module_names, tlcm_target_modules, to_diffusers_state_dict,
                        to_kohya_state_dict, to_peft)
+from tlcm.cli import main
 from tlcm.lora.cli import add_parser
 from tlcm.testing.tiny import tiny_unet
 
@@ -305,3 +308,74 @@ def test_cli_convert_round_trip_and_inspect(lora, tmp_path, capsys):
     assert "format: kohya" in printed and f"modules: {len(lora.modules)}" in printed and "scale: 0.5" in printed
     with pytest.raises(FileNotFoundError):
         run_cli(["lora", "inspect", str(tmp_path / "nope.safetensors")])
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def delta_sizes(lora: LoraFile) -> list[float]:
+    """Module-name-free fingerprint of a LoRA's merged effect (kohya files keep flattened names)."""
+    return sorted(round(float(m.delta().abs().sum()), 1) for m in lora.modules.values())
+
+
+def written_files(path):
+    return sorted(p for p in ([path] if path.is_file() else path.iterdir()))
+
+
+@pytest.mark.parametrize("fmt, name", [("kohya", "k.safetensors"), ("diffusers", "d.safetensors"), ("peft", "p")])
+def test_files_are_written_atomically_with_the_umask_and_never_clobbered(lora, tmp_path, umask_022, fmt, name):
+    path = save_lora(lora, tmp_path / name, fmt)
+    files = written_files(path)
+    assert [oct(p.stat().st_mode & 0o777) for p in files] == ["0o644"] * len(files)
+    before = {p: p.read_bytes() for p in files}
+    other = LoraFile({n: LoraModule(m.down, m.up, 7.0) for n, m in lora.modules.items()}, "test")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_lora(other, path, fmt, overwrite=False)
+    assert {p: p.read_bytes() for p in written_files(path)} == before
+    save_lora(other, path, fmt)                     # library default: replace (callers name their own outputs)
+    assert delta_sizes(load_lora(path)) == delta_sizes(other) != delta_sizes(lora)
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*/.*.tmp"))
+
+
+def test_a_failed_write_keeps_the_old_file(lora, tmp_path, monkeypatch):
+    import safetensors.torch
+    path = save_lora(lora, tmp_path / "k.safetensors", "kohya")
+    before = path.read_bytes()
+
+    def half_written(state, filename, metadata=None):
+        Path(filename).write_bytes(before[: len(before) // 2])
+        raise OSError("disk full")
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        save_lora(lora, path, "kohya")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["k.safetensors"]
+
+
+def test_output_kind_mixups_are_refused(lora, tmp_path):
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(ValueError, match="is a folder; kohya LoRAs are single"):
+        save_lora(lora, tmp_path / "dir.safetensors", "kohya")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; a PEFT adapter is written as a folder"):
+        save_lora(lora, tmp_path / "file", "peft")
+
+
+def test_cli_convert_needs_force_to_replace(lora, tmp_path, capsys):
+    source = save_lora(lora, tmp_path / "in.safetensors", "kohya")
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"the user's own file")
+    argv = ["lora", "convert", str(source), str(out), "--to", "kohya", "--alpha", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"tlcm: {out} exists; refusing to overwrite it (pass --force / overwrite=True to replace it)\n"
+    assert out.read_bytes() == b"the user's own file"
+    assert main([*argv, "--force"]) == 0
+    assert {m.scale for m in load_lora(out).modules.values()} == {0.5}
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    assert main(["lora", "convert", str(source), str(folder), "--to", "peft"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err and not list(folder.iterdir())

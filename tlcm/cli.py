@@ -9,12 +9,18 @@ import argparse
 import importlib
 import sys
 
+from .errors import one_line
+
 SUBCOMMAND_MODULES = (
     "tlcm.generate_cli",
     "tlcm.lora.cli",
     "tlcm.testing.cli",
     "tlcm.demo",
 )
+USER_ERROR = 2
+# What a user can fix (a path, a damaged or foreign file, a setting, NaN from a model or LoRA: NonFiniteError
+# is a ValueError) is reported in one line without a traceback; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; a user error prints ``tlcm: <message>`` on stderr and returns 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"tlcm {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        print(f"tlcm: {one_line(err)}", file=sys.stderr)
+        return USER_ERROR
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ prompt is available (``guidance_scale > 1``) at twice the UNet cost per step.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,11 +15,13 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image, PngImagePlugin
 
-from .scheduler import TLCMScheduler
+from .errors import check_finite
+from .files import atomic_write
 from .schedules import schedule_timesteps
 
 MIN_STEPS, MAX_STEPS = 1, 8
 SAMPLER_NAME = "TLCM"
+_IMAGE_INDEX = re.compile(r"^tlcm-(\d+)-")
 
 
 @dataclass
@@ -87,6 +90,7 @@ def apply_loras(pipe, loras: Sequence[tuple[str, float]], *, alpha: float | None
 
 def use_tlcm_scheduler(pipe, *, eta: float = 1.0, schedule: str = "tlcm") -> None:
     """Swap the pipeline's scheduler for TLCM, keeping the model's own noise schedule and prediction type."""
+    from .scheduler import TLCMScheduler        # imports diffusers: not needed to start the CLI
     pipe.scheduler = TLCMScheduler.from_config(pipe.scheduler.config, eta=eta, schedule=schedule)
 
 
@@ -97,6 +101,7 @@ def generate(pipe, settings: GenerationSettings, *, init_image: Image.Image | No
 
     Precomputed ``prompt_embeds``/``pooled_prompt_embeds`` (e.g. from the Chinese text encoder) replace
     the pipeline's own text encoders. Seeds follow the WebUI convention: image i uses ``seed + i``.
+    A NaN/Inf latent or decoded image raises ``tlcm.errors.NonFiniteError`` rather than returning black images.
     """
     settings.validate()
     use_tlcm_scheduler(pipe, eta=settings.eta, schedule=settings.schedule)
@@ -104,7 +109,7 @@ def generate(pipe, settings: GenerationSettings, *, init_image: Image.Image | No
     generators = [torch.Generator(device).manual_seed(settings.seed + i) for i in range(settings.batch_size)]
     cfg = settings.guidance_scale > 1.0
     kwargs: dict[str, Any] = dict(
-        guidance_scale=settings.guidance_scale if cfg else 0.0, generator=generators,
+        guidance_scale=settings.guidance_scale if cfg else 0.0, generator=generators, output_type="pt",
         height=settings.height, width=settings.width, callback_on_step_end=callback,
         timesteps=schedule_timesteps(settings.steps, settings.schedule,
                                      denoise=settings.strength if init_image is not None else 1.0))
@@ -120,24 +125,44 @@ def generate(pipe, settings: GenerationSettings, *, init_image: Image.Image | No
         kwargs.update(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                       num_images_per_prompt=settings.batch_size)
     if init_image is None:
-        return pipe(**kwargs).images
+        return _to_pil(pipe(**kwargs).images)
     from diffusers import StableDiffusionXLImg2ImgPipeline
     img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
     init = init_image.convert("RGB").resize((settings.width, settings.height))
-    return img2img(image=init, strength=1.0, **kwargs).images   # the TLCM rule is in `timesteps`
+    return _to_pil(img2img(image=init, strength=1.0, **kwargs).images)   # the TLCM rule is in `timesteps`
+
+
+def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """PIL images of the pipeline's [0, 1] output, which must be finite: PIL would turn NaN into black."""
+    from diffusers.image_processor import VaeImageProcessor
+    check_finite(images, "the decoded image", "the VAE overflowed (SDXL's VAE does in float16): run in bfloat16 "
+                 "or float32, or use an fp16-safe VAE")
+    return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images))
+
+
+def _next_index(out_dir: Path) -> int:
+    """One past the highest ``tlcm-NNNNN-`` index in ``out_dir``: new names never meet old ones."""
+    indices = [int(m[1]) for p in out_dir.glob("tlcm-*.png") if (m := _IMAGE_INDEX.match(p.name))]
+    return max(indices, default=-1) + 1
 
 
 def save_images(images: Sequence[Image.Image], out_dir: str | Path, settings: GenerationSettings) -> list[Path]:
-    """Write PNGs whose text chunks hold the A1111 ``parameters`` line and the full settings as JSON."""
+    """Write PNGs whose text chunks hold the A1111 ``parameters`` line and the full settings as JSON.
+
+    Each PNG is written atomically under a fresh index and never replaces an existing file.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = len(list(out_dir.glob("tlcm-*.png")))
+    start = _next_index(out_dir)
     paths = []
     for i, image in enumerate(images):
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", settings.infotext())
         info.add_text("tlcm", json.dumps({**asdict(settings), "seed": settings.seed + i}))
         path = out_dir / f"tlcm-{start + i:05d}-{settings.steps}steps-seed{settings.seed + i}.png"
-        image.save(path, pnginfo=info)
-        paths.append(path)
+        paths.append(_write_png(path, image, info))
     return paths
+
+
+def _write_png(path: Path, image: Image.Image, info: PngImagePlugin.PngInfo) -> Path:
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), overwrite=False)

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import trange
 
+from .errors import SAMPLING_HINT, check_finite
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -93,7 +95,8 @@ def sample_tlcm(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: tor
     """TLCM sampler with the k-diffusion contract: ``model(x, sigma, **extra_args)`` returns x̂0.
 
     ``x`` is the start latent already scaled to ``sigmas[0]`` (the host's job, as for every k-diffusion
-    sampler); ``sigmas`` ends in 0, so the result is the last x̂0, as in the official script.
+    sampler); ``sigmas`` ends in 0, so the result is the last x̂0, as in the official script. A NaN/Inf
+    latent raises ``NonFiniteError`` at the step it appears (hosts show the error instead of a black image).
     """
     _check_eta(eta)
     extra_args = {} if extra_args is None else extra_args
@@ -107,4 +110,5 @@ def sample_tlcm(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: tor
         eps = (x - denoised) / sigma if eta < 1.0 else None
         noise = noise_sampler(sigma, sigma_next) if eta > 0.0 and sigma_next > 0 else None
         x = renoise(denoised, eps, sigma_next, noise, eta)
+        check_finite(x, f"the latent after TLCM step {i + 1} of {len(sigmas) - 1}", SAMPLING_HINT)
     return x

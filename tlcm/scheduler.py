@@ -28,6 +28,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .errors import SAMPLING_HINT, check_finite
 from .sampling import PREDICTION_TYPES, tlcm_step
 from .schedules import OFFICIAL_NUM_SEGMENTS, SCHEDULES, make_alphas_cumprod, schedule_timesteps
 
@@ -120,7 +121,10 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True
              ) -> TLCMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """One TLCM step from ``timestep`` to the next milestone (or to x̂0 after the last one)."""
+        """One TLCM step from ``timestep`` to the next milestone (or to x̂0 after the last one).
+
+        A NaN/Inf result raises ``tlcm.errors.NonFiniteError``: the pipeline would decode it to a black image.
+        """
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps before step")
         if self._step_index is None:
@@ -138,6 +142,7 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
                                  dtype=model_output.dtype)
         prev_sample, denoised = tlcm_step(model_output, sample, alpha_t, alpha_next, noise,
                                           eta=self.config.eta, prediction_type=self.config.prediction_type)
+        check_finite(prev_sample, f"the latent after TLCM step {i + 1} of {len(self.timesteps)}", SAMPLING_HINT)
         self._step_index = i + 1
         if not return_dict:
             return prev_sample, denoised

@@ -33,6 +33,8 @@ def _from_jsonl(text: str, path: Path) -> list[str]:
             item = json.loads(line)
         except json.JSONDecodeError as err:
             raise PromptFileError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+        except RecursionError as err:
+            raise PromptFileError(f"{path}:{number}: JSON nested too deeply to be a prompt") from err
         if isinstance(item, dict):
             key = next((k for k in PROMPT_FIELDS if k in item), None)
             if key is None:
@@ -46,11 +48,14 @@ def _from_jsonl(text: str, path: Path) -> list[str]:
 
 def _from_csv(text: str, path: Path) -> list[str]:
     reader = csv.DictReader(text.splitlines())
-    columns = reader.fieldnames or []
-    key = next((k for k in PROMPT_FIELDS if k in columns), None)
-    if key is None:
-        raise PromptFileError(f"{path}: needs a header with a {'/'.join(PROMPT_FIELDS)} column, got {columns}")
-    return [(row.get(key) or "").strip() for row in reader]
+    try:
+        columns = reader.fieldnames or []
+        key = next((k for k in PROMPT_FIELDS if k in columns), None)
+        if key is None:
+            raise PromptFileError(f"{path}: needs a header with a {'/'.join(PROMPT_FIELDS)} column, got {columns}")
+        return [(row.get(key) or "").strip() for row in reader]
+    except csv.Error as err:       # e.g. a field over csv.field_size_limit()
+        raise PromptFileError(f"{path}:{reader.line_num}: not valid CSV ({err})") from err
 
 
 _READERS = {".txt": _from_txt, ".jsonl": _from_jsonl, ".csv": _from_csv}
@@ -66,6 +71,8 @@ def read_prompts(paths: Sequence[str | Path]) -> list[str]:
         reader = _READERS.get(path.suffix.lower())
         if reader is None:
             raise PromptFileError(f"{path}: unknown prompts file type; use {', '.join(PROMPT_SUFFIXES)}")
+        if path.is_dir():
+            raise PromptFileError(f"{path} is a folder; expected a prompts file")
         if not path.is_file():
             raise PromptFileError(f"prompts file not found: {path}")
         try:

@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import one_line
+from ..file_readers import check_values, read_state_dict
+
 ADAPTER_DOWNLOAD_HINT = (
     "Download the PEA-Diffusion adapter `pytorch_model.bin` from the Hugging Face repo OPPOer/PEA-Diffusion "
     "(a safetensors copy with the same keys also works)")
@@ -63,31 +66,34 @@ class PEAAdapter(nn.Module):
         return self.fc(self.act(x)), x.mean(dim=1)
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "PEAAdapter":
+    def from_state_dict(cls, state: dict[str, torch.Tensor], source: str = "<state dict>") -> "PEAAdapter":
         """Build the adapter whose shapes the weights describe and load them strictly."""
         indices = sorted(int(m.group(1)) for k in state if (m := _PROJECTOR_KEY.match(k)))
         required = {"layernorm.weight", "layernorm.bias", "fc.weight", "fc.bias"}
         if not indices or not required <= state.keys() or indices != list(range(0, 2 * len(indices), 2)):
             raise ValueError(
-                "not a PEA-Diffusion adapter: expected keys layernorm.weight/bias, projector.0.weight, "
+                f"{source} is not a PEA-Diffusion adapter: expected keys layernorm.weight/bias, projector.0.weight, "
                 f"projector.2.weight, ..., fc.weight/bias; found {sorted(state)[:8]}...")
+        check_values(state, source)
         weights = [state[f"projector.{i}.weight"] for i in indices]
+        if any(w.ndim != 2 for w in [*weights, state["fc.weight"]]):
+            raise ValueError(f"{source}: projector and fc weights must be 2-D matrices")
         widths = [weights[0].shape[1]] + [w.shape[0] for w in weights]
         adapter = cls(widths, state["fc.weight"].shape[0])
-        adapter.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        try:
+            adapter.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        except RuntimeError as err:      # torch reports unexpected keys and shape mismatches this way
+            raise ValueError(f"{source}: the weights do not form a PEA adapter ({one_line(err)})") from err
         return adapter.eval()
 
 
 def read_adapter_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file, or upstream's pickled ``pytorch_model.bin`` (tensors only, weights_only)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"PEA adapter file not found: {path}. {ADAPTER_DOWNLOAD_HINT}.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_state_dict(path)
 
 
 def load_adapter(path: str | Path) -> PEAAdapter:
-    return PEAAdapter.from_state_dict(read_adapter_state(path))
+    return PEAAdapter.from_state_dict(read_adapter_state(path), str(path))

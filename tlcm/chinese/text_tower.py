@@ -12,10 +12,10 @@ Trap: ``ChineseCLIPTextModel.from_pretrained`` on that full-model folder only wa
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
+from ..errors import one_line
+from ..file_readers import check_values, read_json, read_state_dict
 
 TEXT_MODEL_DOWNLOAD_HINT = (
     "Download the transformers folder of OFA-Sys/chinese-clip-vit-huge-patch14 from Hugging Face "
@@ -36,11 +36,13 @@ def _weight_file(folder: Path) -> Path:
     return weights[0]
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)   # the HF release is a pickle
+def _model_type(folder: Path) -> str:
+    config = read_json(folder / "config.json")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in _PREFIXES:
+        raise ValueError(f"{folder}/config.json has model_type {model_type!r}; expected one of "
+                         f"{sorted(_PREFIXES)}. {TEXT_MODEL_DOWNLOAD_HINT}.")
+    return model_type
 
 
 def load_text_tower(folder: str | Path):
@@ -48,17 +50,18 @@ def load_text_tower(folder: str | Path):
     from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPTextConfig, ChineseCLIPTextModel
     folder = Path(folder)
     weight_file = _weight_file(folder)
-    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    if model_type not in _PREFIXES:
-        raise ValueError(f"{folder}/config.json has model_type {model_type!r}; expected one of "
-                         f"{sorted(_PREFIXES)}. {TEXT_MODEL_DOWNLOAD_HINT}.")
+    model_type = _model_type(folder)
     config = (ChineseCLIPConfig.from_pretrained(folder).text_config if model_type == "chinese_clip"
               else ChineseCLIPTextConfig.from_pretrained(folder))
     prefix = _PREFIXES[model_type]
-    state = {k[len(prefix):]: v for k, v in _read_weights(weight_file).items()
+    state = {k[len(prefix):]: v for k, v in read_state_dict(weight_file, mmap=True).items()   # HF ships a pickle
              if k.startswith(prefix) and ".pooler." not in f".{k}"}
+    check_values(state, str(weight_file))
     model = ChineseCLIPTextModel(config, add_pooling_layer=False)
-    missing, _ = model.load_state_dict(state, strict=False)
+    try:
+        missing, _ = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:      # torch reports shape mismatches this way
+        raise ValueError(f"{weight_file} does not fit {folder}/config.json ({one_line(err)})") from err
     if missing:
         raise ValueError(f"{folder} holds no weights for {len(missing)} text-tower tensors (e.g. {missing[0]}); "
                          f"is it a Chinese-CLIP checkpoint? {TEXT_MODEL_DOWNLOAD_HINT}.")

@@ -29,7 +29,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     lora = _load(args)
-    out = save_lora(lora, args.output, args.to, dtype=DTYPES[args.dtype])
+    out = save_lora(lora, args.output, args.to, dtype=DTYPES[args.dtype], overwrite=args.force)
     print(f"wrote {args.to} LoRA: {out}\n{lora.summary()}")
     return 0
 
@@ -47,5 +47,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     convert.add_argument("output", help="output .safetensors file (kohya, diffusers) or folder (peft)")
     convert.add_argument("--to", required=True, choices=FORMATS, help="output layout")
     convert.add_argument("--dtype", choices=tuple(DTYPES), default="keep", help="weight dtype of the output")
+    convert.add_argument("--force", action="store_true", help="replace an existing output file or folder")
     convert.set_defaults(func=_convert)
     return parser

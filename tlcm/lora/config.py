@@ -1,26 +1,28 @@
 """PEFT ``LoraConfig`` JSON: find it next to the weights, read the fields that set the scale.
 
 The official TLCM release ships ``lora_model_adapter_config.json`` (not ``adapter_config.json``), so the
-config is recognised by content. Per-module rank/alpha follow PEFT exactly: ``rank_pattern`` and
+config is recognised by content (a file named ``*adapter_config.json`` must be one). Every scale field is
+checked on reading: a string rank, a list alpha or a zero rank is an error naming the file and field, never
+a silently different scale. Per-module rank/alpha follow PEFT exactly: ``rank_pattern`` and
 ``alpha_pattern`` keys are regexes tried in order, the first with ``re.match(rf"(.*\\.)?({key})$", name)``
 wins (peft ``utils.other.get_pattern_key``); ``use_rslora`` makes the scale alpha/sqrt(r).
 """
 from __future__ import annotations
 
-import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..file_readers import read_json
 from .targets import TLCM_TARGET_SUFFIXES
 
 PEFT_DEFAULT_R = 8
 PEFT_DEFAULT_ALPHA = 8          # peft.LoraConfig default, what the official TLCM loader ends up with
 OFFICIAL_RANK = 64
 STANDARD_CONFIG_NAME = "adapter_config.json"
-_MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -37,27 +39,27 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> AdapterConfig:
+        """The config's scale fields, each checked: a wrong type or value is an error naming the field."""
         peft_type = str(data.get("peft_type") or "LORA").upper()
         if peft_type != "LORA":
             raise ValueError(f"{source}: peft_type {peft_type!r} is not supported; only plain LoRA (peft_type LORA)")
         for flag in ("use_dora", "lora_bias"):
-            if data.get(flag):
+            if _flag(data, flag, source):
                 raise ValueError(f"{source}: {flag}=true is not supported (the adapter is not a plain low-rank delta)")
-        targets = data.get("target_modules")
-        return cls(r=int(data.get("r", PEFT_DEFAULT_R)), lora_alpha=float(data.get("lora_alpha", PEFT_DEFAULT_ALPHA)),
-                   rank_pattern={str(k): int(v) for k, v in (data.get("rank_pattern") or {}).items()},
-                   alpha_pattern={str(k): float(v) for k, v in (data.get("alpha_pattern") or {}).items()},
-                   use_rslora=bool(data.get("use_rslora", False)),
-                   target_modules=targets if targets is None or isinstance(targets, str) else tuple(targets),
+        return cls(r=_positive_int(data.get("r", PEFT_DEFAULT_R), "r", source),
+                   lora_alpha=_positive_number(data.get("lora_alpha", PEFT_DEFAULT_ALPHA), "lora_alpha", source),
+                   rank_pattern=_patterns(data, "rank_pattern", _positive_int, source),
+                   alpha_pattern=_patterns(data, "alpha_pattern", _positive_number, source),
+                   use_rslora=_flag(data, "use_rslora", source), target_modules=_targets(data, source),
                    source=source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> AdapterConfig:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"adapter config not found: {path}")
-        data = _read_json(path)
-        if data is None or not looks_like_lora_config(data):
+        data = read_json(path)
+        if not looks_like_lora_config(data):
             raise ValueError(f"{path} is not a PEFT LoRA config (needs r / target_modules / peft_type fields)")
         return cls.from_dict(data, str(path))
 
@@ -92,22 +94,83 @@ def pattern_key(patterns: Mapping[str, Any], name: str) -> str:
     return name
 
 
+def _field_error(source: str, name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"{source}: field {name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _positive_int(value: Any, name: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _field_error(source, name, value, "a positive integer")
+    return value
+
+
+def _positive_number(value: Any, name: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _field_error(source, name, value, "a positive finite number")
+    return float(value)
+
+
+def _flag(data: Mapping[str, Any], name: str, source: str) -> bool:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _field_error(source, name, value, "true or false")
+    return bool(value)
+
+
+def _patterns(data: Mapping[str, Any], name: str, parse: Callable[[Any, str, str], Any], source: str) -> dict:
+    """``rank_pattern``/``alpha_pattern``: regex keys (compiled here so a bad one fails now) to checked values."""
+    patterns = data.get(name) or {}
+    if not isinstance(patterns, dict):
+        raise _field_error(source, name, patterns, "an object of pattern: value")
+    for key in patterns:
+        try:
+            re.compile(rf"(.*\.)?({key})$")        # the form pattern_key matches with
+        except re.error as err:
+            raise ValueError(f"{source}: field {name} has an invalid regex {key!r} ({err})") from err
+    return {key: parse(value, f"{name}[{key!r}]", source) for key, value in patterns.items()}
+
+
+def _targets(data: Mapping[str, Any], source: str) -> tuple[str, ...] | str | None:
+    targets = data.get("target_modules")
+    if targets is None or isinstance(targets, str):
+        return targets
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise _field_error(source, "target_modules", targets, "a list of module names or a regex string")
+    return tuple(targets)
+
+
 def looks_like_lora_config(data: Any) -> bool:
     return isinstance(data, dict) and ("peft_type" in data or {"r", "target_modules"} <= data.keys())
 
 
-def _read_json(path: Path) -> Any:
-    if path.stat().st_size > _MAX_CONFIG_BYTES:
-        return None
+def _is_named_config(path: Path) -> bool:
+    """``adapter_config.json``, or a prefixed one like the official ``lora_model_adapter_config.json``."""
+    return path.name.endswith(STANDARD_CONFIG_NAME)
+
+
+def _lora_config_data(path: Path) -> Any:
+    """A named config must be readable; another JSON file is a config only if it reads as one."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        return read_json(path)
+    except ValueError:
+        if _is_named_config(path):
+            raise
         return None
 
 
 def find_adapter_config(folder: Path) -> Path | None:
-    """The one LoRA config JSON in ``folder``, whatever its name; ``adapter_config.json`` wins a tie."""
-    found = [p for p in sorted(folder.glob("*.json")) if looks_like_lora_config(_read_json(p))]
+    """The one LoRA config JSON in ``folder``, whatever its name; ``adapter_config.json`` wins a tie.
+
+    A file named ``*adapter_config.json`` that is not valid JSON is an error, never skipped: the scale
+    would silently fall back to PEFT's default alpha.
+    """
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        data = _lora_config_data(path)
+        if looks_like_lora_config(data):
+            found.append(path)
+        elif _is_named_config(path):
+            raise ValueError(f"{path} is not a PEFT LoRA config (needs r / target_modules / peft_type fields)")
     if len(found) > 1:
         standard = [p for p in found if p.name == STANDARD_CONFIG_NAME]
         if not standard:

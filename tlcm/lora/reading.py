@@ -11,25 +11,27 @@ Alpha policy (the scale is ``alpha / rank``), first that applies:
    uses, stated in ``notes``.
 4. Otherwise (diffusers ``unet.*``, kohya without ``.alpha``): alpha = rank, i.e. scale 1, as diffusers,
    ComfyUI and A1111 assume.
+
+Nothing in the file is trusted: a damaged file, integer or boolean weights, mismatched shapes and NaN/Inf
+(``tlcm.errors.NonFiniteError``) are errors naming the file and the tensor or module, before any merge.
 """
 from __future__ import annotations
 
 import logging
-import pickle
+import math
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from ..file_readers import TENSOR_SUFFIXES, check_values, read_state_dict
 from .config import PEFT_DEFAULT_ALPHA, AdapterConfig, find_adapter_config
 from .keys import ParsedKeys, parse_keys
 from .weights import LoraFile, LoraModule
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 _FOLDER_WEIGHT_NAMES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "adapter_model.bin")
 
 
@@ -42,40 +44,11 @@ def locate_weights(path: Path) -> Path:
     for name in _FOLDER_WEIGHT_NAMES:
         if (path / name).is_file():
             return path / name
-    candidates = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    candidates = sorted(p for p in path.iterdir() if p.suffix in TENSOR_SUFFIXES and p.is_file())
     if len(candidates) != 1:
-        raise ValueError(f"{path}: expected one LoRA weight file ({', '.join(WEIGHT_SUFFIXES)}) in the folder, "
+        raise ValueError(f"{path}: expected one LoRA weight file ({', '.join(TENSOR_SUFFIXES)}) in the folder, "
                          f"found {[p.name for p in candidates] or 'none'}; pass the file itself")
     return candidates[0]
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, or of a pickle loaded with ``weights_only=True`` (no code runs)."""
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"cannot read {path} as safetensors ({err}); "
-                             "the file is damaged or not safetensors") from err
-    if suffix not in PICKLE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {suffix or '(none)'}; use .safetensors "
-                         f"(or a tensor-only pickle: {', '.join(PICKLE_SUFFIXES)})")
-    try:
-        data: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {str(err).splitlines()[0]}. "
-                         "Pickles that need code are refused; convert the LoRA to .safetensors") from err
-    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
-        data = data["state_dict"]
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a dict of tensors")
-    bad = [k for k, v in data.items() if not isinstance(v, (torch.Tensor, int, float))]
-    if bad:
-        raise ValueError(f"{path}: entries that are not tensors: {bad[:3]}")
-    return {str(k): v if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for k, v in data.items()}
 
 
 def _resolve_config(parsed: ParsedKeys, weights: Path, config: str | Path | Mapping | AdapterConfig | None,
@@ -112,6 +85,18 @@ def _module_alpha(name: str, rank: int, tensors: dict[str, torch.Tensor], cfg: A
     return cfg.alpha_for(name) if cfg is not None else float(rank)
 
 
+def _module(name: str, tensors: dict[str, torch.Tensor], cfg: AdapterConfig | None,
+            override: float | None) -> LoraModule:
+    shaped = LoraModule(tensors["down"], tensors["up"], 1.0)     # checks the shapes before the rank is read
+    return replace(shaped, alpha=_module_alpha(name, shaped.rank, tensors, cfg, override),
+                   rslora=bool(cfg and cfg.use_rslora))
+
+
+def _check_alpha_override(alpha: float | None) -> None:
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+
+
 def load_lora(path: str | Path, *, config: str | Path | Mapping | AdapterConfig | None = None,
               alpha: float | None = None) -> LoraFile:
     """Read a UNet LoRA in PEFT, diffusers or kohya layout (file or PEFT folder). See the module doc for alpha.
@@ -119,8 +104,11 @@ def load_lora(path: str | Path, *, config: str | Path | Mapping | AdapterConfig 
     ``config``: a PEFT LoRA config (path, dict) overriding discovery; ``alpha``: one alpha for all modules.
     Text-encoder keys end up in ``LoraFile.skipped``; kohya names stay flattened (``names_resolved=False``).
     """
+    _check_alpha_override(alpha)
     weights = locate_weights(Path(path))
-    parsed = parse_keys(read_state_dict(weights), str(weights))
+    state = read_state_dict(weights)
+    parsed = parse_keys(state, str(weights))
+    check_values(state, str(weights), number_suffixes=(".alpha",))
     notes: list[str] = []
     cfg = _resolve_config(parsed, weights, config, notes)
     if cfg is not None and (warning := cfg.official_scale_warning()) and alpha is None:
@@ -134,10 +122,8 @@ def load_lora(path: str | Path, *, config: str | Path | Mapping | AdapterConfig 
         notes.append(f"only text-encoder keys ({len(parsed.skipped)}): nothing applies to the UNet")
     modules = {}
     for name, tensors in parsed.parts.items():
-        down, up = tensors["down"], tensors["up"]
         try:
-            modules[name] = LoraModule(down, up, _module_alpha(name, int(down.shape[0]), tensors, cfg, alpha),
-                                       rslora=bool(cfg and cfg.use_rslora))
+            modules[name] = _module(name, tensors, cfg, alpha)
         except ValueError as err:
             raise ValueError(f"{weights}: module {name!r}: {err}") from err
     if parsed.skipped:

@@ -32,6 +32,11 @@ class LoraModule:
         if self.up.shape[1] != self.down.shape[0] or (self.up.ndim == 4 and self.up.shape[2:] != (1, 1)):
             raise ValueError(f"LoRA up {tuple(self.up.shape)} does not fit down {tuple(self.down.shape)}: "
                              "up must be (out, rank[, 1, 1]) and down (rank, in[, kh, kw])")
+        if 0 in self.down.shape or 0 in self.up.shape:
+            raise ValueError(f"LoRA down {tuple(self.down.shape)} / up {tuple(self.up.shape)} are empty (rank or "
+                             "width 0)")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"LoRA alpha must be a finite number, got {self.alpha!r}")
 
     @property
     def rank(self) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic_save_safetensors, atomic_write_text, check_writable
 from .keys import flatten_name
 from .names import resolve_names
 from .targets import sdxl_unet_module_names
@@ -91,26 +92,40 @@ def to_peft(lora: LoraFile, dtype: torch.dtype | None = None) -> tuple[dict, dic
     return config, state
 
 
-def save_lora(lora: LoraFile, path: str | Path, fmt: str, *, dtype: torch.dtype | None = None) -> Path:
-    """Write ``lora`` as ``fmt`` (kohya/diffusers: a .safetensors file; peft: a folder). Returns the path.
-
-    ``dtype`` casts the weight tensors (None keeps the file's dtype; kohya ``.alpha`` stays float32).
-    """
-    from safetensors.torch import save_file
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown LoRA format {fmt!r}; choose one of {', '.join(FORMATS)}")
+def _check_target(path: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse before any conversion work: a taken name without ``overwrite``, or a file/folder mix-up."""
     if fmt == "peft":
         if path.suffix:
             raise ValueError(f"a PEFT adapter is a folder; got a file name {path} (drop the {path.suffix})")
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; a PEFT adapter is written as a folder")
+    else:
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{fmt} LoRAs are written as .safetensors; got {path}")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; {fmt} LoRAs are single .safetensors files")
+    check_writable(path, overwrite=overwrite)
+
+
+def save_lora(lora: LoraFile, path: str | Path, fmt: str, *, dtype: torch.dtype | None = None,
+              overwrite: bool = True) -> Path:
+    """Write ``lora`` as ``fmt`` (kohya/diffusers: a .safetensors file; peft: a folder). Returns the path.
+
+    ``dtype`` casts the weight tensors (None keeps the file's dtype; kohya ``.alpha`` stays float32).
+    Every file is written atomically (``tlcm.files``), so a reader never sees half a LoRA. ``overwrite``
+    defaults to True for library callers, which name their own outputs (hosts number them, the trainer owns
+    its run folder); ``tlcm lora convert`` passes False unless ``--force``, so a typed path never clobbers
+    a user's file. With False an existing target (for peft: the folder) is a ``FileExistsError``.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown LoRA format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    _check_target(path, fmt, overwrite)
+    if fmt == "peft":
         config, state = to_peft(lora, dtype)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
-        (path / PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        atomic_save_safetensors(path / PEFT_WEIGHTS_NAME, state, {"format": "pt"}, overwrite=overwrite)
+        atomic_write_text(path / PEFT_CONFIG_NAME, json.dumps(config, indent=2) + "\n", overwrite=overwrite)
         return path
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{fmt} LoRAs are written as .safetensors; got {path}")
     state = to_kohya_state_dict(lora, dtype) if fmt == "kohya" else to_diffusers_state_dict(lora, dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"format": "pt"})
+    atomic_save_safetensors(path, state, {"format": "pt"}, overwrite=overwrite)
     return path

@@ -12,6 +12,8 @@ import importlib.metadata
 import json
 from pathlib import Path
 
+from ..files import atomic_write_text
+
 BPE_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2
 
@@ -55,14 +57,12 @@ def write_clip_tokenizer(directory: str | Path, model_max_length: int = 77, pad_
     byte_chars = list(_bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False),
-                                          encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
-                                          encoding="utf-8")
+    atomic_write_text(directory / "vocab.json", json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
+    atomic_write_text(directory / "merges.txt", "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     config = {"model_max_length": model_max_length, "bos_token": "<|startoftext|>",
               "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token,
               "tokenizer_class": "CLIPTokenizer", "do_lower_case": True}
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (directory / "special_tokens_map.json").write_text(json.dumps(
-        {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2), encoding="utf-8")
+    atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+    atomic_write_text(directory / "special_tokens_map.json", json.dumps(
+        {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2))
     return directory

@@ -7,13 +7,13 @@ A diffusers folder is recognised by ``model_index.json``; a single-file checkpoi
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..file_readers import read_json
+
 DOWNLOAD_HINT = ("Download e.g. stabilityai/stable-diffusion-xl-base-1.0 (diffusers folder) or "
                  "sd_xl_base_1.0.safetensors and pass its local path.")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
@@ -43,29 +43,58 @@ def _not_sdxl(path: Path, what: str) -> ValueError:
     return ValueError(f"{path} is {what}; TLCM needs an SDXL base model. {DOWNLOAD_HINT}")
 
 
+def _read_index(index_file: Path) -> dict:
+    try:
+        index = read_json(index_file)
+    except ValueError as err:
+        raise ValueError(f"{err}; re-download the model.") from err
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_file} holds a JSON {type(index).__name__}, not an object; re-download the model.")
+    return index
+
+
+def _declared(index: dict, component: str, index_file: Path) -> bool:
+    """model_index.json lists ``component`` as a ``[library, class]`` pair (absent or ``[null, null]``: not)."""
+    entry = index.get(component)
+    if entry is None or entry == [None, None]:
+        return False
+    if isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
+        return True
+    raise ValueError(f"{index_file}: {component!r} is {entry!r}, not a [library, class] pair; re-download the model.")
+
+
+def _check_weight_headers(folder: Path) -> None:
+    """Open the header of every component's .safetensors file: truncated or garbled ones fail here, named."""
+    from safetensors import safe_open
+    for path in sorted(folder.glob("*/*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:   # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"{path} is damaged ({err}); re-download the model.") from err
+
+
 def check_sdxl_folder(path: Path) -> None:
-    """Raise unless ``path`` is a complete diffusers SDXL base pipeline folder."""
+    """Raise unless ``path`` is a complete diffusers SDXL base pipeline folder with readable weight headers."""
     index_file = path / "model_index.json"
     if not index_file.is_file():
         parent_hint = (f" {path.parent} has one: pass that folder instead."
                        if (path.parent / "model_index.json").is_file() else "")
         raise ValueError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).{parent_hint} "
                          "Pass the folder that contains model_index.json, or a single-file .safetensors checkpoint.")
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{index_file} is not valid JSON ({err}); re-download the model.") from err
+    index = _read_index(index_file)
     class_name = str(index.get("_class_name", ""))
-    if index.get("text_encoder_2") and not (index.get("text_encoder") or [None])[0]:
+    if _declared(index, "text_encoder_2", index_file) and not _declared(index, "text_encoder", index_file):
         raise _not_sdxl(path, "an SDXL refiner (one text encoder)")
     if not class_name.startswith("StableDiffusionXL"):
         what = ("a Stable Diffusion 1.x/2.x pipeline" if class_name.startswith("StableDiffusion")
                 else f"a {class_name or 'pipeline of unknown type'}")
         raise _not_sdxl(path, f"{what} ({class_name or 'no _class_name'})")
-    missing = [c for c in SDXL_COMPONENTS if c not in index or not (path / c).is_dir()]
+    missing = [c for c in SDXL_COMPONENTS if not _declared(index, c, index_file) or not (path / c).is_dir()]
     if missing:
         raise ValueError(f"{path} is an incomplete SDXL folder: missing {', '.join(missing)}. "
                          "Re-download the whole model repository.")
+    _check_weight_headers(path)
 
 
 def inspect_single_file(path: Path) -> SingleFileInfo:

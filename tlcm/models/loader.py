@@ -7,12 +7,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
+from ..file_readers import PICKLE_SUFFIXES
 from .configs import single_file_config
-from .detect import DOWNLOAD_HINT, PICKLE_SUFFIXES, check_sdxl_folder, inspect_single_file
+from .detect import DOWNLOAD_HINT, check_sdxl_folder, inspect_single_file
 from .device import auto_device_dtype
 
 PIPELINE_KINDS = ("txt2img", "img2img")
+
+# What diffusers/transformers raise on a folder whose component files are missing, truncated or garbled
+# (OSError: missing files or invalid JSON; SafetensorError: damaged weights; TypeError/ValueError: configs
+# with wrong types or classes; RuntimeError/KeyError: weights that do not fit the config).
+_DAMAGED_FOLDER_ERRORS = (OSError, SafetensorError, ValueError, TypeError, KeyError, RuntimeError)
 
 
 def _fp16_variant(folder: Path) -> str | None:
@@ -39,13 +46,19 @@ def _resolve(path: Path) -> str:
 
 
 def _check_complete(pipe: Any, path: Path) -> None:
-    """diffusers leaves tensors absent from a single file on the meta device instead of failing."""
+    """diffusers leaves tensors absent from a single file on the meta device, and transformers builds a
+    near-empty tokenizer from a folder without its files, instead of failing."""
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
             empty = [k for k, t in component.state_dict().items() if t.is_meta]
             if empty:
                 raise ValueError(f"{path}: {name} tensors missing from the checkpoint ({empty[:3]}...); the file "
                                  "is incomplete or its configs do not match it.")
+    for tokenizer, encoder in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        known, embedded = len(pipe.components[tokenizer]), pipe.components[encoder].config.vocab_size
+        if known < embedded:
+            raise ValueError(f"{path}: {tokenizer} knows {known} tokens but {encoder} embeds {embedded}; the "
+                             "tokenizer files are missing or damaged: re-download the model.")
 
 
 def _own_cpu_memory(pipe: Any) -> None:
@@ -109,8 +122,12 @@ def _load_base(path: Path, kind: str, dtype: torch.dtype, config: str | os.PathL
         if config is not None:
             raise ValueError(f"config= only applies to single-file checkpoints; {path} is a diffusers folder "
                              "with its own configs.")
-        return StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                         variant=_fp16_variant(path))
+        try:
+            return StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                             variant=_fp16_variant(path))
+        except _DAMAGED_FOLDER_ERRORS as err:
+            raise ValueError(f"{path} could not be loaded ({type(err).__name__}: {err}); a component's files are "
+                             "missing or damaged: re-download the model.") from err
     from diffusers.loaders.single_file_utils import SingleFileComponentError
     with single_file_config(inspect_single_file(path), config) as config_dir:
         try:
