@@ -16,6 +16,8 @@ from typing import Any
 import gradio as gr
 from modules import scripts, shared
 
+from tlcm.errors import one_line
+
 from . import SAMPLER_NAME, lora_folder
 from .applied_loras import applied_loras
 from .mode import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, apply_tlcm_mode, check_mode_args, main_control_values, \
@@ -41,10 +43,9 @@ def report(p: Any, message: str) -> None:
         params[INFOTEXT_WARNING] = f"{earlier}; {message}" if earlier else message
 
 
-def one_line(err: BaseException) -> str:
-    """``Type: first line of the message``: what a user sees of an unexpected error."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+def describe(err: BaseException) -> str:
+    """What a user sees of an unexpected error: its type and its message on one line."""
+    return f"{type(err).__name__}: {one_line(err)}"
 
 
 def lora_dir() -> Path:
@@ -61,7 +62,7 @@ def lora_status() -> str:
     try:
         pending = [item for item in lora_folder.scan(lora_dir()) if not item.is_converted]
     except Exception as err:  # a UI callback must answer, never raise into the host (HTTP 500)
-        return f"<p>TLCM: could not scan the Lora folder: {html.escape(one_line(err))}</p>"
+        return f"<p>TLCM: could not scan the Lora folder: {html.escape(describe(err))}</p>"
     if not pending:
         return f"<p>No unconverted PEFT/diffusers LoRA files in <code>{html.escape(str(lora_dir()))}</code>.</p>"
     rows = "".join(f"<li>{html.escape(lora_folder.warning_text(item))}</li>" for item in pending)
@@ -75,12 +76,12 @@ def convert_pending() -> str:
     try:
         pending = [i for i in lora_folder.scan(lora_dir()) if not i.is_converted]
     except Exception as err:  # a UI callback must answer, never raise into the host (HTTP 500)
-        return f"<p>TLCM: could not scan the Lora folder: {html.escape(one_line(err))}</p>"
+        return f"<p>TLCM: could not scan the Lora folder: {html.escape(describe(err))}</p>"
     for item in pending:
         try:
             lines.append(lora_folder.convert(item))
         except Exception as err:  # one bad file must not hide the others' results
-            lines.append(f"{item.path.name}: not converted: {one_line(err)}")
+            lines.append(f"{item.path.name}: not converted: {describe(err)}")
         print(f"[TLCM] {lines[-1]}", file=sys.stderr)
     if not lines:
         return lora_status()
@@ -171,7 +172,7 @@ class TLCMScript(scripts.Script):
         try:
             warn_about_peft_loras(p)
         except Exception as err:  # a warning helper must never stop the generation
-            report(p, f"could not check the prompt's LoRA files: {one_line(err)}")
+            report(p, f"could not check the prompt's LoRA files: {describe(err)}")
         try:
             enabled, steps = check_mode_args(enabled, steps)
         except ValueError as err:
@@ -186,4 +187,4 @@ class TLCMScript(scripts.Script):
         try:
             report_applied_loras(p)
         except Exception as err:  # the report is advice; the generation goes on
-            report(p, f"could not count the applied LoRA modules: {one_line(err)}")
+            report(p, f"could not count the applied LoRA modules: {describe(err)}")
