@@ -135,3 +135,14 @@ def test_comfyui_pack_install_changes_nothing(comfyui, tmp_path):
     proc = run(comfyui, "-m", "pip", "install", "-q", "--dry-run", "--report", report, "-r", REPO / "requirements.txt")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(report.read_text())["install"] == []
+
+
+def test_a1111_diffusers_commands_name_the_extra_to_install(a1111, tmp_path):
+    """Without diffusers (a host install) `tlcm generate` is one line saying what to install, exit 2."""
+    from tlcm.testing.build import build_tiny_sdxl
+    kit = build_tiny_sdxl(tmp_path / "kit")
+    proc = run(a1111, "-m", "tlcm", "generate", "--model", kit.diffusers, "--prompt", "a", "--out", tmp_path / "o")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        'tlcm: tlcm generate needs diffusers, which is not installed: pip install "tlcm-suite[diffusers]" '
+        "(host installs leave it out on purpose)"]

@@ -21,6 +21,8 @@ USER_ERROR = 2
 # What a user can fix (a path, a damaged or foreign file, a setting, NaN from a model or LoRA: NonFiniteError
 # is a ValueError) is reported in one line without a traceback; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError)
+# Packages of the [diffusers] extra: a host install (ComfyUI, WebUI, plain `pip install .`) lacks them.
+EXTRA_MODULES = {"diffusers", "transformers", "PIL", "peft", "accelerate"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as err:
         print(f"tlcm: {one_line(err)}", file=sys.stderr)
+        return USER_ERROR
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in EXTRA_MODULES:
+            raise
+        print(f"tlcm: tlcm {args.command} needs {err.name.split('.')[0]}, which is "
+              "not installed: pip install \"tlcm-suite[diffusers]\" (host installs leave it out on purpose)",
+              file=sys.stderr)
         return USER_ERROR
 
 
