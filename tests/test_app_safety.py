@@ -268,7 +268,7 @@ def test_resuming_reads_no_checkpoint_in_the_app(tmp_path, launched, monkeypatch
 
 def test_the_trainers_own_refusal_is_what_the_app_shows(tmp_path):
     """A trainer started outside the app holds the folder: the app's run fails with the CLI's one line."""
-    from train.checkpoint import claim_output
+    from train.run_folder import claim_output
     folder = tmp_path / "run"
     manager = JobManager()
     with claim_output(folder, fresh=True, overwrite=False):        # this process is that other trainer

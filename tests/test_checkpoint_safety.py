@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 
 from tlcm.testing.build import build_tiny_sdxl
 from train import checkpoint as ckpt
-from train.checkpoint import (LOCK_NAME, CheckpointError, RunFolderError, claim_output, flatten_state,
-                              load_checkpoint, load_state, save_state, unflatten_state, verify_checkpoint,
-                              write_manifest)
+from train.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint, write_manifest
 from train.cli import main as cli_main
 from train.loop import Trainer
+from train.run_folder import LOCK_NAME, RunFolderError, claim_output
+from train.state_files import flatten_state, load_state, save_state, unflatten_state
 
 REPO = Path(__file__).resolve().parents[1]
 LAST = "checkpoint-00000003"

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tlcm.testing.build import build_tiny_sdxl
-from train.checkpoint import load_state, verify_checkpoint
+from train.checkpoint import verify_checkpoint
+from train.state_files import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """Checkpoints for exact resume (student LoRA, optimizer, LR scheduler, every RNG, step, prompt position),
-stored without pickle and verified on resume; and the output folder as the property of one run.
+verified before anything in them is used, so a damaged or altered checkpoint is refused with a reason.
 
 Layout of ``<output>/checkpoints/checkpoint-<step>/``:
 
@@ -10,31 +10,19 @@ Layout of ``<output>/checkpoints/checkpoint-<step>/``:
   RNG, prompt position;
 - ``manifest.json``, written last: size and sha256 of every other file.
 
-Tensors go to safetensors and everything else to JSON (:func:`flatten_state`), so resuming a checkpoint
-someone else shared never runs an unpickler, which could execute arbitrary code. Every file is written
-atomically (``tlcm.files``) into ``checkpoint-<step>.tmp``, renamed when complete. Resume verifies the
-manifest; ``latest`` skips damaged checkpoints with a warning. Multi-node runs need the output folder on
-a shared filesystem.
-
-One output folder holds one run: :func:`claim_output` keeps ``.tlcm-train.lock`` (pid and host) while it
-runs, and refuses to start a fresh run over an earlier run's outputs unless told to replace them.
+Every state is a pickle-free file pair (``train.state_files``), so resuming a checkpoint someone else
+shared never runs an unpickler. Every file is written atomically (``tlcm.files``) into
+``checkpoint-<step>.tmp``, renamed when complete. Resume verifies the manifest; ``latest`` skips damaged
+checkpoints with a warning. Multi-node runs need the output folder on a shared filesystem.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import signal
-import socket
-import sys
-import threading
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,28 +32,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from tlcm.errors import one_line
 from tlcm.files import atomic_save_safetensors, atomic_write_text
 
-from .export import EXPORT_NAMES
+from .run_folder import RunFolderError
+from .state_files import load_state, save_state
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"                 # the output folder's subfolder of checkpoint-<step> folders
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "manifest.json"
 FORMAT = "tlcm-train-checkpoint/1"
 REQUIRED = ("student.safetensors", "trainer.json", "trainer.safetensors", "rank0.json", "rank0.safetensors")
-TENSOR, TUPLE, DICT = "__tensor__", "__tuple__", "__dict__"
-JSON_SCALARS = (type(None), bool, int, float, str)
-
-LOCK_NAME = ".tlcm-train.lock"
-RUN_OUTPUTS = ("config.yaml", "status.json", f"{CHECKPOINTS}/checkpoint-*", "samples/step-*.png", "logs/metrics.jsonl",
-               "logs/tensorboard", *(f"lora/{name}" for name in EXPORT_NAMES.values()))
-"""What a run writes into its output folder (globs): all that ``--overwrite`` removes, so other files stay."""
-
-
-class RunFolderError(RuntimeError):
-    """The output folder, or a checkpoint in it, cannot be used; the one-line message says why and what to do."""
 
 
 class CheckpointError(RunFolderError):
@@ -80,82 +58,6 @@ class ResumeState:
     prompt_position: int
     config_digest: str
     techniques: dict[str, Any]       # saved technique states by name (see train/technique.py)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-# -- nested state <-> (JSON skeleton, tensors) ------------------------------------------------------------
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}/{key}" if path else str(key)
-
-
-def flatten_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Split a nested state (dicts with str/int keys, lists, tuples, tensors, JSON scalars) into a JSON
-    skeleton with ``{"__tensor__": name}`` placeholders and the ``{name: tensor}`` they point to.
-
-    JSON alone would turn tuples into lists (torch wants Adam's ``betas`` as a tuple, ``random.setstate``
-    a tuple) and int keys into strings (``optimizer.state_dict()["state"]``), so those are tagged
-    (``__tuple__``, ``__dict__``) for :func:`unflatten_state` to restore exactly.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-
-    def walk(value: Any, path: str) -> Any:
-        if isinstance(value, torch.Tensor):
-            if path in tensors:
-                raise ValueError(f"two tensors of the state would be stored as {path!r}")
-            tensors[path] = value
-            return {TENSOR: path}
-        if isinstance(value, tuple):
-            return {TUPLE: [walk(v, _join(path, i)) for i, v in enumerate(value)]}
-        if isinstance(value, list):
-            return [walk(v, _join(path, i)) for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            if all(isinstance(k, str) and not k.startswith("__") for k in value):
-                return {k: walk(v, _join(path, k)) for k, v in value.items()}
-            if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in value):
-                raise TypeError(f"state keys at {path or '/'} must be str or int, not {sorted(map(repr, value))[:3]}")
-            return {DICT: [[k, walk(v, _join(path, k))] for k, v in value.items()]}
-        if isinstance(value, JSON_SCALARS):
-            return value
-        raise TypeError(f"cannot store a {type(value).__name__} (at {path or '/'}) in a checkpoint: tensors, numbers, "
-                        "strings, None, lists, tuples and dicts only")
-
-    return walk(state, ""), tensors
-
-
-def unflatten_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    """The state :func:`flatten_state` split into ``skeleton`` and ``tensors``."""
-    if isinstance(skeleton, list):
-        return [unflatten_state(v, tensors) for v in skeleton]
-    if not isinstance(skeleton, dict):
-        return skeleton
-    if skeleton.keys() == {TENSOR}:
-        return tensors[skeleton[TENSOR]]
-    if skeleton.keys() == {TUPLE}:
-        return tuple(unflatten_state(v, tensors) for v in skeleton[TUPLE])
-    if skeleton.keys() == {DICT}:
-        return {k: unflatten_state(v, tensors) for k, v in skeleton[DICT]}
-    return {k: unflatten_state(v, tensors) for k, v in skeleton.items()}
-
-
-def save_state(folder: Path, name: str, state: Any) -> None:
-    """``state`` as ``<name>.safetensors`` (its tensors) and ``<name>.json`` (the rest), each written atomically."""
-    skeleton, tensors = flatten_state(state)
-    atomic_save_safetensors(folder / f"{name}.safetensors", {k: v.detach().cpu() for k, v in tensors.items()})
-    atomic_write_text(folder / f"{name}.json", json.dumps(skeleton))
-
-
-def load_state(folder: Path, name: str) -> Any:
-    """What :func:`save_state` wrote; ``CheckpointError`` if the two files are unreadable or do not match."""
-    try:
-        skeleton = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-        return unflatten_state(skeleton, load_file(str(folder / f"{name}.safetensors")))
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
-        raise CheckpointError(f"{folder}: {name}.json/.safetensors are unreadable ({_first_line(err)})") from err
 
 
 # -- RNG states -----------------------------------------------------------------------------------------------
@@ -214,7 +116,7 @@ def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
                 isinstance(e["bytes"], int) and isinstance(e["sha256"], str) for e in files.values()):
             raise ValueError(f"not a {FORMAT} manifest")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path}: {MANIFEST} is unreadable ({_first_line(err)})") from err
+        raise CheckpointError(f"{path}: {MANIFEST} is unreadable ({one_line(err)})") from err
     odd = [name for name in files if Path(name).name != name or name in ("", ".", "..", MANIFEST)]
     missing = [name for name in REQUIRED if name not in files]
     if odd or missing:
@@ -316,7 +218,10 @@ def load_checkpoint(path: Path, *, load_lora: Callable[[dict[str, torch.Tensor]]
     unlisted = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != MANIFEST)
     if unlisted:
         log.warning("%s: ignoring %s (not in its manifest)", path, ", ".join(unlisted))
-    trainer, rng = load_state(path, "trainer"), load_state(path, f"rank{rank}")
+    try:
+        trainer, rng = load_state(path, "trainer"), load_state(path, f"rank{rank}")
+    except ValueError as err:                   # the state files: unreadable or not matching
+        raise CheckpointError(str(err)) from err
     try:
         load_lora(load_file(str(path / "student.safetensors")))
         optimizer.load_state_dict(trainer["optimizer"])
@@ -325,113 +230,4 @@ def load_checkpoint(path: Path, *, load_lora: Callable[[dict[str, torch.Tensor]]
         return ResumeState(int(trainer["step"]), int(rng["prompt_position"]), str(trainer["config_digest"]),
                            trainer["techniques"])
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
-        raise CheckpointError(f"{path} does not fit this run ({_first_line(err)})") from err
-
-
-# -- the output folder: one run -----------------------------------------------------------------------------
-
-def earlier_run_outputs(output_dir: Path) -> list[Path]:
-    """What an earlier run wrote into ``output_dir`` (:data:`RUN_OUTPUTS`); other files are not listed."""
-    return sorted({p for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern)})
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # alive, another user's
-        return True
-    return True
-
-
-def _create_lock(lock: Path) -> bool:
-    """Create ``lock`` holding this process's pid and host; False if it exists (O_EXCL: one winner)."""
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
-    return True
-
-
-def _lock_owner(lock: Path) -> tuple[int, str] | None:
-    """(pid, host) of the lock's owner; None if the lock is gone, empty (being created) or unreadable."""
-    try:
-        owner = json.loads(lock.read_text(encoding="utf-8"))
-        pid, host = owner["pid"], owner["host"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return (pid, host) if isinstance(pid, int) and pid > 0 and isinstance(host, str) else None
-
-
-def _take_lock(lock: Path) -> None:
-    """Own ``lock``, taking over one left by a dead process on this host; ``RunFolderError`` if it is held."""
-    if _create_lock(lock):
-        return
-    owner = _lock_owner(lock)
-    if owner is None:
-        raise RunFolderError(f"{lock.parent} is locked by another tlcm-train run ({lock} is unreadable); delete that "
-                             "file if no run is using the folder")
-    pid, host = owner
-    if host != socket.gethostname() or _pid_alive(pid):
-        raise RunFolderError(f"{lock.parent} is in use by another tlcm-train run (PID {pid} on {host}); wait for it "
-                             f"to end or choose another output folder (if that run is gone, delete {lock})")
-    log.warning("taking over the lock of a run that is gone (PID %d on %s): %s", pid, host, lock)
-    lock.unlink(missing_ok=True)
-    if not _create_lock(lock):
-        raise RunFolderError(f"{lock.parent} was just taken by another tlcm-train run; choose another output folder")
-
-
-def _release_lock(lock: Path) -> None:
-    if _lock_owner(lock) == (os.getpid(), socket.gethostname()):
-        lock.unlink(missing_ok=True)
-
-
-def _start_fresh(output_dir: Path, overwrite: bool) -> None:
-    """Refuse an earlier run's outputs, or remove them (only them) when ``overwrite``."""
-    earlier = earlier_run_outputs(output_dir)
-    if not earlier:
-        return
-    names = ", ".join(sorted({p.relative_to(output_dir).parts[0] for p in earlier}))
-    if not overwrite:
-        raise RunFolderError(f"{output_dir} holds an earlier run ({names}); continue it with --resume latest, or "
-                             "replace its outputs with --overwrite")
-    log.warning("--overwrite: removing the earlier run's outputs in %s (%s)", output_dir, names)
-    for path in earlier:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-@contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """Inside, SIGTERM raises ``SystemExit`` so that ``finally`` blocks run (only the main thread gets signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)     # None: set outside Python
-
-
-@contextmanager
-def claim_output(output_dir: Path, *, fresh: bool, overwrite: bool) -> Iterator[None]:
-    """Own ``output_dir`` for one run (call it in the main process only): take its lock, and for a ``fresh``
-    start refuse an earlier run's outputs unless ``overwrite`` removes them. ``RunFolderError`` when the
-    folder is not ours to use. Meanwhile SIGTERM raises ``SystemExit`` (the trainer's own handler still
-    stops cleanly first), so the lock goes on every exit but SIGKILL, whose stale lock a later run takes over."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    lock = output_dir / LOCK_NAME
-    _take_lock(lock)
-    try:
-        with _sigterm_exits():
-            if fresh:
-                _start_fresh(output_dir, overwrite)
-            yield
-    finally:
-        _release_lock(lock)
+        raise CheckpointError(f"{path} does not fit this run ({one_line(err)})") from err

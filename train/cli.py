@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .checkpoint import CHECKPOINTS, RunFolderError, claim_output, resolve_resume
+    from .checkpoint import resolve_resume
+    from .run_folder import CHECKPOINTS, RunFolderError, claim_output
     output_dir = Path(config.output.dir).expanduser()
     owner = (claim_output(output_dir, fresh=not args.resume, overwrite=args.overwrite) if is_main_launch_process()
              else nullcontext())

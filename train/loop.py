@@ -26,7 +26,7 @@ from tlcm.models import load_sdxl_pipeline
 from tlcm.scheduler import TLCMScheduler
 
 from .adapters import add_student, load_student_state_dict, require_student_active, student_state_dict
-from .checkpoint import CHECKPOINTS, CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, save_config
 from .aux_grad import with_aux
 from .consistency import Stage, consistency_step
@@ -35,6 +35,7 @@ from .embeddings import encode_prompts, unload_text_encoders
 from .export import export_lora
 from .losses import build_distance
 from .prompts import PromptStream, read_prompts
+from .run_folder import CHECKPOINTS
 from .samples import save_grid
 from .stage1_mlcd import MlcdStage
 from .stage2_lcd import LcdStage

@@ -65,7 +65,7 @@ class Technique(Protocol):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume it exactly: tensors, numbers, strings, None, and lists, tuples and dicts
-        (str or int keys) of them, which checkpoints store without pickle (``train.checkpoint.flatten_state``)."""
+        (str or int keys) of them, which checkpoints store without pickle (``train.state_files.flatten_state``)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output, refusing a mismatched one."""

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from train.checkpoint import earlier_run_outputs
 from train.config import Config
+from train.run_folder import earlier_run_outputs
 
 from .commands import LaunchOptions, build_argv
 
