@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import check_finite
+from .errors import check_finite, one_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 TENSOR_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -21,16 +21,12 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_JSON_BYTES = 1 << 20        # configs are a few KB; a bigger file is not one
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     try:
         return load_file(str(path))
     except Exception as err:      # safetensors' own SafetensorError and OSError/ValueError/... from the header
-        raise ValueError(f"cannot read {path} as safetensors ({_first_line(err)}); "
+        raise ValueError(f"cannot read {path} as safetensors ({one_line(err)}); "
                          "the file is damaged or not safetensors") from err
 
 
@@ -38,7 +34,7 @@ def _load_pickle(path: Path, mmap: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:      # the unpickler raises anything from UnpicklingError to KeyError on bad bytes
-        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {_first_line(err)}. "
+        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {one_line(err)}. "
                          "Damaged files and pickles that need code are refused; use .safetensors") from err
 
 
