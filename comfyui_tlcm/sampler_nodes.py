@@ -4,7 +4,7 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..tlcm.schedules import OFFICIAL_NUM_SEGMENTS, SCHEDULES
+from ..tlcm.schedules import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, SCHEDULES, STEP_RANGE_TEXT
 from .sampling import sample_tlcm, tlcm_sigmas
 
 CATEGORY = "sampling/tlcm"
@@ -42,10 +42,11 @@ class TLCMScheduler(io.ComfyNode):
             display_name="TLCM Scheduler",
             category=CATEGORY,
             description="Sigmas of the TLCM milestone schedule. denoise < 1 builds the int(steps/denoise)-step "
-                        "schedule and keeps its last steps (as KSampler does); more than 8 steps refine the grid.",
+                        "schedule (past 8 steps the milestone grid is refined) and keeps its last steps, as "
+                        "KSampler does.",
             inputs=[
                 io.Model.Input("model"),
-                io.Int.Input("steps", default=4, min=1, max=OFFICIAL_NUM_SEGMENTS),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=MIN_STEPS, max=MAX_STEPS, tooltip=STEP_RANGE_TEXT),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default="tlcm",
                                tooltip="tlcm: the official milestone table; uniform: the paper's q-step grid."),

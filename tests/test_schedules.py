@@ -97,3 +97,12 @@ def test_bad_schedule_grid_and_timesteps():
         timesteps_to_sigmas([1000])
     with pytest.raises(ValueError, match="beta_schedule"):
         make_alphas_cumprod(beta_schedule="cosine")
+
+
+def test_step_count_range_offered_by_every_ui():
+    from tlcm.schedules import check_step_count
+    assert [check_step_count(n) for n in (1, 4, 8, 6.0)] == [1, 4, 8, 6]
+    for bad, message in ((0, "must be 1-8"), (9, "must be 1-8"), (4.5, "whole number"), (True, "whole number"),
+                         ("4", "whole number")):
+        with pytest.raises(ValueError, match=message):
+            check_step_count(bad)

@@ -35,7 +35,7 @@ def test_accordion_with_switch_and_steps_on_both_tabs(webui, is_img2img):
     r = runner(webui, is_img2img)
     enabled, steps = r.inputs
     assert (type(enabled).__name__, enabled.label, enabled.value) == ("Checkbox", "TLCM mode", False)
-    assert (steps.label, steps.kwargs["minimum"], steps.kwargs["maximum"], steps.value) == ("TLCM steps", 2, 8, 4)
+    assert (steps.label, steps.kwargs["minimum"], steps.kwargs["maximum"], steps.value) == ("TLCM steps", 1, 8, 4)
     accordion = next(c for c in gradio.created if type(c).__name__ == "Accordion")
     assert accordion.args == ("TLCM",)
     tab = "img2img" if is_img2img else "txt2img"
@@ -76,7 +76,7 @@ def test_img2img_in_mode(webui):
     assert "TLCM mode: True" in infotext
 
 
-@pytest.mark.parametrize("args, message", [([True, 12], "steps must be 2-8"), ([True, 4.5], "whole number"),
+@pytest.mark.parametrize("args, message", [([True, 12], "steps must be 1-8 (the official TLCM milestone table"), ([True, 0], "steps must be 1-8"), ([True, 4.5], "whole number"),
                                            (["yes", 4], "true or false")])
 def test_bad_api_arguments_are_reported_not_ignored(webui, args, message, capsys):
     r = runner(webui)

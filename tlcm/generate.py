@@ -17,9 +17,8 @@ from PIL import Image, PngImagePlugin
 
 from .errors import check_finite
 from .files import atomic_write
-from .schedules import schedule_timesteps
+from .schedules import DEFAULT_STEPS, check_step_count, schedule_timesteps
 
-MIN_STEPS, MAX_STEPS = 1, 8
 SAMPLER_NAME = "TLCM"
 _IMAGE_INDEX = re.compile(r"^tlcm-(\d+)-")
 
@@ -29,7 +28,7 @@ class GenerationSettings:
     """What one ``generate`` call makes; stored verbatim in every PNG it writes."""
 
     prompt: str
-    steps: int = 4
+    steps: int = DEFAULT_STEPS
     seed: int = 0
     width: int = 1024
     height: int = 1024
@@ -43,9 +42,9 @@ class GenerationSettings:
     model: str = ""
 
     def validate(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not MIN_STEPS <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must be an integer from {MIN_STEPS} to {MAX_STEPS} (TLCM's milestone "
-                             f"table), got {self.steps!r}")
+        if not isinstance(self.steps, int):
+            raise ValueError(f"steps must be a whole number, got {self.steps!r}")
+        check_step_count(self.steps)
         for name in ("width", "height"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 8 or value % 8:

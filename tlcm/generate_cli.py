@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .generate import MAX_STEPS, GenerationSettings, apply_loras, generate, save_images
+from .generate import GenerationSettings, apply_loras, generate, save_images
+from .schedules import DEFAULT_STEPS, STEP_RANGE_TEXT
 
 
 def parse_lora(text: str) -> tuple[str, float]:
@@ -34,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--chinese-text-model", metavar="DIR",
                    help="Chinese-CLIP folder (OFA-Sys/chinese-clip-vit-huge-patch14): encode --prompt in Chinese")
     p.add_argument("--chinese-adapter", metavar="FILE", help="PEA-Diffusion adapter (OPPOer/PEA-Diffusion)")
-    p.add_argument("--steps", type=int, default=4, help=f"1-{MAX_STEPS} (default 4)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=STEP_RANGE_TEXT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=1024)

@@ -38,8 +38,22 @@ OFFICIAL_STEP_INDICES: dict[int, tuple[int, ...]] = {
     8: (0, 1, 2, 3, 4, 5, 6, 7),
 }
 
+MIN_STEPS, MAX_STEPS, DEFAULT_STEPS = 1, OFFICIAL_NUM_SEGMENTS, 4
+"""The step counts every UI offers (ComfyUI widget, WebUI slider, trainer app, CLI, trainer samples): the
+official table. 4 is the paper's default; schedules past 8 steps arise only inside partial denoise."""
+STEP_RANGE_TEXT = f"{MIN_STEPS}-{MAX_STEPS} (the official TLCM milestone table; {DEFAULT_STEPS} is the paper's default)"
+
 SCHEDULES = ("tlcm", "uniform")
 """``tlcm``: the official milestone subsets; ``uniform``: the paper's Alg. 2 q-step student grid."""
+
+
+def check_step_count(steps: object, what: str = "steps") -> int:
+    """``steps`` if it is a whole number in the range every UI offers; else a ``ValueError`` saying the range."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps):
+        raise ValueError(f"{what} must be a whole number, got {steps!r}")
+    if not MIN_STEPS <= int(steps) <= MAX_STEPS:
+        raise ValueError(f"{what} must be {STEP_RANGE_TEXT}, got {int(steps)}")
+    return int(steps)
 
 
 def _check_steps(steps: int) -> int:

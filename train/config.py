@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from tlcm.schedules import MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
+
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
@@ -233,7 +235,8 @@ class Config:
         need(self.output.checkpoint_every >= 0, "output.checkpoint_every", "must be >= 0 (0 = only at the end)")
         need(self.output.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1")
         need(self.output.sample_every >= 0, "output.sample_every", "must be >= 0 (0 = off)")
-        need(all(1 <= s <= 8 for s in self.output.sample_steps), "output.sample_steps", "each in 1..8")
+        need(all(MIN_STEPS <= s <= MAX_STEPS for s in self.output.sample_steps), "output.sample_steps",
+             f"each in {STEP_RANGE_TEXT}")
         need(self.output.log_every >= 1, "output.log_every", "must be >= 1")
         need(set(self.output.formats) <= {"kohya", "diffusers", "peft"}, "output.formats",
              f"subset of kohya, diffusers, peft; got {self.output.formats}")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from tlcm.schedules import MAX_STEPS, MIN_STEPS, check_step_count
+
 from . import SAMPLER_NAME, SCHEDULER_LABEL
 
 MODE_KEY = "TLCM mode"
-MIN_STEPS, MAX_STEPS, DEFAULT_STEPS = 2, 8, 4
 TLCM_CFG = 1.0
 """TLCM distils guidance (w = 8) into the LoRA: one conditional pass, CFG 1 (the negative prompt has no effect)."""
 
@@ -22,11 +23,7 @@ def check_mode_args(enabled: Any, steps: Any) -> tuple[bool, int]:
     """Validate the script arguments (UI or API ``alwayson_scripts.tlcm.args``) -> (enabled, steps)."""
     if not isinstance(enabled, bool):
         raise ValueError(f"TLCM mode: the switch must be true or false, got {enabled!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps):
-        raise ValueError(f"TLCM mode: steps must be a whole number, got {steps!r}")
-    if not MIN_STEPS <= int(steps) <= MAX_STEPS:
-        raise ValueError(f"TLCM mode: steps must be {MIN_STEPS}-{MAX_STEPS} (the TLCM milestones), got {int(steps)}")
-    return enabled, int(steps)
+    return enabled, check_step_count(steps, "TLCM mode: steps")
 
 
 def apply_tlcm_mode(p: Any, steps: int) -> None:

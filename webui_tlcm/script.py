@@ -20,7 +20,9 @@ from tlcm.errors import one_line
 
 from . import SAMPLER_NAME, lora_folder
 from .applied_loras import applied_loras
-from .mode import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, apply_tlcm_mode, check_mode_args, main_control_values, \
+from tlcm.schedules import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
+
+from .mode import apply_tlcm_mode, check_mode_args, main_control_values, \
     mode_from_infotext, steps_from_infotext
 
 TITLE = "TLCM"
@@ -117,7 +119,7 @@ def report_applied_loras(p: Any) -> None:
 
 
 class TLCMScript(scripts.Script):
-    """TLCM mode: sampler TLCM, schedule TLCM, CFG 1, 2-8 steps; stored in and restored from the infotext.
+    """TLCM mode: sampler TLCM, schedule TLCM, CFG 1, 1-8 steps; stored in and restored from the infotext.
 
     Turning the switch on (or moving its slider) also sets the tab's own sampler, schedule, steps and CFG
     controls, found by elem_id when the WebUI creates them (they exist before this script's ``ui`` runs,
@@ -158,7 +160,7 @@ class TLCMScript(scripts.Script):
         with gr.Accordion(TITLE, open=False, elem_id=self.elem_id("accordion")):
             enabled = gr.Checkbox(label="TLCM mode", value=False, elem_id=self.elem_id("mode"))
             steps = gr.Slider(label="TLCM steps", minimum=MIN_STEPS, maximum=MAX_STEPS, step=1, value=DEFAULT_STEPS,
-                              elem_id=self.elem_id("steps"))
+                              info=STEP_RANGE_TEXT, elem_id=self.elem_id("steps"))
             gr.Markdown("Sets sampler **TLCM**, schedule **TLCM**, **CFG 1** (the negative prompt has no effect) and "
                         "the steps. Add the converted TLCM LoRA to the prompt: `<lora:NAME-kohya:1>`.")
             status = gr.HTML(value=lora_status, elem_id=self.elem_id("lora_status"))

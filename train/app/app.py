@@ -21,6 +21,7 @@ from PIL import Image
 
 from tlcm.files import atomic_write_text
 from tlcm.lora import FORMATS
+from tlcm.schedules import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
 from train.config import Config, ConfigError, load_config
 from train.techniques import needed as needed_techniques
 
@@ -232,7 +233,8 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=(values["data.sample_prompts"].splitlines() or [""])[0],
                                     elem_id="try-prompt", scale=3)
-                steps = gr.Slider(2, 8, value=4, step=1, label="Steps", elem_id="try-steps")
+                steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps",
+                                  info=STEP_RANGE_TEXT, elem_id="try-steps")
                 strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
             with gr.Row():
                 seed = gr.Number(0, precision=0, label="Seed", elem_id="try-seed")

@@ -15,7 +15,8 @@ from typing import Any
 
 from PIL import Image
 
-from tlcm.generate import MAX_STEPS, MIN_STEPS, GenerationSettings, apply_loras, generate, save_images
+from tlcm.generate import GenerationSettings, apply_loras, generate, save_images
+from tlcm.schedules import MAX_STEPS, MIN_STEPS
 from tlcm.lora import FORMATS, load_lora, save_lora
 from tlcm.models import load_sdxl_pipeline
 from train.export import EXPORT_NAMES
