@@ -30,7 +30,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import SAMPLING_HINT, check_finite
 from .sampling import PREDICTION_TYPES, tlcm_step
-from .schedules import OFFICIAL_NUM_SEGMENTS, SCHEDULES, make_alphas_cumprod, schedule_timesteps
+from .schedules import (NUM_TRAIN_TIMESTEPS, OFFICIAL_NUM_SEGMENTS, SCHEDULES, SDXL_BETA_END, SDXL_BETA_SCHEDULE,
+                        SDXL_BETA_START, make_alphas_cumprod, schedule_timesteps)
 
 
 @dataclass
@@ -57,8 +58,8 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
     order = 1
 
     @register_to_config
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
-                 beta_schedule: str = "scaled_linear", trained_betas: Sequence[float] | None = None,
+    def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = SDXL_BETA_START,
+                 beta_end: float = SDXL_BETA_END, beta_schedule: str = SDXL_BETA_SCHEDULE, trained_betas: Sequence[float] | None = None,
                  prediction_type: str = "epsilon", schedule: str = "tlcm",
                  num_segments: int = OFFICIAL_NUM_SEGMENTS, eta: float = 1.0):
         if prediction_type not in PREDICTION_TYPES:

@@ -19,7 +19,8 @@ Rules for requests the official table does not cover (documented in the README, 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Mapping
+from typing import Any, Sequence
 
 import torch
 
@@ -136,10 +137,12 @@ def schedule_timesteps(steps: int, schedule: str = "tlcm", *, denoise: float = 1
 
 
 BETA_SCHEDULES = ("scaled_linear", "linear")
+SDXL_BETA_START, SDXL_BETA_END, SDXL_BETA_SCHEDULE = 0.00085, 0.012, "scaled_linear"
+"""SD/SDXL's DDPM noise schedule (``scheduler_config.json``): the default wherever a config is silent."""
 
 
-def make_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = 0.00085,
-                        beta_end: float = 0.012, beta_schedule: str = "scaled_linear",
+def make_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = SDXL_BETA_START,
+                        beta_end: float = SDXL_BETA_END, beta_schedule: str = SDXL_BETA_SCHEDULE,
                         trained_betas: Sequence[float] | None = None) -> torch.Tensor:
     """ᾱ_t of a DDPM beta schedule in float64 (SD/SDXL ``scaled_linear`` by default); callers cast as needed."""
     if trained_betas is not None:
@@ -152,6 +155,13 @@ def make_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_sta
         raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)} (or pass trained_betas), "
                          f"got {beta_schedule!r}")
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def alphas_cumprod_from_config(config: Mapping[str, Any]) -> torch.Tensor:
+    """ᾱ_t of a diffusers scheduler config (its keys, SDXL's values where it is silent), float64."""
+    return make_alphas_cumprod(config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS),
+                               config.get("beta_start", SDXL_BETA_START), config.get("beta_end", SDXL_BETA_END),
+                               config.get("beta_schedule", SDXL_BETA_SCHEDULE), config.get("trained_betas"))
 
 
 def timesteps_to_sigmas(timesteps: Sequence[int], alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:

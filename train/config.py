@@ -165,13 +165,19 @@ class Config:
     def total_steps(self) -> int:
         return sum(steps for _, steps in self.stage_steps())
 
+    def stage_spans(self) -> list[tuple[str, int, int]]:
+        """(stage, its first global step, its step count) in training order: where each stage begins and ends."""
+        spans, start = [], 0
+        for name, steps in self.stage_steps():
+            spans.append((name, start, steps))
+            start += steps
+        return spans
+
     def stage_at(self, step: int) -> tuple[str, int]:
         """The stage global ``step`` belongs to, and the step that stage starts at."""
-        start = 0
-        for name, steps in self.stage_steps():
-            if step < start + steps:
+        for name, start, steps in self.stage_spans():
+            if start <= step < start + steps:
                 return name, start
-            start += steps
         raise IndexError(f"step {step} is past the end of training ({self.total_steps} steps)")
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from tlcm.sampling import split_model_output
-from tlcm.schedules import make_alphas_cumprod
+from tlcm.schedules import alphas_cumprod_from_config
 
 
 @dataclass
@@ -41,10 +41,7 @@ class Denoiser:
     def __init__(self, unet: torch.nn.Module, scheduler_config: dict, device: torch.device):
         self.unet = unet
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
-        self.alphas = make_alphas_cumprod(
-            scheduler_config.get("num_train_timesteps", 1000), scheduler_config.get("beta_start", 0.00085),
-            scheduler_config.get("beta_end", 0.012), scheduler_config.get("beta_schedule", "scaled_linear"),
-            scheduler_config.get("trained_betas")).to(device=device, dtype=torch.float32)
+        self.alphas = alphas_cumprod_from_config(scheduler_config).to(device=device, dtype=torch.float32)
 
     @property
     def num_train_timesteps(self) -> int:

@@ -73,12 +73,8 @@ def build_preference(mps: MpsConfig, vae, latent_side: int, device: torch.device
 
 def first_step_using(config: Config, name: str) -> int:
     """The global step at which technique ``name`` first trains (``total_steps`` if never)."""
-    start = 0
-    for stage, steps in config.stage_steps():
-        if steps and name in STAGE_TECHNIQUES[stage]:
-            return start
-        start += steps
-    return start
+    return min((start for stage, start, steps in config.stage_spans() if steps and name in STAGE_TECHNIQUES[stage]),
+               default=config.total_steps)
 
 
 def active(stage: str, built: dict[str, Technique]) -> list[Technique]:

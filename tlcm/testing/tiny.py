@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..models.clip_tokenizer import write_clip_tokenizer
+from ..schedules import NUM_TRAIN_TIMESTEPS, SDXL_BETA_END, SDXL_BETA_SCHEDULE, SDXL_BETA_START
 
 TEXT_WIDTH_1 = 16          # CLIP-L stand-in hidden size; must differ from TEXT_WIDTH_2, because
                            # diffusers' single-file loader tells the two encoders apart by width
@@ -53,7 +54,8 @@ VAE_CONFIG: dict[str, Any] = dict(
 )
 
 SCHEDULER_CONFIG: dict[str, Any] = dict(   # SDXL base 1.0's scheduler_config.json
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    beta_start=SDXL_BETA_START, beta_end=SDXL_BETA_END, beta_schedule=SDXL_BETA_SCHEDULE,
+    num_train_timesteps=NUM_TRAIN_TIMESTEPS,
     prediction_type="epsilon", steps_offset=1, timestep_spacing="leading", interpolation_type="linear",
     use_karras_sigmas=False, sample_max_value=1.0, set_alpha_to_one=False, skip_prk_steps=True,
     clip_sample=False,
