@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from tlcm.lora import LoraFile, LoraModule, save_lora
+from tlcm.models.device import DTYPE_NAMES
 
 EXPORT_NAMES = {"kohya": "tlcm_lora_kohya.safetensors", "diffusers": "tlcm_lora_diffusers.safetensors",
                 "peft": "tlcm_lora_peft"}
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}    # the dtype names of configs
 
 
 def student_lora_file(state: dict[str, torch.Tensor], alpha: float) -> LoraFile:
@@ -29,4 +29,4 @@ def export_lora(state: dict[str, torch.Tensor], alpha: float, out_dir: Path, for
                 save_dtype: str = "fp16") -> dict[str, Path]:
     """Write every requested format under ``out_dir``; returns {format: path}."""
     lora = student_lora_file(state, alpha)
-    return {fmt: save_lora(lora, out_dir / EXPORT_NAMES[fmt], fmt, dtype=DTYPES[save_dtype]) for fmt in formats}
+    return {fmt: save_lora(lora, out_dir / EXPORT_NAMES[fmt], fmt, dtype=DTYPE_NAMES[save_dtype]) for fmt in formats}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tlcm.models import load_sdxl_pipeline
+from tlcm.models.device import DTYPE_NAMES
 from tlcm.scheduler import TLCMScheduler
 
 from .adapters import add_student, load_student_state_dict, require_student_active, student_state_dict
@@ -45,7 +47,10 @@ from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WEIGHT_DTYPES = {"no": DTYPE_NAMES["fp32"], "fp16": DTYPE_NAMES["fp16"], "bf16": DTYPE_NAMES["bf16"]}   # accelerate names
+HOLD_AT_STEP = "TLCM_TRAIN_HOLD_AT_STEP"
+"""Test hook (environment variable, unset in normal use): after logging this step the run waits for a stop
+signal, so a stop test knows the step it stops at instead of racing the loop (tests/test_app_jobs.py)."""
 
 
 @dataclass
@@ -276,6 +281,7 @@ class Trainer:
     # -- the run ------------------------------------------------------------------------------------
     def run(self, resume: str | None = None) -> RunResult:
         acc, cfg = self.accelerator, self.config
+        hold_at = int(os.environ.get(HOLD_AT_STEP) or -1)
         resumed = self.resume(resume)
         if acc.is_main_process:
             save_config(cfg, self.output_dir / "config.yaml")
@@ -294,12 +300,16 @@ class Trainer:
                     stopping = self._stop_everywhere(stop.requested)
                     bar.update(1)
                     bar.set_postfix(stage=stage, loss=f"{mean_loss:.4g}")
-                    if self.tracker and (self.step % cfg.output.log_every == 0 or stopping):
+                    if self.tracker and (self.step % cfg.output.log_every == 0 or stopping or self.step == hold_at):
                         self.tracker.log(self.step, {**self.values, f"loss/{stage}": mean_loss,
                                                      "lr": self.scheduler.get_last_lr()[0],
                                                      "it_per_s": 1.0 / max(time.perf_counter() - started, 1e-9)})
                         self.tracker.status("running", self.step, eta_s=bar.format_dict.get("elapsed", 0) /
                                             max(self.step - bar.initial, 1) * (cfg.total_steps - self.step))
+                    if self.step == hold_at:           # the HOLD_AT_STEP test hook: wait for the stop signal
+                        while not stop.requested:
+                            time.sleep(0.05)
+                        stopping = self._stop_everywhere(True)
                     if stopping:
                         result.state = "stopped"
                         break

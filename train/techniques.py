@@ -10,7 +10,7 @@ import torch
 from tlcm.models.device import auto_device_dtype
 
 from .config import Config, ConfigError, MpsConfig
-from .export import DTYPES
+from tlcm.models.device import DTYPE_NAMES
 from .diffusion import Denoiser
 from .technique import Technique
 from .trainables import Sync
@@ -54,8 +54,8 @@ def preference_dtypes(mps: MpsConfig, device: torch.device | str) -> tuple[torch
     that the scorer takes fp16 on CUDA (as MPS ships) and the decode never fp16 (SDXL's VAE overflows):
     fp32 wherever the rule would not give bf16."""
     device_type, rule = torch.device(device).type, auto_device_dtype(device)[1]
-    scorer = DTYPES.get(mps.scorer_dtype) or (torch.float16 if device_type == "cuda" else torch.float32)
-    decode = DTYPES.get(mps.decode_dtype) or (rule if rule == torch.bfloat16 else torch.float32)
+    scorer = DTYPE_NAMES.get(mps.scorer_dtype) or (torch.float16 if device_type == "cuda" else torch.float32)
+    decode = DTYPE_NAMES.get(mps.decode_dtype) or (rule if rule == torch.bfloat16 else torch.float32)
     return scorer, decode
 
 

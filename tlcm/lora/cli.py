@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
+from ..models.device import DTYPE_NAMES
 from .reading import load_lora
 from .writing import FORMATS, save_lora
 
-DTYPES = {"keep": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {"keep": None, **DTYPE_NAMES}
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:

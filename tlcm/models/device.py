@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import torch
 
+DTYPE_NAMES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+"""The dtype names every config, CLI and UI option uses."""
+
 
 def auto_device_dtype(device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
     """(device, dtype) to run SDXL on: CUDA → bf16 where supported else fp16, MPS → fp16, CPU → fp32.
