@@ -4,12 +4,32 @@ Registers the TLCM sampler and scheduler (idempotent: "Reload UI" runs this file
 files the WebUI cannot apply, and exposes ``TLCMScript`` (the "TLCM" accordion) for the host to collect.
 Outside a WebUI (no ``modules.scripts``) importing this file does nothing.
 """
+import importlib.util
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:           # the host puts the extension folder on sys.path only while loading
-    sys.path.append(_ROOT)
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_package(name: str) -> None:
+    """Import the extension's package ``name`` from its folder, without putting the extension folder on
+    ``sys.path`` (that would also expose ``train``, ``bench``, ``tests``, ``install`` and ``run`` as
+    top-level modules of the WebUI's process). An already imported ``name`` (e.g. pip-installed) is kept."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, _ROOT / name / "__init__.py",
+                                                  submodule_search_locations=[str(_ROOT / name)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+for _package in ("tlcm", "webui_tlcm"):
+    _load_package(_package)
 
 try:
     from modules import scripts as _host_scripts

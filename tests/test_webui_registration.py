@@ -1,4 +1,5 @@
 """Registration of the TLCM sampler/scheduler in the stand-in WebUI (A1111 1.10 surfaces, Forge's add_sampler)."""
+import json
 import subprocess
 import sys
 
@@ -93,3 +94,25 @@ def test_script_file_is_inert_outside_a_webui():
             "assert 'TLCMScript' not in g and g['_host_scripts'] is None; print('inert')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "inert", out.stderr
+
+
+def test_the_shim_exposes_only_the_extensions_packages(tmp_path):
+    """Loaded from another working directory, the shim imports ``tlcm`` and ``webui_tlcm`` from the extension
+    folder and adds nothing to ``sys.path``: ``train``, ``bench``, ``install``, ``run`` stay unimportable."""
+    code = f"""
+import importlib.util, json, sys
+sys.path.insert(0, {str(REPO / "tests" / "webui_stub")!r})
+from kdiffusion_pypi import load_k_diffusion
+load_k_diffusion()
+from modules import scripts
+before = list(sys.path)
+loaded = scripts.load_scripts([{str(SHIM)!r}])
+print(json.dumps({{"scripts": [c.__name__ for c in loaded], "path_added": [p for p in sys.path if p not in before],
+                  "files": [sys.modules[n].__file__ for n in ("tlcm", "webui_tlcm")],
+                  "exposed": [n for n in ("train", "bench", "install", "run") if importlib.util.find_spec(n)]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["scripts"] == ["TLCMScript"] and result["path_added"] == [] and result["exposed"] == []
+    assert result["files"] == [str(REPO / "tlcm" / "__init__.py"), str(REPO / "webui_tlcm" / "__init__.py")]
