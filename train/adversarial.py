@@ -60,7 +60,7 @@ def encoder_features(denoiser: Denoiser, z: torch.Tensor, t: torch.Tensor, cond:
             handle.remove()
     if len(features) != len(handles):
         raise RuntimeError(f"expected {len(handles)} encoder feature maps, got {len(features)}: the UNet's forward "
-                           "no longer runs down_blocks then mid_block")
+                           "does not run down_blocks then mid_block")
     return features
 
 

@@ -27,7 +27,7 @@ from .commands import LaunchOptions, flatten, override
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy"
 TOY_YAML = Path(__file__).resolve().parents[1] / "configs" / "toy.yaml"   # = train.toy.distill.TOY_CONFIG
 TOY_SCORER = TOY_DIR / "weights" / "scorer.safetensors"                 # = train.preference.toy_scorer.DEFAULT_WEIGHTS
-TOY_PROMPTS_NAME = "toy-world-prompts.txt"       # not the old kit's 4-line toy-prompts.txt, which may linger
+TOY_PROMPTS_NAME = "toy-world-prompts.txt"       # distinct from the tiny kit's 4-line toy-prompts.txt in the same cache
 TOY_LATE_STEPS = {"mps": 20, "dm": 20}           # stages 3-4 on the toy when toy.yaml gives no steps for them
 PATH_KEYS = ("model.path", "data.prompts", "output.dir")     # the user's; a preset never puts the toy's here
 # Wall-clock seconds per step at batch 32 on an idle 2-core CPU (2 torch threads). MLCD 1.3 s: measured on
