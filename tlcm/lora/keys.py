@@ -3,8 +3,9 @@
 Layouts (``family`` decides the default alpha, see ``tlcm.lora.reading``):
 
 - ``peft``: ``base_model.model.<path>.lora_A/lora_B.weight`` (official TLCM adapter) or bare ``<path>.lora_A...``;
-- ``diffusers``: ``unet.<path>.lora.down/up.weight``, ``unet.<path>.lora_A/B.weight``, diffusers' attention-processor
-  naming (files saved before its PEFT backend) ``<path>.processor.to_q_lora.down.weight`` (with or without ``unet.``), optional ``.alpha``;
+- ``diffusers``: ``unet.<path>.lora.down/up.weight``, ``unet.<path>.lora_A/B.weight``, diffusers'
+  attention-processor naming (files saved before its PEFT backend) ``<path>.processor.to_q_lora.down.weight``
+  (with or without ``unet.``), optional ``.alpha``;
 - ``kohya``: ``lora_unet_<path with _>.lora_down/lora_up.weight`` + ``.alpha``; names stay flattened.
 
 Text-encoder keys (``lora_te*``, ``text_encoder*.``, ``*text_model.*``) are returned as ``skipped``.
