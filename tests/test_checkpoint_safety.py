@@ -204,7 +204,7 @@ def test_no_intact_checkpoint_and_a_damaged_explicit_one_are_one_line_errors(kit
     assert cli_main(argv(kit, out, "--resume", str(root / LAST))) == 2
     assert "sha256" in one_error_line(capsys.readouterr().err)
     with pytest.raises(CheckpointError, match="sha256"):          # loading verifies by itself, before using anything
-        load_checkpoint(root / LAST, load_lora=None, optimizer=None, scheduler=None, generator=None, rank=0)
+        load_checkpoint(root / LAST, load_lora=None, optimizer=None, lr_schedule=None, generator=None, rank=0)
     truncate_all(root / "checkpoint-00000002")
     assert cli_main(argv(kit, out, "--resume", "latest")) == 2
     assert "no intact checkpoint" in one_error_line(capsys.readouterr().err)

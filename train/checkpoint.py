@@ -1,10 +1,10 @@
-"""Checkpoints for exact resume (student LoRA, optimizer, LR scheduler, every RNG, step, prompt position),
+"""Checkpoints for exact resume (student LoRA, optimizer, LR schedule, every RNG, step, prompt position),
 verified before anything in them is used, so a damaged or altered checkpoint is refused with a reason.
 
 Layout of ``<output>/checkpoints/checkpoint-<step>/``:
 
 - ``student.safetensors``: the student LoRA (fp32);
-- ``trainer.json`` + ``trainer.safetensors``: step, config digest, LR scheduler, optimizer and the
+- ``trainer.json`` + ``trainer.safetensors``: step, config digest, LR schedule, optimizer and the
   techniques' adapters/heads/optimizers (identical on every rank, written by rank 0);
 - ``rank<r>.json`` + ``rank<r>.safetensors`` per process: training generator, python/numpy/torch/cuda
   RNG, prompt position;
@@ -178,7 +178,7 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
     return None
 
 
-def save_checkpoint(root: Path, step: int, *, lora_state: dict[str, torch.Tensor], optimizer, scheduler,
+def save_checkpoint(root: Path, step: int, *, lora_state: dict[str, torch.Tensor], optimizer, lr_schedule,
                     generator: torch.Generator, prompt_position: int, config_digest: str, rank: int,
                     is_main: bool, barrier: Callable[[], None], keep: int,
                     techniques: dict[str, dict[str, Any]] | None = None) -> Path:
@@ -195,7 +195,7 @@ def save_checkpoint(root: Path, step: int, *, lora_state: dict[str, torch.Tensor
         atomic_save_safetensors(tmp / "student.safetensors",
                                 {k: v.detach().float().cpu() for k, v in lora_state.items()})
         save_state(tmp, "trainer", {"step": step, "config_digest": config_digest, "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "techniques": techniques or {}})
+                                    "lr_schedule": lr_schedule.state_dict(), "techniques": techniques or {}})
     barrier()
     if is_main:
         write_manifest(tmp, step)
@@ -207,7 +207,7 @@ def save_checkpoint(root: Path, step: int, *, lora_state: dict[str, torch.Tensor
     return final
 
 
-def load_checkpoint(path: Path, *, load_lora: Callable[[dict[str, torch.Tensor]], None], optimizer, scheduler,
+def load_checkpoint(path: Path, *, load_lora: Callable[[dict[str, torch.Tensor]], None], optimizer, lr_schedule,
                     generator: torch.Generator, rank: int) -> ResumeState:
     """Verify checkpoint ``path`` and restore everything ``save_checkpoint`` wrote for this rank; returns step,
     prompt position, digest and technique states. Reads JSON and safetensors only."""
@@ -225,7 +225,7 @@ def load_checkpoint(path: Path, *, load_lora: Callable[[dict[str, torch.Tensor]]
     try:
         load_lora(load_file(str(path / "student.safetensors")))
         optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
+        lr_schedule.load_state_dict(trainer["lr_schedule"])
         _set_rng_state(rng, generator)
         return ResumeState(int(trainer["step"]), int(rng["prompt_position"]), str(trainer["config_digest"]),
                            trainer["techniques"])

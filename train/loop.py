@@ -182,7 +182,7 @@ class Trainer:
         self.values: dict[str, float] = {}       # the last step's per-term values, for logging
         self.distance = build_distance(config.distill)
         self.optimizer = acc.prepare(make_optimizer(config, self.params))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: stage_lr(config, s))
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: stage_lr(config, s))
         self.step = 0
         self.tracker = Tracker(self.output_dir, config.total_steps) if acc.is_main_process else None
 
@@ -213,7 +213,7 @@ class Trainer:
         if self.config.train.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.params, self.config.train.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
+        self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         for technique in techniques:
             self.values.update(technique.update(batch))
@@ -224,7 +224,7 @@ class Trainer:
     def save(self) -> Path:
         acc = self.accelerator
         return save_checkpoint(self.checkpoint_root, self.step, lora_state=student_state_dict(self.unet),
-                               optimizer=self.optimizer, scheduler=self.scheduler, generator=self.generator,
+                               optimizer=self.optimizer, lr_schedule=self.lr_schedule, generator=self.generator,
                                prompt_position=self.stream.position, config_digest=self.config.digest(),
                                techniques={k: t.state_dict() for k, t in self.techniques.items()},
                                rank=acc.process_index, is_main=acc.is_main_process, barrier=acc.wait_for_everyone,
@@ -235,7 +235,7 @@ class Trainer:
         if path is None:
             return None
         state = load_checkpoint(path, load_lora=lambda sd: load_student_state_dict(self.unet, sd),
-                                optimizer=self.optimizer, scheduler=self.scheduler, generator=self.generator,
+                                optimizer=self.optimizer, lr_schedule=self.lr_schedule, generator=self.generator,
                                 rank=self.accelerator.process_index)
         for p in self.params:          # PEFT loads in the weights' dtype; keep fp32 masters
             p.data = p.data.float()
@@ -302,14 +302,14 @@ class Trainer:
                     bar.set_postfix(stage=stage, loss=f"{mean_loss:.4g}")
                     if self.tracker and (self.step % cfg.output.log_every == 0 or stopping or self.step == hold_at):
                         self.tracker.log(self.step, {**self.values, f"loss/{stage}": mean_loss,
-                                                     "lr": self.scheduler.get_last_lr()[0],
+                                                     "lr": self.lr_schedule.get_last_lr()[0],
                                                      "it_per_s": 1.0 / max(time.perf_counter() - started, 1e-9)})
                         self.tracker.status("running", self.step, eta_s=bar.format_dict.get("elapsed", 0) /
                                             max(self.step - bar.initial, 1) * (cfg.total_steps - self.step))
                     if self.step == hold_at:           # the HOLD_AT_STEP test hook: wait for the stop signal
                         while not stop.requested:
                             time.sleep(0.05)
-                        stopping = self._stop_everywhere(True)
+                        stopping = self._stop_everywhere(stop.requested)
                     if stopping:
                         result.state = "stopped"
                         break
