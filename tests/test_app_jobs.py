@@ -1,7 +1,9 @@
 """The trainer app's job manager with the real trainer on the CPU toy preset (the toy teacher; batch 2 to
 stay quick): one run per folder, stop saves, resume continues through stages 1-4 to the end, a failed run
-names its reason, a restarted app reattaches; Try it generates with a LoRA and exports it. ~1-2 min on 2
-CPU cores."""
+names its reason, a restarted app reattaches; Try it generates with a LoRA and exports it. Every LoRA here
+has alpha != rank and each export is checked at its exact scale with the host's own loader
+(tests/lora_exports.py). The stop test holds the run at a fixed step (the trainer's HOLD_AT_STEP hook), so
+it stops there, never racing the loop. ~1-2 min on 2 CPU cores."""
 from __future__ import annotations
 
 import shutil
@@ -15,12 +17,15 @@ import torch
 pytest.importorskip("gradio", reason="the trainer app needs gradio (pip install gradio)")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+from lora_exports import (assert_deltas, diffusers_deltas, hand_deltas, kohya_deltas, peft_deltas,  # noqa: E402
+                          peft_folder_state)
 from train.app.commands import LaunchOptions, copy_config  # noqa: E402
 from train.app.form import form_values, from_form, to_form  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from tlcm.generate import GenerationSettings  # noqa: E402
 from tlcm.lora import load_lora  # noqa: E402
+from tlcm.models import load_sdxl_pipeline  # noqa: E402
 from train.app.jobs import JobError, JobManager  # noqa: E402
 from train.app.paths import PathError  # noqa: E402
 from train.app.presets import PRESETS, TOY_SCORER  # noqa: E402
@@ -29,6 +34,7 @@ from train.app.try_it import Sampler, export  # noqa: E402
 from train.adapters import add_student, student_state_dict  # noqa: E402
 from train.config import Config, LoraConfig  # noqa: E402
 from train.export import export_lora  # noqa: E402
+from train.loop import HOLD_AT_STEP  # noqa: E402
 from train.toy.data import write_prompts  # noqa: E402
 
 
@@ -58,31 +64,45 @@ def wait_for(manager: JobManager, folder: Path, done, timeout: float = 240.0):  
     raise AssertionError(f"timed out; last view: {view}\n" + "\n".join(view.log_tail))
 
 
-def test_stop_saves_resume_finishes_and_one_run_per_folder(toy_config, tmp_path):
+def assert_exports_at_scale(files: dict[str, Path], student: dict[str, torch.Tensor], alpha: float,
+                            model_path: str) -> None:
+    """kohya/diffusers/PEFT files each add exactly (alpha / r) · B · A of ``student`` with the host's own loader."""
+    expected = hand_deltas(student, alpha)
+    names = sorted(expected)
+    assert_deltas(kohya_deltas(files["kohya"], names), expected, "kohya")
+    pipe = load_sdxl_pipeline(model_path, device="cpu", dtype=torch.float32)
+    assert_deltas(peft_deltas(pipe.unet, files["peft"], names), expected, "peft")
+    assert_deltas(diffusers_deltas(pipe, files["diffusers"], names), expected, "diffusers")
+
+
+def test_stop_saves_resume_finishes_and_one_run_per_folder(toy_config, tmp_path, monkeypatch):
     scorer = TOY_SCORER.is_file()       # without the toy scorer: stage 4 with its preference term off
     late = ({"steps": 2}, {"steps": 2}) if scorer else ({"steps": 0, "weight": 0.0}, {"steps": 4})
     config = copy_config(toy_config, mlcd={"steps": 12}, lcd={"steps": 4}, mps=late[0], dm=late[1], output={
-        "dir": str(tmp_path / "run"), "checkpoint_every": 4, "sample_every": 10})
-    assert config.total_steps == 20
+        "dir": str(tmp_path / "run"), "checkpoint_every": 4, "sample_every": 10}, lora={"alpha": 4.0})
+    assert config.total_steps == 20 and (config.lora.rank, config.lora.alpha) == (16, 4.0)    # scale 1/4
+    hold = 3                            # the trainer waits after this step until it is stopped
+    monkeypatch.setenv(HOLD_AT_STEP, str(hold))
     manager = JobManager()
     info = manager.start(config, LaunchOptions())
     assert info.alive and info.record.argv[1:3] == ["-m", "accelerate.commands.launch"]
     with pytest.raises(JobError, match="already using"):
         JobManager().start(config, LaunchOptions())          # a second app instance is refused too
 
-    view = wait_for(manager, info.output_dir, lambda v: v.state == "running" and v.step >= 2)
-    assert view.total == 20 and view.it_per_s and view.it_per_s > 0 and view.eta_s is not None
+    view = wait_for(manager, info.output_dir, lambda v: v.state == "running" and v.step >= hold)
+    assert view.step == hold and view.total == 20 and view.it_per_s and view.it_per_s > 0 and view.eta_s is not None
     assert read_run(JobManager().info(info.output_dir)).state == "running"   # a fresh app reattaches
     manager.stop(info.output_dir)
     view = wait_for(manager, info.output_dir, lambda v: not v.active)
     assert view.state == "stopped", view.log_tail
     stopped_at = view.step
-    assert 2 <= stopped_at < 20
+    assert stopped_at == hold
     assert (info.output_dir / f"checkpoints/checkpoint-{stopped_at:08d}").is_dir()
     assert set(view.lora_files) == {"kohya", "diffusers", "peft"}
 
     with pytest.raises(JobError, match="Resume latest"):
         manager.start(config, LaunchOptions())                # a fresh start would mix two runs
+    monkeypatch.delenv(HOLD_AT_STEP)
     manager.start(config, LaunchOptions(), resume=True)
     view = wait_for(manager, info.output_dir, lambda v: not v.active)
     assert view.state == "finished" and view.step == 20, view.log_tail
@@ -92,19 +112,21 @@ def test_stop_saves_resume_finishes_and_one_run_per_folder(toy_config, tmp_path)
     expected = {"mlcd", "lcd", "dm", "dmd", "gan"} | ({"mps", "preference"} if scorer else set())
     assert {row["series"] for row in view.losses} == expected
     assert all(path.exists() for path in view.lora_files.values())
+    # the app's run exports at the configured alpha (4 at rank 16), not at alpha = rank
+    assert_exports_at_scale(view.lora_files, peft_folder_state(view.lora_files["peft"]), 4.0, config.model.path)
 
 
 def test_try_it_generates_with_a_lora_and_exports_every_format(toy_config, tmp_path):
     unet = UNet2DConditionModel.from_pretrained(Path(toy_config.model.path) / "unet")
-    add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v"]))
+    add_student(unet, LoraConfig(rank=4, alpha=2, target_modules=["to_q", "to_k", "to_v"]))
     state = {k: torch.randn_like(v) if "lora_B" in k else v for k, v in student_state_dict(unet).items()}
-    lora = str(export_lora(state, 4.0, tmp_path / "lora", ["kohya"])["kohya"])
+    lora = str(export_lora(state, 2.0, tmp_path / "lora", ["kohya"])["kohya"])          # fp16, scale 1/2
     sampler, settings = Sampler(), GenerationSettings("a red circle at the top", steps=2, width=32, height=32)
     with_lora = sampler.generate(toy_config.model.path, lora, 1.0, settings, save_dir=tmp_path / "gen")[0]
     without = sampler.generate(toy_config.model.path, lora, 0.0, settings)[0]   # strength change: rebuilt
     assert with_lora.size == (32, 32) and len(list((tmp_path / "gen").glob("tlcm-*.png"))) == 1
     assert np.abs(np.asarray(with_lora, float) - np.asarray(without, float)).mean() > 1.0
-    source = load_lora(lora)
+    source, exported = load_lora(lora), {}
     for fmt in ("kohya", "diffusers", "peft"):
         path = export(lora, fmt)
         if fmt == "peft":
@@ -112,6 +134,8 @@ def test_try_it_generates_with_a_lora_and_exports_every_format(toy_config, tmp_p
             path = path.with_suffix("")
         again = load_lora(path)
         assert len(again.modules) == len(source.modules) and again.modules, fmt
+        exported[fmt] = path
+    assert_exports_at_scale(exported, {k: v.half() for k, v in state.items()}, 2.0, toy_config.model.path)
     with pytest.raises(PathError, match="does not exist"):
         export(str(tmp_path / "missing.safetensors"), "kohya")
 

@@ -7,16 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlcm.testing import tiny
 from tlcm.testing.build import build_tiny_sdxl
 from tlcm.testing.cli import add_parser
 from tlcm.testing.single_file import CLIP_L_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-
-WIDTHS_COLLIDE = tiny.TEXT_WIDTH_1 == tiny.TEXT_WIDTH_2
-needs_distinct_text_widths = pytest.mark.xfail(
-    WIDTHS_COLLIDE, strict=True, raises=(ValueError, NotImplementedError, AssertionError),
-    reason="diffusers' from_single_file picks the text-encoder conversion by width: with both tiny encoders "
-           "equally wide it loads CLIP-L weights into text_encoder_2 (tlcm.testing.tiny.TEXT_WIDTH_1 must differ)")
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +85,10 @@ def test_diffusers_converts_every_component_back_exactly(kit, sgm, tiny_pipe):
     _assert_same_tensors(tiny_pipe.text_encoder_2.state_dict(), bigg, "text_encoder_2")
 
 
-@needs_distinct_text_widths
 def test_pipeline_from_single_file_reproduces_every_tensor(kit, tiny_pipe):
+    """diffusers' from_single_file picks the text-encoder conversion by width, which is why the tiny encoders
+    differ in width (tlcm.testing.tiny.TEXT_WIDTH_1 != TEXT_WIDTH_2): equal widths load CLIP-L weights into
+    text_encoder_2, and this test fails."""
     from diffusers import StableDiffusionXLPipeline
     pipe = StableDiffusionXLPipeline.from_single_file(str(kit.checkpoint), config=str(kit.diffusers),
                                                       local_files_only=True)

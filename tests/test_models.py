@@ -10,13 +10,7 @@ from safetensors.torch import save_file
 from tlcm.models import auto_device_dtype, load_sdxl_pipeline
 from tlcm.models.configs import SDXL_BASE_CONFIG, single_file_config
 from tlcm.models.detect import BIGG_POSITIONS_KEY, CLIP_L_POSITIONS_KEY, UNET_IN_KEY, inspect_single_file
-from tlcm.testing import tiny
 from tlcm.testing.build import build_tiny_sdxl
-
-needs_distinct_text_widths = pytest.mark.xfail(
-    tiny.TEXT_WIDTH_1 == tiny.TEXT_WIDTH_2, strict=True, raises=ValueError,
-    reason="the tiny text encoders are equally wide, which diffusers' single-file loader cannot tell apart "
-           "(load_sdxl_pipeline refuses such files; tlcm.testing.tiny.TEXT_WIDTH_1 must differ)")
 
 PROMPT = dict(prompt="a photo of a cat", num_inference_steps=2, guidance_scale=0.0, height=64, width=64,
               output_type="pt")
@@ -60,8 +54,9 @@ def test_folder_load_is_bit_identical_to_the_in_memory_kit(folder_pipe, tiny_pip
     assert torch.equal(image, _image(tiny_pipe))
 
 
-@needs_distinct_text_widths
 def test_single_file_and_folder_give_identical_images(kit, folder_pipe):
+    """Needs the tiny text encoders to differ in width (tlcm.testing.tiny): diffusers' single-file loader tells
+    them apart by width, and load_sdxl_pipeline refuses equally wide ones (test_bad_input_gives_a_clear_error)."""
     single = load_sdxl_pipeline(kit.checkpoint, device="cpu")   # configs found in <checkpoint>.config/
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         a, b = getattr(folder_pipe, name).state_dict(), getattr(single, name).state_dict()

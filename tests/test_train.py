@@ -9,7 +9,9 @@ import signal
 import pytest
 import torch
 
+from lora_exports import assert_deltas, diffusers_deltas, hand_deltas, kohya_deltas, peft_deltas
 from tlcm.lora import load_lora, merge_lora
+from tlcm.models import load_sdxl_pipeline
 from tlcm.testing.build import build_tiny_sdxl
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
 from train.adapters import add_student, require_student_active, student_parameters, student_state_dict
@@ -22,6 +24,7 @@ from train.prompts import PromptFileError
 from train.stage1_mlcd import MlcdStage
 
 FAST_TARGETS = "[to_q, to_k, to_v, to_out.0]"     # a few dozen modules: PEFT's per-module cost dominates on CPU
+ALPHA = 2.0           # with rank 4: alpha != rank, so an export at alpha = rank (scale 1, not 0.5) is caught
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
@@ -38,7 +41,7 @@ def tiny_config(kit, out, *overrides):
     paths, prompts = kit
     return load_config(None, [
         f"model.path={paths.diffusers}", f"data.prompts=[{prompts}]", "data.sample_prompts=[a red cat, a blue dog]",
-        "lora.rank=4", "lora.alpha=4", f"lora.target_modules={FAST_TARGETS}", "distill.num_segments=4",
+        "lora.rank=4", f"lora.alpha={ALPHA}", f"lora.target_modules={FAST_TARGETS}", "distill.num_segments=4",
         "mlcd.steps=3", "lcd.steps=2", "mps.steps=0", "dm.steps=0", "mlcd.lr=1e-3", "lcd.lr=1e-3", "train.max_grad_norm=0",
         "train.resolution=64", "train.batch_size=2", f"output.dir={out}", "output.sample_every=0",
         "output.checkpoint_every=0", "output.formats=[peft]", *overrides])
@@ -52,7 +55,7 @@ def random_cond(batch: int) -> Conditioning:
 
 def test_adapter_switch_trap_and_the_training_step_pattern():
     unet = tiny_unet()
-    add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"]))
+    add_student(unet, LoraConfig(rank=4, alpha=ALPHA, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"]))
     params = student_parameters(unet)
     den = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu"))
     cond, t = random_cond(2), torch.tensor([500, 700])
@@ -86,7 +89,7 @@ def test_adapter_switch_trap_and_the_training_step_pattern():
 def test_stage_pairs_follow_algorithms_1_and_2():
     from train.stage2_lcd import LcdStage
     unet = tiny_unet()
-    add_student(unet, LoraConfig(rank=2, alpha=2, target_modules=["to_q"]))
+    add_student(unet, LoraConfig(rank=2, alpha=1, target_modules=["to_q"]))
     den = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu"))
     cfg = load_config(None, ["model.path=/m", "data.prompts=[p]", "mps.weight=0", "distill.num_segments=4"])
     grid = torch.tensor([999, 749, 499, 249, 0])
@@ -138,14 +141,23 @@ def test_distillation_lowers_loss_and_exports_loadable_lora(kit, tmp_path):
         expected = trainer.denoiser.model_output(z, t, cond)
     for fmt, path in result.lora_files.items():
         lora = load_lora(path)
-        assert len(lora.modules) == len(student) // 2 and all(m.scale == 1.0 for m in lora.modules.values()), fmt
+        scale = 1.0 if fmt == "diffusers" else ALPHA / 4      # diffusers files carry the scale folded into up
+        assert len(lora.modules) == len(student) // 2 and all(m.scale == scale for m in lora.modules.values()), fmt
         unet = tiny_unet()
         assert len(merge_lora(unet, lora).matched) == len(lora.modules)
         got = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu")).model_output(z, t, cond)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=fmt)
 
+    # ... and each host's own loader adds exactly (alpha / r) · B · A of the student, alpha = 2 at rank 4:
+    # kohya by its .alpha keys, diffusers by load_lora_weights, PEFT by PeftModel (tests/lora_exports.py)
+    expected_deltas = hand_deltas(student, ALPHA)
+    names = sorted(expected_deltas)
+    assert_deltas(kohya_deltas(result.lora_files["kohya"], names), expected_deltas, "kohya")
+    pipe = load_sdxl_pipeline(kit[0].diffusers, device="cpu", dtype=torch.float32)      # the base the run trained on
+    assert_deltas(peft_deltas(pipe.unet, result.lora_files["peft"], names), expected_deltas, "peft")
+    assert_deltas(diffusers_deltas(pipe, result.lora_files["diffusers"], names), expected_deltas, "diffusers")
+
     # and samples with the core's TLCM scheduler: an image that differs from the base model's
-    from tlcm.models import load_sdxl_pipeline
     from tlcm.scheduler import TLCMScheduler
     images = []
     for lora_path in (None, result.lora_files["kohya"]):
