@@ -1,21 +1,21 @@
 """The node pack inside real ComfyUI 0.30 (in-process): registration, schedules, sampling parity, LoRA.
 
-The tiny kit is loaded by ComfyUI's own CheckpointLoaderSimple; the core side runs the kit's diffusers
-UNet with ``tlcm.sampling.sample_tlcm``, so the parity tests compare two independent implementations.
+The tiny kit is loaded by ComfyUI's own CheckpointLoaderSimple. Schedules and sampled latents are compared
+with the written-out references of ``tests/reference_tlcm.py`` (README timestep tables, the official VP loop
+on the kit's diffusers UNet), never with ``tlcm.schedules``/``tlcm.sampling``, which the pack wraps.
 """
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 
 from comfy_harness import (CHECKPOINT, CONTROLNET, INPUT_IMAGE, LORAS, comfy_base, comfy_nodes,  # noqa: F401
                            pack_module)
+from reference_tlcm import (PARTIAL_DENOISE, README_TABLE, forward_diffuse, full_schedule, partial_denoise,
+                            reference_loop, seeded_normal, sigmas_for)
 from tlcm.lora import load_lora, merge_lora, tlcm_target_modules
-from tlcm.sampling import sample_tlcm as core_sample_tlcm
-from tlcm.schedules import schedule_timesteps, tlcm_sigmas, timesteps_to_sigmas
 
 PROMPT = "a lighthouse on a cliff at dawn"
 SIZE = 64   # pixels; latent 8x8
@@ -46,31 +46,27 @@ def _ksampler(comfy_nodes, model, cond, seed, steps, latent, denoise=1.0, sample
                                          denoise=denoise)[0]["samples"]
 
 
-def _kit_denoiser(unet, cond, steps, denoise=1.0):
-    """k-diffusion denoiser over the kit's diffusers UNet at the core's milestone sigmas (SDXL EPS)."""
-    timesteps = schedule_timesteps(steps, denoise=denoise)
-    sigma_to_t = dict(zip(timesteps_to_sigmas(timesteps).tolist(), timesteps))
+def _kit_eps(unet, cond):
+    """ε̂(z, t) of the kit's diffusers UNet in VP space, with ComfyUI's conditioning (SDXL EPS model)."""
     embeds, meta = cond[0][0], cond[0][1]
     time_ids = torch.tensor([[meta["height"], meta["width"], meta["crop_h"], meta["crop_w"],
                               meta["target_height"], meta["target_width"]]], dtype=torch.float32)
 
-    def denoise_fn(x, sigma):
-        s = float(sigma[0])
-        eps = unet(x / math.sqrt(s * s + 1), sigma_to_t[s], encoder_hidden_states=embeds,
-                   added_cond_kwargs={"text_embeds": meta["pooled_output"], "time_ids": time_ids}).sample
-        return x - s * eps
-    return denoise_fn
+    def eps(z, t):
+        return unet(z, t, encoder_hidden_states=embeds,
+                    added_cond_kwargs={"text_embeds": meta["pooled_output"], "time_ids": time_ids}).sample
+    return eps
 
 
-def _core_latent(unet, cond, seed, steps, latent_shape, eta=1.0):
-    """The core sampler on ComfyUI's noise convention: prepare_noise(seed), σ0 scaling, seed+1 sampler noise."""
-    import comfy.sample
-    from comfy.k_diffusion.sampling import default_noise_sampler
-    noise = comfy.sample.prepare_noise(torch.zeros(latent_shape), seed)
-    sigmas = tlcm_sigmas(steps)
-    x = noise * math.sqrt(1.0 + float(sigmas[0]) ** 2)
-    return core_sample_tlcm(_kit_denoiser(unet, cond, steps), x, sigmas, disable=True, eta=eta,
-                            noise_sampler=default_noise_sampler(x, seed=seed))
+def _reference_latent(unet, cond, seed, timesteps, shape, eta=1.0, init=None):
+    """The reference loop on ComfyUI's noise convention, written out: the start noise ξ is
+    ``randn(shape)`` of ``Generator(seed)`` (``prepare_noise``); the sampler's fresh noise comes from
+    ``Generator(seed + 1)`` (k-diffusion's seeded noise sampler on CPU). Full denoise starts from VP noise
+    z = ξ at ``timesteps[0]``; with ``init`` (a model-space latent) from its forward diffusion to it."""
+    xi = seeded_normal(seed, shape)()
+    z = xi if init is None else forward_diffuse(init, xi, timesteps[0])
+    with torch.no_grad():
+        return reference_loop(_kit_eps(unet, cond), z, timesteps, eta=eta, noise=seeded_normal(seed + 1, shape))
 
 
 # --------------------------------------------------------------------------- registration and schema
@@ -101,15 +97,27 @@ def test_nodes_are_v3_with_tlcm_ids(comfy_nodes):
 
 # --------------------------------------------------------------------------- schedules
 
+FRACTIONAL = sorted(key for key in PARTIAL_DENOISE if key[1] not in (0.5, 0.3))   # int(steps/d) != round
+
+
 @pytest.mark.parametrize("schedule", ["tlcm", "uniform"])
 @pytest.mark.parametrize("denoise", [1.0, 0.5, 0.3])
-def test_scheduler_node_sigmas_equal_core_table(comfy_nodes, loaded, schedule, denoise):
+def test_scheduler_node_sigmas_equal_reference(comfy_nodes, loaded, schedule, denoise):
     node = comfy_nodes.NODE_CLASS_MAPPINGS["TLCMScheduler"]
     for steps in range(1, 9):
         sigmas = node.execute(loaded[0], steps, denoise, schedule).result[0]
-        expected = tlcm_sigmas(steps, schedule, denoise=denoise)
+        expected = sigmas_for(partial_denoise(steps, denoise, schedule))
         assert sigmas.shape == (steps + 1,) and sigmas[-1] == 0
         torch.testing.assert_close(sigmas, expected, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("steps,denoise,schedule", FRACTIONAL)
+def test_scheduler_node_fractional_denoise_keeps_the_int_schedule_tail(comfy_nodes, loaded, steps, denoise, schedule):
+    """Ratios whose int and round differ (hand-derived tables): the node must truncate like KSampler."""
+    ms = loaded[0].get_model_object("model_sampling")
+    sigmas = comfy_nodes.NODE_CLASS_MAPPINGS["TLCMScheduler"].execute(loaded[0], steps, denoise, schedule).result[0]
+    assert [round(float(ms.timestep(s))) for s in sigmas[:-1]] == PARTIAL_DENOISE[steps, denoise, schedule]
+    torch.testing.assert_close(sigmas, sigmas_for(PARTIAL_DENOISE[steps, denoise, schedule]), rtol=2e-6, atol=0)
 
 
 def test_ksampler_scheduler_covers_denoise_and_long_schedules(loaded):
@@ -117,10 +125,15 @@ def test_ksampler_scheduler_covers_denoise_and_long_schedules(loaded):
     model = loaded[0]
     ms = model.get_model_object("model_sampling")
     for n in range(1, 17):   # KSampler asks for int(steps/denoise) steps: up to 16 at denoise 0.5
-        torch.testing.assert_close(comfy.samplers.calculate_sigmas(ms, "tlcm", n), tlcm_sigmas(n), rtol=2e-6, atol=0)
-    sampler = comfy.samplers.KSampler(model, steps=4, device="cpu", sampler="tlcm", scheduler="tlcm", denoise=0.5)
-    assert [int(ms.timestep(s)) for s in sampler.sigmas[:-1]] == [499, 374, 249, 124]
-    torch.testing.assert_close(sampler.sigmas, tlcm_sigmas(4, denoise=0.5), rtol=2e-6, atol=0)
+        expected = sigmas_for(full_schedule(n))
+        torch.testing.assert_close(comfy.samplers.calculate_sigmas(ms, "tlcm", n), expected, rtol=2e-6, atol=0)
+    for denoise in (0.5, 0.45, 0.7):   # 4/0.45 = 8.89 -> 8-step tail; 4/0.7 = 5.71 -> 5-step tail
+        sampler = comfy.samplers.KSampler(model, steps=4, device="cpu", sampler="tlcm", scheduler="tlcm",
+                                          denoise=denoise)
+        expected = PARTIAL_DENOISE[4, denoise, "tlcm"]
+        assert [round(float(ms.timestep(s))) for s in sampler.sigmas[:-1]] == expected
+        torch.testing.assert_close(sampler.sigmas, sigmas_for(expected), rtol=2e-6, atol=0)
+    assert PARTIAL_DENOISE[4, 0.5, "tlcm"] == [499, 374, 249, 124]
 
 
 # --------------------------------------------------------------------------- conditioning and parity
@@ -138,22 +151,24 @@ def test_comfy_clip_conditioning_equals_kit_encoders(loaded, conditioning, tiny_
 
 
 @pytest.mark.parametrize("steps", [2, 4])
-def test_ksampler_tlcm_latent_equals_core_sampler(comfy_nodes, loaded, conditioning, tiny_pipe, steps):
+def test_ksampler_tlcm_latent_equals_reference_loop(comfy_nodes, loaded, conditioning, tiny_pipe, steps):
+    """KSampler(tlcm, tlcm) == the official VP loop (eta 1, fresh noise from the seeded source)."""
     model = loaded[0]
     latent = _empty_latent(comfy_nodes)
     comfy_out = _ksampler(comfy_nodes, model, conditioning, 42, steps, latent)
-    with torch.no_grad():
-        core = _core_latent(tiny_pipe.unet, conditioning, 42, steps, latent["samples"].shape)
+    reference = _reference_latent(tiny_pipe.unet, conditioning, 42, README_TABLE[steps], latent["samples"].shape)
     scaled = model.model.process_latent_in(comfy_out)   # KSampler returns latents / 0.13025
-    torch.testing.assert_close(scaled, core, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scaled, reference, rtol=1e-4, atol=1e-4)
     other_seed = model.model.process_latent_in(_ksampler(comfy_nodes, model, conditioning, 43, steps, latent))
     if steps > 1:   # fresh noise after step 1: another seed must change the result
-        assert (other_seed - core).abs().max() > 1e-2
+        assert (other_seed - reference).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.0])
-def test_custom_sampler_nodes_equal_core(comfy_nodes, loaded, conditioning, tiny_pipe, eta):
-    """SamplerCustomAdvanced with TLCM Sampler + TLCM Scheduler (the custom-sampling route)."""
+def test_custom_sampler_nodes_equal_reference_loop(comfy_nodes, loaded, conditioning, tiny_pipe, eta):
+    """SamplerCustomAdvanced with TLCM Sampler + TLCM Scheduler (the custom-sampling route): eta 1 is the
+    official loop on the shared noise source, eta 0 the deterministic DDIM jump. (At eta 1 this and the
+    KSampler test pin both routes to the same reference, so they agree with each other too.)"""
     from comfy_extras.nodes_custom_sampler import BasicGuider, RandomNoise, SamplerCustomAdvanced
     m = comfy_nodes.NODE_CLASS_MAPPINGS
     model = loaded[0]
@@ -162,13 +177,27 @@ def test_custom_sampler_nodes_equal_core(comfy_nodes, loaded, conditioning, tiny
     guider = BasicGuider.execute(model, conditioning).result[0]
     noise = RandomNoise.execute(7).result[0]
     latent = _empty_latent(comfy_nodes)
-    out = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent).result[1]["samples"]
-    with torch.no_grad():
-        core = _core_latent(tiny_pipe.unet, conditioning, 7, 4, latent["samples"].shape, eta=eta)
-    torch.testing.assert_close(model.model.process_latent_in(out), core, rtol=1e-4, atol=1e-4)
-    if eta == 1.0:
-        plain = _ksampler(comfy_nodes, model, conditioning, 7, 4, latent)
-        torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    out = model.model.process_latent_in(SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent)
+                                        .result[1]["samples"])
+    shape = latent["samples"].shape
+    reference = _reference_latent(tiny_pipe.unet, conditioning, 7, [999, 749, 499, 124], shape, eta=eta)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+    other = _reference_latent(tiny_pipe.unet, conditioning, 7, [999, 749, 499, 124], shape, eta=1.0 - eta)
+    assert (other - reference).abs().max() > 1e-2      # eta 1 and eta 0 really are different samplers
+
+
+def test_ksampler_fractional_denoise_equals_reference_loop(comfy_nodes, loaded, conditioning, tiny_pipe):
+    """img2img at denoise 0.7: KSampler runs the tail of the int(4/0.7) = 5-step schedule (749, 499, 249,
+    124; round would give 6 steps: 499, ...), starting from the forward diffusion of the input latent."""
+    model = loaded[0]
+    samples = 3.0 * torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(9))
+    out = model.model.process_latent_in(_ksampler(comfy_nodes, model, conditioning, 21, 4, {"samples": samples},
+                                                  denoise=0.7))
+    timesteps = PARTIAL_DENOISE[4, 0.7, "tlcm"]
+    assert timesteps == [749, 499, 249, 124]
+    init = model.model.process_latent_in(samples)     # the model-space latent (x 0.13025)
+    reference = _reference_latent(tiny_pipe.unet, conditioning, 21, timesteps, samples.shape, init=init)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_progress_callback_each_step_and_cancel(comfy_nodes, loaded, conditioning):
@@ -248,20 +277,20 @@ def test_lora_loader_patches_every_target_like_core_merge(comfy_nodes, comfy_bas
     assert changed == len(targets)
 
 
-def test_ksampler_with_tlcm_lora_equals_core_sampler_on_merged_unet(comfy_nodes, comfy_base, loaded, conditioning,
-                                                                    tiny_pipe):
-    """End to end: LoRA loader + KSampler(tlcm) == core sampler on the UNet merged by the core."""
+def test_ksampler_with_tlcm_lora_equals_reference_on_merged_unet(comfy_nodes, comfy_base, loaded, conditioning,
+                                                                  tiny_pipe):
+    """End to end: LoRA loader + KSampler(tlcm) == the reference loop on the UNet merged by the core."""
     official = TLCM_LORAS[0]
     model = comfy_nodes.NODE_CLASS_MAPPINGS["TLCMLoraLoader"].execute(loaded[0], official, 1.0).result[0]
     latent = _empty_latent(comfy_nodes)
     comfy_out = model.model.process_latent_in(_ksampler(comfy_nodes, model, conditioning, 11, 4, latent))
     merged = copy.deepcopy(tiny_pipe.unet)
     merge_lora(merged, load_lora(comfy_base / "models" / "loras" / official), 1.0)
-    with torch.no_grad():
-        core = _core_latent(merged, conditioning, 11, 4, latent["samples"].shape)
-        base = _core_latent(tiny_pipe.unet, conditioning, 11, 4, latent["samples"].shape)
-    torch.testing.assert_close(comfy_out, core, rtol=1e-4, atol=1e-4)
-    assert (core - base).abs().max() > 1e-2   # the LoRA matters
+    shape = latent["samples"].shape
+    reference = _reference_latent(merged, conditioning, 11, README_TABLE[4], shape)
+    base = _reference_latent(tiny_pipe.unet, conditioning, 11, README_TABLE[4], shape)
+    torch.testing.assert_close(comfy_out, reference, rtol=1e-4, atol=1e-4)
+    assert (reference - base).abs().max() > 1e-2   # the LoRA matters
 
 
 def test_official_scale_and_stock_loader_gap(comfy_nodes, loaded):

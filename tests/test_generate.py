@@ -3,11 +3,13 @@ import copy
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
+from reference_tlcm import PARTIAL_DENOISE, README_TABLE, reference_loop, seeded_normal
 from tlcm.generate import GenerationSettings, apply_loras, generate, save_images
 from tlcm.lora import LoraMatchError
 
@@ -53,11 +55,30 @@ def test_batch_uses_seed_plus_index(pipe):
     assert list(batch[0].getdata()) != list(batch[1].getdata())
 
 
+def reference_image(pipe, prompt, seed, timesteps):
+    """The official loop (tests/reference_tlcm.py) on the pipeline's UNet, decoded by its VAE as an 8-bit image."""
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32)
+    noise = seeded_normal(seed, (1, 4, SIZE // 8, SIZE // 8))
+    with torch.no_grad():
+        latent = reference_loop(
+            lambda z, t: pipe.unet(z, t, encoder_hidden_states=embeds,
+                                   added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample,
+            noise(), timesteps, eta=1.0, noise=noise)
+        image = pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample
+    return ((image[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
 def test_txt2img_and_img2img_timesteps(pipe):
-    assert visited(pipe, lambda: generate(pipe, settings(steps=4))) == [999, 749, 499, 124]
+    images = []
+    assert visited(pipe, lambda: images.extend(generate(pipe, settings(steps=4, seed=4)))) == README_TABLE[4]
+    # the image is the decoded last x̂0 of the official loop (not a latent re-noised after the last step)
+    got = np.asarray(images[0]).astype(int)
+    assert np.abs(got - reference_image(pipe, "a green triangle", 4, README_TABLE[4])).max() <= 1
     init = Image.new("RGB", (SIZE, SIZE), (10, 200, 10))
-    assert visited(pipe, lambda: generate(pipe, settings(steps=4, strength=0.5), init_image=init)) == \
-        [499, 374, 249, 124]
+    # strength 0.45: 4/0.45 = 8.89 -> the 8-step tail; round(8.89) = 9 would give 444, 333, 222, 111
+    assert visited(pipe, lambda: generate(pipe, settings(steps=4, strength=0.45), init_image=init)) == \
+        PARTIAL_DENOISE[4, 0.45, "tlcm"] == [499, 374, 249, 124]
     assert visited(pipe, lambda: generate(pipe, settings(steps=2, guidance_scale=2.0, negative_prompt="red"))) == \
         [999, 499]
 

@@ -1,14 +1,29 @@
-"""TLCMScheduler inside diffusers' SDXL txt2img, img2img and ControlNet pipelines (tiny kit)."""
+"""TLCMScheduler inside diffusers' SDXL txt2img, img2img and ControlNet pipelines (tiny kit).
+
+Final latents are compared with the official VP loop of ``tests/reference_tlcm.py`` on the kit's UNet and
+timesteps with its written-out tables, never with ``tlcm.schedules``/``tlcm.sampling`` (which the scheduler
+wraps).
+"""
 import pytest
 import torch
 from diffusers import (StableDiffusionXLControlNetPipeline, StableDiffusionXLImg2ImgPipeline,
                        StableDiffusionXLPipeline)
 from PIL import Image
 
+from reference_tlcm import PARTIAL_DENOISE, README_TABLE, forward_diffuse, reference_loop, seeded_normal
 from tlcm.scheduler import TLCMScheduler
 from tlcm.testing.tiny import tiny_controlnet
 
 SIZE = 64
+LATENT = (1, 4, SIZE // 8, SIZE // 8)
+
+
+def kit_eps(pipe, prompt):
+    """ε̂(z, t) of the pipeline's UNet for ``prompt`` without CFG (SDXL size ids: 64x64, no crop)."""
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32)
+    return lambda z, t: pipe.unet(z, t, encoder_hidden_states=embeds,
+                                  added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
 
 
 class TimestepRecorder:
@@ -73,6 +88,20 @@ def test_same_seed_same_image_other_seed_other_image(components):
     assert not torch.allclose(a, c)
 
 
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_txt2img_result_is_the_last_x0_of_the_reference_loop(components, eta):
+    """One generator: the start latent, then one fresh draw per re-noise (eta 1); eta 0 is the DDIM jump.
+    The pipeline's output is the last x̂0, not a latent re-noised after the last step."""
+    scheduler = TLCMScheduler.from_config(components["scheduler"].config, eta=eta)
+    pipe = StableDiffusionXLPipeline(**{**components, "scheduler": scheduler})
+    out = pipe("a blue square", num_inference_steps=4, guidance_scale=0.0, height=SIZE, width=SIZE,
+               output_type="latent", generator=torch.Generator().manual_seed(3)).images
+    noise = seeded_normal(3, LATENT)
+    with torch.no_grad():
+        reference = reference_loop(kit_eps(pipe, "a blue square"), noise(), README_TABLE[4], eta=eta, noise=noise)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+
+
 def test_img2img_diffusers_strength_and_tlcm_rule(components):
     pipe = StableDiffusionXLImg2ImgPipeline(**components)
     init = Image.new("RGB", (SIZE, SIZE), (200, 30, 30))
@@ -80,13 +109,22 @@ def test_img2img_diffusers_strength_and_tlcm_rule(components):
         pipe("a red square", image=init, strength=0.5, num_inference_steps=4, guidance_scale=0.0,
              output_type="latent")
     assert rec.seen == [499, 124]
-    pipe.scheduler.set_timesteps(4, strength=0.5)     # TLCM rule, as tlcm.generate passes it
+    # TLCM rule, as tlcm.generate passes it: 4/0.45 = 8.89 -> the 8-step tail (round would give 444, ...)
+    pipe.scheduler.set_timesteps(4, strength=0.45)
     rule = pipe.scheduler.timesteps.tolist()
+    assert rule == PARTIAL_DENOISE[4, 0.45, "tlcm"] == [499, 374, 249, 124]
+    pipe.scheduler.set_timesteps(4, strength=0.7)     # 4/0.7 = 5.71 -> the 5-step tail
+    assert pipe.scheduler.timesteps.tolist() == PARTIAL_DENOISE[4, 0.7, "tlcm"]
+    latent = 2.0 * torch.randn(LATENT, generator=torch.Generator().manual_seed(8))   # a latent image: no VAE
     with TimestepRecorder(pipe.unet) as rec:
-        out = pipe("a red square", image=init, strength=1.0, timesteps=rule, guidance_scale=0.0,
+        out = pipe("a red square", image=latent, strength=1.0, timesteps=rule, guidance_scale=0.0,
                    output_type="latent", generator=torch.Generator().manual_seed(0)).images
-    assert rule == [499, 374, 249, 124] and rec.seen == rule
-    assert torch.isfinite(out).all()
+    assert rec.seen == rule
+    noise = seeded_normal(0, LATENT)                  # start: the latent diffused to t = 499 with the 1st draw
+    with torch.no_grad():
+        reference = reference_loop(kit_eps(pipe, "a red square"), forward_diffuse(latent, noise(), rule[0]), rule,
+                                   eta=1.0, noise=noise)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_controlnet_pipeline(components, tiny_pipe):

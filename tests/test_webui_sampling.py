@@ -2,13 +2,14 @@
 
 Runs the stand-in WebUI's generation path (``tests/webui_stub``): host schedule selection, start-noise
 scaling, img2img/hires step arithmetic, CFG wrapper and the seeded ``ImageRNG``; checks the exact milestone
-timesteps the UNet receives and parity with the core sampler and with an independent VP-space loop.
+timesteps the UNet receives against the README tables and hand-derived partial-denoise tables, and the
+samples against the official VP-space loop of ``tests/reference_tlcm.py`` (never against ``tlcm.schedules`` /
+``tlcm.sampling``, which the extension wraps).
 """
 import pytest
 import torch
 
-from tlcm.sampling import sample_tlcm
-from tlcm.schedules import schedule_timesteps, tlcm_timesteps
+from reference_tlcm import PARTIAL_DENOISE, README_TABLE, forward_diffuse, reference_loop
 from tlcm.testing.tiny import tiny_unet
 from webui_stub.harness import FakeSDXL, conditioning, load_extension, purge, start_webui
 
@@ -56,20 +57,29 @@ def unet_timesteps(model):
     return out
 
 
-def reference_loop(model, seeds, cond, timesteps, shape=(4, 8, 8)):
-    """The official TLCM loop in VP space (``inference.py``), drawing noise from per-seed generators the way
-    the WebUI's ImageRNG does: start noise first, then one fresh draw per re-noise."""
+def host_noise(seeds, shape=(4, 8, 8)):
+    """The WebUI's ImageRNG, written out: one generator per seed, each draw stacks one tensor per image
+    (the start noise first, then one fresh draw per re-noise)."""
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    draw = lambda: torch.stack([torch.randn(shape, generator=g) for g in gens])  # noqa: E731
-    ac = model.alphas_cumprod
-    z = draw()
-    for i, t in enumerate(timesteps):
-        eps = model.eps(z, torch.full((len(seeds),), float(t)), cond)
-        x0 = (z - (1 - ac[t]).sqrt() * eps) / ac[t].sqrt()
-        if i + 1 == len(timesteps):
-            return x0
-        t_next = timesteps[i + 1]
-        z = ac[t_next].sqrt() * x0 + (1 - ac[t_next]).sqrt() * draw()
+    return lambda: torch.stack([torch.randn(shape, generator=g) for g in gens])
+
+
+def model_eps(model, cond):
+    """ε̂(z, t) of the stand-in model at an integer timestep (what CompVisDenoiser calls)."""
+    return lambda z, t: model.eps(z, torch.full((z.shape[0],), float(t)), cond)
+
+
+def txt2img_reference(model, seeds, cond, timesteps, eta=1.0):
+    """txt2img: VP noise at the first milestone is the first draw; then the official loop (eta 1)."""
+    noise = host_noise(seeds)
+    return reference_loop(model_eps(model, cond), noise(), timesteps, eta=eta, noise=noise)
+
+
+def img2img_reference(model, seeds, cond, init, timesteps):
+    """img2img / hires pass: the image latent diffused to the first milestone with the first draw."""
+    noise = host_noise(seeds)
+    z = forward_diffuse(init, noise(), timesteps[0])
+    return reference_loop(model_eps(model, cond), z, timesteps, eta=1.0, noise=noise)
 
 
 @pytest.mark.parametrize("steps", range(1, 9))
@@ -79,30 +89,24 @@ def test_host_schedule_maps_back_to_the_exact_milestones(webui, steps):
     sigmas = sampler.get_sigmas(p, steps)
     assert sigmas[-1] == 0 and len(sigmas) == steps + 1
     t = sampler.model_wrap.sigma_to_t(sigmas[:-1])
-    assert t.tolist() == [float(x) for x in tlcm_timesteps(steps)]
+    assert t.tolist() == [float(x) for x in README_TABLE[steps]]
     assert p.extra_generation_params["Schedule type"] == "TLCM"
 
 
-def test_txt2img_visits_999_749_499_124_and_matches_core_and_reference(webui_unet):
+def test_txt2img_visits_999_749_499_124_and_matches_the_reference_loop(webui_unet):
+    """The sampler is the official loop (eta 1: fresh noise from the host RNG at every milestone); the
+    WebUI has no eta setting, so the deterministic DDIM jump (eta 0) must not be what it runs."""
     webui = webui_unet
     model = webui.shared.sd_model
     p = make_p(webui)
     samples, _ = webui.processing.process_images(p)
     assert unet_timesteps(model) == [999.0, 749.0, 499.0, 124.0]
     assert p.sampler.callback_steps == [0, 1, 2, 3]
-
-    reference = reference_loop(model, [SEED], p.cond, [999, 749, 499, 124])
-    torch.testing.assert_close(samples, reference, rtol=1e-4, atol=1e-4)
-
-    # the core sampler on the same k-diffusion denoiser, start x = √(1+σ0²)·ξ, same noise stream
-    gen = torch.Generator().manual_seed(SEED)
-    first = torch.randn(1, 4, 8, 8, generator=gen)
-    denoiser = p.sampler.model_wrap
-    sigmas = denoiser.sigmas[torch.tensor([999, 749, 499, 124])]
-    sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-    core = sample_tlcm(lambda x, s: denoiser(x, s, cond=p.cond), first * (1 + sigmas[0] ** 2).sqrt(), sigmas,
-                       disable=True, noise_sampler=lambda s, sn: torch.randn(1, 4, 8, 8, generator=gen))
-    torch.testing.assert_close(samples, core, rtol=1e-4, atol=1e-4)   # CFG batches cond+uncond: float-level
+    with torch.no_grad():
+        reference = txt2img_reference(model, [SEED], p.cond, README_TABLE[4])
+        deterministic = txt2img_reference(model, [SEED], p.cond, README_TABLE[4], eta=0.0)
+    torch.testing.assert_close(samples, reference, rtol=1e-4, atol=1e-4)   # CFG batches cond+uncond
+    assert (deterministic - reference).abs().max() > 1e-2
 
 
 def test_seed_reproduces_and_does_not_depend_on_the_batch(webui_unet):
@@ -123,38 +127,37 @@ def test_sgm_noise_multiplier_is_not_applied_twice(webui):
     assert "SGM noise multiplier: True" in info
 
 
-def test_hires_second_pass_follows_the_core_partial_denoise_rule(webui):
+@pytest.mark.parametrize("strength", [0.5, 0.45, 0.7])
+def test_hires_second_pass_follows_the_partial_denoise_rule(webui, strength):
+    """Hires pass at strength d: the last 4 of the int(4/d)-step schedule (0.45 -> 8 steps, round would give
+    9; 0.7 -> 5 steps, round would give 6), re-noised from the first pass with a fresh RNG."""
     model = webui.shared.sd_model
-    p = make_p(webui, enable_hr=True, denoising_strength=0.5)
-    webui.processing.process_images(p)
-    expected = [999, 749, 499, 124] + schedule_timesteps(4, denoise=0.5)
-    assert unet_timesteps(model) == [float(t) for t in expected]
-    assert expected[4:] == [499, 374, 249, 124]
+    p = make_p(webui, enable_hr=True, denoising_strength=strength)
+    samples, _ = webui.processing.process_images(p)
+    second = PARTIAL_DENOISE[4, strength, "tlcm"]
+    assert unet_timesteps(model) == [float(t) for t in README_TABLE[4] + second]
+    first = txt2img_reference(model, [SEED], p.cond, README_TABLE[4])
+    torch.testing.assert_close(samples, img2img_reference(model, [SEED], p.cond, first, second),
+                               rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("strength,expected", [(0.3, [307, 230, 153, 76]), (0.45, [499, 374, 249, 124]),
+                                               (0.7, [749, 499, 249, 124])])
 @pytest.mark.parametrize("fix_steps", [False, True])
-def test_img2img_follows_the_core_rule_whatever_fix_steps_says(webui, fix_steps):
+def test_img2img_follows_the_rule_whatever_fix_steps_says(webui, fix_steps, strength, expected):
+    """4 steps at strength 0.3: int(13.3) = 13-step grid int(999 - 999i/13), i = 9..12; 0.45 and 0.7 are
+    ratios where int and round differ (tests/reference_tlcm.py derives them)."""
     model = webui.shared.sd_model
     webui.shared.opts.img2img_fix_steps = fix_steps
     init = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    p = make_p(webui, init_latent=init, denoising_strength=0.3)
+    p = make_p(webui, init_latent=init, denoising_strength=strength)
     samples, info = webui.processing.process_images(p)
-    expected = schedule_timesteps(4, denoise=0.3)
+    assert expected == PARTIAL_DENOISE[4, strength, "tlcm"]
     assert unet_timesteps(model) == [float(t) for t in expected]
     # img2img start: x0 + σ_start·ξ, i.e. the VP forward diffusion of the image to the first milestone
-    gens = [torch.Generator().manual_seed(SEED)]
-    ac = model.alphas_cumprod
-    t0 = expected[0]
-    z = ac[t0].sqrt() * init + (1 - ac[t0]).sqrt() * torch.randn(1, 4, 8, 8, generator=gens[0])
-    x = z
-    for i, t in enumerate(expected):
-        eps = model.eps(x, torch.full((1,), float(t)), p.cond)
-        x0 = (x - (1 - ac[t]).sqrt() * eps) / ac[t].sqrt()
-        if i + 1 < len(expected):
-            tn = expected[i + 1]
-            x = ac[tn].sqrt() * x0 + (1 - ac[tn]).sqrt() * torch.randn(1, 4, 8, 8, generator=gens[0])
-    torch.testing.assert_close(samples, x0, rtol=1e-4, atol=1e-4)
-    assert "Denoising strength: 0.3" in info
+    torch.testing.assert_close(samples, img2img_reference(model, [SEED], p.cond, init, expected),
+                               rtol=1e-4, atol=1e-4)
+    assert f"Denoising strength: {strength}" in info
 
 
 def test_other_webui_schedules_stay_selectable_with_the_tlcm_sampler(webui):
@@ -162,7 +165,7 @@ def test_other_webui_schedules_stay_selectable_with_the_tlcm_sampler(webui):
     sampler = webui.sd_samplers.create_sampler("TLCM", webui.shared.sd_model)
     sigmas = sampler.get_sigmas(p, 4)
     assert p.extra_generation_params["Schedule type"] == "Karras"
-    assert sampler.model_wrap.sigma_to_t(sigmas[1:2]).item() not in tlcm_timesteps(4)
+    assert sampler.model_wrap.sigma_to_t(sigmas[1:2]).item() not in README_TABLE[4]
 
 
 def test_scheduler_rejects_impossible_step_counts(webui):
