@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 
 HOST_FORBIDDEN = ("diffusers", "peft", "accelerate")
-# The official TLCM milestones (OPPO-Mente-Lab/TLCM inference.py, grid linspace(999, 0, 9)), written out.
-OFFICIAL_TIMESTEPS = {1: [999], 2: [999, 499], 4: [999, 749, 499, 124], 8: [999, 874, 749, 624, 499, 374, 249, 124]}
 
 
 def forbidden_modules() -> list[str]:
@@ -30,8 +28,8 @@ class TinyLDM:
 
     def __init__(self, seed: int) -> None:
         import torch
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+        from reference_tlcm import SDXL_ALPHAS_CUMPROD
+        self.alphas_cumprod = SDXL_ALPHAS_CUMPROD.float()
         self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -45,25 +43,10 @@ class TinyLDM:
             return torch.tanh(self.conv(z)) * scale + 0.1 * cond.mean(dim=(1, 2)).view(-1, 1, 1, 1)
 
 
-def reference_tlcm(model: TinyLDM, timesteps: list[int], cond, seed: int, shape: tuple[int, ...]):
-    """The official loop in VP space: x̂0 at each milestone, re-noised to the next with fresh noise."""
-    import torch
-    generator = torch.Generator().manual_seed(seed)
-    ac = model.alphas_cumprod.double()
-    z = torch.randn(shape, generator=generator)
-    for i, t in enumerate(timesteps):
-        eps = model.apply_model(z, torch.full((shape[0],), t), cond).double()
-        x0 = (z.double() - (1 - ac[t]).sqrt() * eps) / ac[t].sqrt()
-        if i + 1 == len(timesteps):
-            return x0.float()
-        t_next = timesteps[i + 1]
-        z = (ac[t_next].sqrt() * x0 + (1 - ac[t_next]).sqrt() * torch.randn(shape, generator=generator)).float()
-
-
-def sampler_parity(repo: str) -> dict:
+def sampler_parity() -> dict:
     """The core's k-diffusion sampler through k-diffusion's CompVisDenoiser vs the reference loop."""
     import torch
-    sys.path.insert(0, str(Path(repo) / "tests"))
+    from reference_tlcm import README_TABLE, reference_loop, seeded_normal
     from webui_stub.kdiffusion_pypi import load_k_diffusion
 
     from tlcm.sampling import sample_tlcm
@@ -72,18 +55,21 @@ def sampler_parity(repo: str) -> dict:
     model, seed, shape = TinyLDM(seed=3), 11, (2, 4, 8, 8)
     cond = torch.randn((2, 5, 16), generator=torch.Generator().manual_seed(5))
     denoiser = k_diffusion.external.CompVisDenoiser(model)
+    eps_fn = lambda z, t: model.apply_model(z, torch.full((shape[0],), t), cond)  # noqa: E731
     errors = {}
-    for steps, timesteps in OFFICIAL_TIMESTEPS.items():
-        generator = torch.Generator().manual_seed(seed)
+    for steps in (1, 2, 4, 8):
         sigmas = tlcm_sigmas(steps)
-        x = torch.randn(shape, generator=generator) * (1 + sigmas[0] ** 2).sqrt()
-        noise = lambda sigma, sigma_next: torch.randn(shape, generator=generator)  # noqa: E731
-        out = sample_tlcm(denoiser, x, sigmas, extra_args={"cond": cond}, disable=True, noise_sampler=noise)
-        expected = reference_tlcm(model, timesteps, cond, seed, shape)
+        draw = seeded_normal(seed, shape)
+        x = draw() * (1 + sigmas[0] ** 2).sqrt()
+        out = sample_tlcm(denoiser, x, sigmas, extra_args={"cond": cond}, disable=True,
+                          noise_sampler=lambda sigma, sigma_next: draw())
+        again = seeded_normal(seed, shape)
+        expected = reference_loop(eps_fn, again(), README_TABLE[steps], eta=1.0, noise=again)
         errors[steps] = float(((out - expected).norm() / expected.norm()).item())
     return {"relative_errors": errors, "torch": torch.__version__, "forbidden": forbidden_modules()}
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     check, *args = sys.argv[1:]
     print(json.dumps({"convert_lora": convert_lora, "sampler_parity": sampler_parity}[check](*args)))

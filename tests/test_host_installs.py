@@ -116,7 +116,7 @@ def test_a1111_converts_the_official_lora_without_diffusers(a1111, tmp_path):
 
 
 def test_a1111_tlcm_sampler_through_k_diffusion(a1111):
-    proc = run(a1111, CHECKS, "sampler_parity", REPO)
+    proc = run(a1111, CHECKS, "sampler_parity")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["torch"].startswith("2.1.2") and result["forbidden"] == []
