@@ -7,6 +7,7 @@ from types import ModuleType, SimpleNamespace
 
 import torch
 
+from reference_tlcm import SDXL_ALPHAS_CUMPROD
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2
 
 from .kdiffusion_pypi import load_k_diffusion
@@ -35,12 +36,6 @@ def start_webui(monkeypatch) -> SimpleNamespace:
                            scripts=scripts, sd_samplers=sd_samplers, sd_schedulers=sd_schedulers, shared=shared)
 
 
-def sdxl_alphas_cumprod() -> torch.Tensor:
-    """SDXL's DDPM ᾱ (scaled_linear 0.00085 -> 0.012, T = 1000), float32 as the WebUI's model holds it."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0).float()
-
-
 class FakeSDXL:
     """What ``CompVisDenoiser`` wraps: ``alphas_cumprod`` and ``apply_model(x, t, cond)`` -> ε.
 
@@ -52,7 +47,7 @@ class FakeSDXL:
 
     def __init__(self, unet: torch.nn.Module | None) -> None:
         self.unet = unet
-        self.alphas_cumprod = sdxl_alphas_cumprod()
+        self.alphas_cumprod = SDXL_ALPHAS_CUMPROD.float()   # float32, as the WebUI's model holds it
         self.timesteps: list[list[float]] = []
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
