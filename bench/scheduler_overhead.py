@@ -83,7 +83,7 @@ def main() -> None:
                      f"{r['tlcm_over_sdxl_a100_unet_pct']:.3f}% |")
     lines += ["", "Scheduler figures are one 4-step pass (set_timesteps + 4 steps) divided by 4, for both schedulers. "
               "The tiny UNet has 3.2 M parameters (SDXL: 2.6 B), so the ratio against it is an upper bound. "
-              "The SDXL column divides the CPU step time by the published A100 UNet step (tlcm-method.md §4): "
+              "The SDXL column divides the CPU step time by the published A100 UNet step (docs/method.md §4): "
               "the scheduler runs on the GPU in practice, where it is faster still."]
     (out / "scheduler_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -5,6 +5,11 @@ Scanned: tracked ``.py .md .yaml .yml .toml .json`` files (``git ls-files``, out
 
 - each ``docs/<name>.md`` and ``ARCHITECTURE.md`` reference (bare: from the repository root, as code
   comments cite them; with a ``./`` or ``../`` prefix: from the citing file's folder);
+- every citation is of a document inside the repository: a markdown name followed by a section sign
+  (``name.md §N``) must be a path from the citing file's folder or the root, and the cited section must be
+  a numbered heading there; the name of a project document (``eval.md``) needs its path (``docs/eval.md``);
+  a markdown name that is no file of the repository (``tlcm-method.md``), an absolute markdown path, and any
+  pointer at ``../shared`` or ``/work/shared`` fail;
 - each relative markdown link ``[text](target#anchor)`` in a markdown file: the target, and for a
   markdown target its heading anchor (GitHub's slug rule);
 - in ``ARCHITECTURE.md`` and ``docs/``: each backticked repository path (first component a top-level
@@ -32,12 +37,17 @@ SOURCE_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".toml", ".json", ".txt", ".in
 OUR_PACKAGES = ("tlcm", "train", "comfyui_tlcm", "webui_tlcm")
 
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
-DOC_REF = re.compile(r"(?<![\w.-])((?:[\w.-]+/)*(?:docs/[\w-]+(?:\.[\w-]+)*\.md|ARCHITECTURE\.md))(?![\w-])")
+DOC_REF = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*(?:docs/[\w-]+(?:\.[\w-]+)*\.md|ARCHITECTURE\.md))(?![\w-])")
 MD_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 BACKTICKED = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 NOT_A_PATH = re.compile(r"[\s<>*…:{}|?$=,()\[\]'\"@#]")
 DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+MD_NAME = re.compile(r"(?<![\w./~-])((?:~|\.{1,2})?/?(?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![\w/-])")
+SECTION = re.compile(r"`?\s*§\s*(\d+(?:\.\d+)*)(?:\s*[-–]\s*(\d+(?:\.\d+)*))?")
+OUTSIDE_NOTES = re.compile(r"(?<![\w.-])(?:\.\./)+shared(?![\w-])|/work/shared(?![\w-])")
+NUMBERED_HEADING = re.compile(r"#{1,6}\s+(\d+(?:\.\d+)*)\.?\s")
+WRITTEN_FILES = frozenset({"metrics.md"})     # files the suite writes at run time (outputs/demo/), named in prose
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,13 @@ def anchors(path: Path) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=None)
+def section_numbers(path: Path) -> frozenset[str]:
+    """The numbers of a markdown file's numbered headings (``## 5. …`` -> 5, ``### 1.5 …`` -> 1.5)."""
+    return frozenset(m.group(1) for _, line in numbered_lines(path.read_text(encoding="utf-8"), markdown=True)
+                     if (m := NUMBERED_HEADING.match(line)))
+
+
+@functools.lru_cache(maxsize=None)
 def defined_names(path: Path) -> frozenset[str]:
     """Names a Python file defines or imports anywhere (functions, classes, methods, assignments)."""
     names = set()
@@ -150,6 +167,59 @@ def doc_reference_problems(root: Path, name: str, text: str) -> list[Problem]:
             elif not path.is_file():
                 problems.append(Problem(name, number, f"{ref} does not exist"))
     return problems
+
+
+def citation_problems(root: Path, name: str, text: str, tracked: list[str]) -> list[Problem]:
+    """Every cited document is a file inside the repository, every cited section a heading of it.
+
+    ``docs/…`` and ``ARCHITECTURE.md`` references that do not exist are reported by
+    :func:`doc_reference_problems`; here they only get their ``§N`` checked."""
+    documents = {p.name for p in (root / "docs").glob("*.md")} | {"ARCHITECTURE.md"}
+    basenames = {Path(t).name for t in tracked}
+    problems = []
+    for number, line in numbered_lines(text, markdown=False):
+        line = URL.sub(" ", line)
+        for m in OUTSIDE_NOTES.finditer(line):
+            problems.append(Problem(name, number, f"{m.group(0)} points outside the project"))
+        for m in MD_NAME.finditer(line):
+            ref, section = m.group(1), SECTION.match(line, m.end())
+            if ref.startswith(("/", "~")):
+                problems.append(Problem(name, number, f"{ref} is an absolute path, not a document of the repository"))
+                continue
+            path = cited_path(root, name, ref)
+            if path is not None:
+                if section and (why := section_problem(path, ref, section)):
+                    problems.append(Problem(name, number, why))
+                continue
+            if DOC_REF.fullmatch(ref) or OUTSIDE_NOTES.search(ref) or line[:m.start()].endswith("]("):
+                continue                                     # reported above, or a link target (checked there)
+            quoted = m.start() > 0 and line[m.start() - 1] in "\"'" and line[m.end():m.end() + 1] in ("\"", "'")
+            if section:
+                problems.append(Problem(name, number, f"{ref} §{section.group(1)} cites a document that is not "
+                                                      "a path in the repository"))
+            elif Path(ref).name in documents:
+                problems.append(Problem(name, number, f"{ref} is not a path in the repository "
+                                                      f"(the document is docs/{Path(ref).name})"))
+            elif Path(ref).name not in basenames and not quoted and ref not in WRITTEN_FILES:
+                problems.append(Problem(name, number, f"{ref} is not a file of the repository"))
+    return problems
+
+
+def cited_path(root: Path, citing: str, ref: str) -> Path | None:
+    """The existing file inside the repository that ``ref`` names: from the citing file's folder, and unless
+    it starts with ./ or ../ also from the root. None if there is none."""
+    bases = [(root / citing).parent] + ([] if ref.startswith(("./", "../")) else [root])
+    for base in bases:
+        path = (base / ref).resolve()
+        if root.resolve() in path.parents and path.is_file():
+            return path
+    return None
+
+
+def section_problem(path: Path, ref: str, section: re.Match) -> str | None:
+    cited = [n for n in section.groups() if n]
+    missing = [n for n in cited if n not in section_numbers(path)]
+    return f"{ref} has no section §{', §'.join(missing)}" if missing else None
 
 
 def markdown_link_problems(root: Path, name: str, text: str) -> list[Problem]:
@@ -230,6 +300,7 @@ def all_problems(root: Path, tracked: list[str]) -> list[Problem]:
     for name in scanned_files(root, tracked):
         text = (root / name).read_text(encoding="utf-8", errors="replace")
         problems += doc_reference_problems(root, name, text)
+        problems += citation_problems(root, name, text, tracked)
         if name.endswith(".md"):
             problems += markdown_link_problems(root, name, text)
         if name == "ARCHITECTURE.md" or name.startswith("docs/"):
@@ -242,7 +313,7 @@ def all_problems(root: Path, tracked: list[str]) -> list[Problem]:
 # -- tests -------------------------------------------------------------------------------------------------
 
 def test_the_documents_exist():
-    for name in ("ARCHITECTURE.md", "docs/method.md", "docs/hosts.md", "docs/trainer.md"):
+    for name in ("ARCHITECTURE.md", "docs/method.md", "docs/hosts.md", "docs/trainer.md", "docs/eval.md"):
         assert (ROOT / name).is_file(), f"{name} is missing"
 
 
@@ -274,9 +345,42 @@ def test_the_checks_name_file_and_line_of_each_dangling_reference(tmp_path):
     assert found == sorted([
         f"pkg/code.py:2: {docs}gone.md does not exist",
         f"pkg/README.md:2: ../shared/{docs}real.md does not exist",
+        "pkg/README.md:2: ../shared points outside the project",
         "pkg/README.md:3: link target ../docs/real.md#nope: no heading with anchor #nope",
         "pkg/README.md:3: link target none.md does not exist",
         "ARCHITECTURE.md:1: `there` is not defined in pkg/mod.py",
         "ARCHITECTURE.md:2: `pkg/missing.py` does not exist in the repository",
         "ARCHITECTURE.md:2: `other/x.py` does not exist in the repository",
+    ]), found
+
+
+def test_a_citation_of_a_document_outside_the_repository_fails(tmp_path):
+    """Notes kept outside the project, bare document names and missing sections are reported as file:line."""
+    docs, sign = "docs/", "\u00a7"      # split so this file never cites a missing document itself
+    _write(tmp_path, "docs/eval.md", "# Eval\n\n## 5. Evaluator\n\n### 5.1 Sanity\n")
+    _write(tmp_path, "bench/results/run.md", "results\n")
+    files = [
+        _write(tmp_path, "pkg/code.py", f"# {docs}eval.md {sign}5 and {docs}eval.md {sign}5.1-5 are fine\n"
+                                        f"# recipe: tlcm-method.md {sign}3\n"
+                                        f"# see eval.md {sign}5\n"
+                                        f"# and {docs}eval.md {sign}7\n"
+                                        'out = folder / "report.md"  # a file the code writes\n'),
+        _write(tmp_path, "pkg/README.md", f"bare eval.md, then `/work/shared/{docs}eval.md`\n"
+                                          "`run.md` is in bench/results/; tlcm-method.md is not here\n"
+                                          "data in ../../shared/data and /work/shared\n"),
+        _write(tmp_path, f"{docs}more.md", f"[eval.md {sign}5.1](eval.md#51-sanity) and eval.md {sign}6\n"),
+    ]
+    tracked = [*files, "docs/eval.md", "bench/results/run.md"]
+    found = sorted(map(str, all_problems(tmp_path, tracked)))
+    assert found == sorted([
+        f"pkg/code.py:2: tlcm-method.md {sign}3 cites a document that is not a path in the repository",
+        f"pkg/code.py:3: eval.md {sign}5 cites a document that is not a path in the repository",
+        f"pkg/code.py:4: {docs}eval.md has no section {sign}7",
+        "pkg/README.md:1: eval.md is not a path in the repository (the document is docs/eval.md)",
+        "pkg/README.md:1: /work/shared points outside the project",
+        f"pkg/README.md:1: /work/shared/{docs}eval.md is an absolute path, not a document of the repository",
+        "pkg/README.md:2: tlcm-method.md is not a file of the repository",
+        "pkg/README.md:3: ../../shared points outside the project",
+        "pkg/README.md:3: /work/shared points outside the project",
+        f"{docs}more.md:1: eval.md has no section {sign}6",
     ]), found

@@ -1,6 +1,6 @@
 """Parity: TLCMScheduler and sample_tlcm reproduce the official TLCM loop on the tiny SDXL UNet.
 
-The reference below is written from the formulas of ``OPPO-Mente-Lab/TLCM:inference.py`` (tlcm-method.md
+The reference below is written from the formulas of ``OPPO-Mente-Lab/TLCM:inference.py`` (docs/method.md
 §1.1) and shares no code with ``tlcm``: its own prompt encoding, diffusers' ``DDPMScheduler`` for ᾱ and
 ``add_noise``, its own index table, fresh ``randn`` per milestone and the last x̂0 as the result.
 """

@@ -5,7 +5,7 @@ import torch
 from tlcm.schedules import (OFFICIAL_STEP_INDICES, make_alphas_cumprod, milestone_grid, schedule_timesteps,
                             timesteps_to_sigmas, tlcm_sigmas, tlcm_timesteps, uniform_timesteps)
 
-# tlcm-method.md §1.1, from OPPO-Mente-Lab/TLCM inference.py
+# docs/method.md §1.4 (the milestone table), from OPPO-Mente-Lab/TLCM inference.py
 OFFICIAL_T = {
     1: [999], 2: [999, 499], 3: [999, 499, 124], 4: [999, 749, 499, 124],
     5: [999, 749, 499, 249, 124], 6: [999, 749, 499, 374, 249, 124],

@@ -1,7 +1,7 @@
 """The preference scorer seen by the trainer, TLCM's hinge loss on it (Eq. 11), and the scorer factory.
 
 A scorer maps decoded images and prompt texts to one preference score per pair; it must be differentiable
-with respect to the images, since the loss trains the student *through* it (tlcm-method.md §3). Two kinds
+with respect to the images, since the loss trains the student *through* it (docs/method.md §3). Two kinds
 exist: ``mps`` (the paper's MPS, CLIP-ViT-H-14 based, weights from its authors) and ``toy`` (a small scorer
 for the toy world, trained here, calibrated so that the paper's margin s0 = 16 means the same thing).
 """

@@ -1,6 +1,6 @@
 """A small preference scorer for the toy world, standing in for MPS in toy distillation runs.
 
-It must never be the frozen evaluator (a rewarded metric stops measuring, eval.md §5): different
+It must never be the frozen evaluator (a rewarded metric stops measuring, docs/eval.md §5): different
 architecture (space-to-depth stem, GroupNorm/SiLU convolutions, no batch norm), different objective (score
 regression on image-prompt pairs, not attribute classification), different seeds and data streams.
 

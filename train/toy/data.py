@@ -1,7 +1,7 @@
 """Procedural compositional images: shape x colour x texture x quadrant, with exact labels and prompts.
 
 Why procedural: unlimited, exactly labelled, and the 2-px textures are fine detail that few-step samplers
-blur (eval.md §7), while MNIST saturates at 2 steps (§6). Each image is one shape of one colour and
+blur (docs/eval.md §7), while MNIST saturates at 2 steps (§6). Each image is one shape of one colour and
 texture inside one quadrant of a dark canvas; size, offset, stripe orientation, pattern phase and
 brightness are jittered (unlabelled) so the real distribution has spread for FD/KID. Generation is
 vectorised and a pure function of the seed.

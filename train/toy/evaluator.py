@@ -1,7 +1,7 @@
 """The frozen toy evaluator: one small CNN with a classification head per attribute.
 
 It is trained on real procedural images only and is **never** a training signal (a rewarded metric stops
-measuring, eval.md §5). Architecture and seed differ from everything in the teacher/trainer: plain
+measuring, docs/eval.md §5). Architecture and seed differ from everything in the teacher/trainer: plain
 strided convolutions with batch norm, no attention, no diffusers blocks. Its penultimate 128-d features
 feed FD and KID; its heads give per-attribute and all-attribute accuracy.
 

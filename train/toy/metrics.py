@@ -1,4 +1,4 @@
-"""Distribution and prompt-adherence metrics on evaluator features (eval.md §5), in float64 numpy.
+"""Distribution and prompt-adherence metrics on evaluator features (docs/eval.md §5), in float64 numpy.
 
 FD is the Fréchet distance between Gaussian fits (biased in N: compare at equal N only); KID is the
 *unbiased* MMD² estimate with the polynomial kernel k(x, y) = (x·y/d + 1)³ of Bińkowski et al. (2018),

@@ -1,7 +1,7 @@
 """Sample the toy models through the stock SDXL pipeline: the teacher with trailing DDIM, a student with TLCM.
 
 Trailing DDIM (999, 499 at 2 steps = ``tlcm.schedules.uniform_timesteps``) is the teacher's strongest
-few-step sampler (eval.md §6), so the few-step gap measured with it is not a strawman. The unconditional
+few-step sampler (docs/eval.md §6), so the few-step gap measured with it is not a strawman. The unconditional
 branch is SDXL's zero embedding (``force_zeros_for_empty_prompt``), the one the teacher was trained with.
 A distilled student samples with ``TLCMScheduler`` (the official sampler) and no CFG.
 """

@@ -1,4 +1,4 @@
-"""Does the evaluator's metric set separate real from degraded images? (eval.md §5 sanity check)
+"""Does the evaluator's metric set separate real from degraded images? (docs/eval.md §5 sanity check)
 
 Degradations of a real set: blur (keeps the labels, so accuracy should stay high while FD/KID rise),
 additive noise, and mode collapse (a few images repeated: accuracy fine, FD/KID high). Writes

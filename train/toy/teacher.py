@@ -2,7 +2,7 @@
 
 Same classes as SDXL (text-time ``UNet2DConditionModel``, ``CLIPTextModel`` + ``CLIPTextModelWithProjection``
 with SDXL's real CLIP BPE tokenizers, ``AutoencoderKL``, SDXL's scheduler config), so the trainer and every
-host load it like SDXL. Design choices against eval.md §7's failures:
+host load it like SDXL. Design choices against docs/eval.md §7's failures:
 
 * x2 AutoencoderKL (:mod:`train.toy.vae`): 16x16x4 latents keep the 2-px textures;
 * the text encoders are trained with the UNet (a frozen random CLIP left position at chance);

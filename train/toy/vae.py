@@ -1,6 +1,6 @@
 """The toy teacher's AutoencoderKL: x2 downsampling, so 2-px textures survive the latent round trip.
 
-eval.md §7: an x4 AutoencoderKL lost the textures (32% texture accuracy on reconstructions). Here a
+docs/eval.md §7: an x4 AutoencoderKL lost the textures (32% texture accuracy on reconstructions). Here a
 32x32x3 image maps to 16x16x4 (a 3:1 compression, not 8:1), trained on reconstruction (MSE + L1) with a
 tiny KL weight, as SD's VAE is. Widths are 32/32: a 64-wide full-resolution decoder was ~30x slower
 per step on the shared 2-core CPU. ``scaling_factor`` is set from the trained latents' std, as SDXL's was.
