@@ -6,12 +6,16 @@ generation/export is the core's (``try_it``). Every handler turns bad input, a v
 limits (``limits``) included, into a message on the page and leaves the form as it was. Files are
 written only where the user pointed, never over an existing one unconfirmed: a config inside the chosen
 folder with "Overwrite" ticked, a fresh run over an earlier one with "Start over" ticked.
+
+Each tab has a builder (its layout, returning a small dataclass of the components events touch) and a
+``wire_*`` function (its handlers and events), so ``build_app`` only assembles them.
 """
 from __future__ import annotations
 
 import html
 import math
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +49,8 @@ LAUNCH_FIELDS = {"num_processes": "GPUs / processes (total)", "num_machines": "m
                  "main_process_port": "main machine port", "gpu_ids": "GPU ids (e.g. 0,1; empty = all)"}
 USER_ERRORS = (ConfigError, PathError, JobError, ValueError, OSError)   # OSError: e.g. no permission
 CONFIG_FILE = "Config file"
+HEADER = (f"# TLCM trainer\nDistil an SDXL model into a TLCM LoRA from prompts only. "
+          f"Sampling steps: {STEP_RANGE_TEXT}.")
 CSS = ".tlcm-danger {background:#b91c1c; color:white; padding:8px 12px; border-radius:6px; font-weight:bold}"
 
 
@@ -157,213 +163,338 @@ def started(info: JobInfo, verb: str) -> str:
     return f"{verb} in {info.output_dir}: watch it here; closing or reloading the page does not stop it"
 
 
+Component = gr.components.Component
+
+
+@dataclass(frozen=True)
+class SetupTab:
+    """The Setup tab's components that events read or write."""
+    preset: gr.Dropdown
+    preset_info: gr.Markdown
+    inputs: dict[str, Component]            # every config field, by ``form.KEYS`` key
+    launch: dict[str, Component]            # the accelerate options, by ``LAUNCH_FIELDS`` name
+    check: gr.Button
+    config_dir: gr.Textbox
+    config_name: gr.Textbox
+    config_overwrite: gr.Checkbox
+    load: gr.Button
+    save: gr.Button
+    show: gr.Button
+    command: gr.Code
+    apply: gr.Button
+
+    @property
+    def form_inputs(self) -> list[Component]:
+        return [self.inputs[k] for k in form.KEYS]
+
+    @property
+    def launch_inputs(self) -> list[Component]:
+        return list(self.launch.values())
+
+    @property
+    def all_inputs(self) -> list[Component]:
+        """What ``read_form`` takes, in its order."""
+        return self.form_inputs + self.launch_inputs
+
+
+@dataclass(frozen=True)
+class RunTab:
+    """The Run tab's buttons and the views the once-a-second refresh fills."""
+    train: gr.Button
+    stop: gr.Button
+    resume: gr.Button
+    start_over: gr.Checkbox
+    status: gr.HTML
+    plot: gr.HTML
+    gallery: gr.Gallery
+    lora_files: gr.Markdown
+    log: gr.Code
+
+
+@dataclass(frozen=True)
+class TryTab:
+    """The Try it tab's components that events read or write."""
+    model: gr.Textbox
+    lora: gr.Textbox
+    prompt: gr.Textbox
+    steps: gr.Slider
+    strength: gr.Slider
+    seed: gr.Number
+    width: gr.Number
+    height: gr.Number
+    generate: gr.Button
+    images: gr.Gallery
+    fmt: gr.Radio
+    export: gr.Button
+    exported: gr.File
+
+    @property
+    def generate_inputs(self) -> list[Component]:
+        """What ``generate_images`` takes after the sampler, in its order."""
+        return [self.model, self.lora, self.prompt, self.steps, self.strength, self.seed, self.width, self.height]
+
+
+def guarded(fn: Callable[..., Any], n_out: int) -> Callable[..., Any]:
+    """Run ``fn``; on a user error show it in the first output (the page's message) and leave every other
+    output unchanged, so a mistake never clears the form."""
+    def run(*args):
+        try:
+            return fn(*args)
+        except USER_ERRORS as err:
+            return (_user_error(err), *[gr.skip()] * (n_out - 1)) if n_out > 1 else _user_error(err)
+    return run
+
+
+def build_setup_tab(values: dict[str, Any], fields: dict[str, form.Field]) -> SetupTab:
+    """Preset, the main fields, launch options, every other field under Advanced, config file and command."""
+    inputs: dict[str, Component] = {}
+    with gr.Tab("Setup", id="setup"):
+        with gr.Row():
+            preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="preset", scale=1)
+            preset_info = gr.Markdown(_summary(DEFAULT_PRESET), elem_id="preset-summary")
+        with gr.Group():
+            for key in ("model.path", "data.prompts", "output.dir"):
+                inputs[key] = _component(fields[key], values[key])
+            check = gr.Button("Check paths", size="sm", elem_id="check-paths")
+        with gr.Row():
+            for toggle, steps_key in form.STAGES.items():
+                with gr.Column(min_width=160):
+                    inputs[toggle] = _component(fields[toggle], values[toggle])
+                    inputs[steps_key] = _component(fields[steps_key], values[steps_key])
+        with gr.Row():
+            inputs["mps.scorer"] = _component(fields["mps.scorer"], values["mps.scorer"])
+            inputs["mps.scorer_weights"] = _component(fields["mps.scorer_weights"], values["mps.scorer_weights"])
+        with gr.Row():
+            launch = {name: _launch_component(name, label) for name, label in LAUNCH_FIELDS.items()}
+        with gr.Row():
+            for key in RUN_KEYS:
+                inputs[key] = _component(fields[key], values[key])
+        inputs["data.sample_prompts"] = _component(fields["data.sample_prompts"], values["data.sample_prompts"])
+        with gr.Accordion("Advanced: every hyperparameter (paper defaults)", open=False):
+            sections: dict[str, list[form.Field]] = {}
+            for f in form.FIELDS:
+                if f.key not in MAIN_KEYS:
+                    sections.setdefault(f.key.split(".")[0], []).append(f)
+            for section, section_fields in sections.items():
+                gr.Markdown(f"**{section}**")
+                with gr.Row():
+                    for f in section_fields:
+                        inputs[f.key] = _component(f, values[f.key])
+        with gr.Row():
+            config_dir = gr.Textbox(label="Config folder (files are read and written only inside it)",
+                                    value=str(Path.cwd()), elem_id="config-dir", scale=2)
+            config_name = gr.Textbox(label="Config file (.yaml / .toml, as for `python -m train --config`)",
+                                     value="tlcm-train.yaml", elem_id="config-name", scale=2)
+            config_overwrite = gr.Checkbox(False, label="Overwrite an existing file", elem_id="config-overwrite")
+            load = gr.Button("Load config", elem_id="load-config")
+            save = gr.Button("Save config", elem_id="save-config")
+        show = gr.Button("Show command", elem_id="show-command")
+        command = gr.Code(label="Command (what Train runs; editable)", language="shell", interactive=True,
+                          elem_id="command")
+        apply = gr.Button("Apply the edited command's --set values to the form", size="sm",
+                          elem_id="apply-command")
+    return SetupTab(preset, preset_info, inputs, launch, check, config_dir, config_name, config_overwrite, load,
+                    save, show, command, apply)
+
+
+def wire_setup(tab: SetupTab, message: gr.Markdown) -> None:
+    """Preset, path check, command, config file: each reads or fills the form and reports in ``message``."""
+    form_inputs, launch_inputs, all_inputs = tab.form_inputs, tab.launch_inputs, tab.all_inputs
+
+    def on_preset(name: str) -> tuple:
+        chosen = PRESETS[name]
+        shown = form.form_values(chosen.values())
+        return (f"Preset **{name}** applied.", _summary(name), *[shown.get(k, gr.skip()) for k in form.KEYS],
+                *[getattr(chosen.launch, n) for n in LAUNCH_FIELDS])
+
+    def on_check(*args: Any) -> str:
+        config, _ = read_form(args)
+        _, count = check_prompt_files(config.data.prompts)
+        scorer = (f" · {config.mps.scorer} scorer {config.mps.scorer_weights}"
+                  if "mps" in needed_techniques(config) else "")
+        return f"Paths OK: model {config.model.path} · {count} prompts{scorer} · output {config.output.dir}"
+
+    def on_show(*args: Any) -> tuple[str, str]:
+        config, launch = read_form(args)
+        return "The command is below.", show_command(config, launch)
+
+    def on_apply(text: str) -> tuple:
+        overrides, _ = parse_command(text)
+        shown = form.to_form(load_config(None, overrides))
+        return ("Form updated from the command (accelerate flags are set in the fields above).",
+                *[shown[k] for k in form.KEYS])
+
+    def on_save(folder: str, name: str, overwrite: bool, *args: Any) -> tuple[str, bool]:
+        return save_config_file(read_form(args)[0], folder, name, overwrite), False
+
+    def on_load(folder: str, name: str) -> tuple:
+        shown = form.to_form(load_config_file(folder, name))
+        return (f"Loaded {name}", *[shown[k] for k in form.KEYS])
+
+    tab.preset.change(guarded(on_preset, 2 + len(form_inputs) + len(launch_inputs)), tab.preset,
+                      [message, tab.preset_info, *form_inputs, *launch_inputs])
+    tab.check.click(guarded(on_check, 1), all_inputs, [message])
+    tab.show.click(guarded(on_show, 2), all_inputs, [message, tab.command])
+    tab.apply.click(guarded(on_apply, 1 + len(form_inputs)), tab.command, [message, *form_inputs])
+    tab.save.click(guarded(on_save, 2), [tab.config_dir, tab.config_name, tab.config_overwrite, *all_inputs],
+                   [message, tab.config_overwrite])
+    tab.load.click(guarded(on_load, 1 + len(form_inputs)), [tab.config_dir, tab.config_name],
+                   [message, *form_inputs])
+
+
+def build_run_tab() -> RunTab:
+    """Train / Stop / Resume, and the run's state, loss curves, sample grids, LoRA files and log."""
+    with gr.Tab("Run", id="run"):
+        with gr.Row():
+            train = gr.Button("Train", variant="primary", elem_id="train")
+            stop = gr.Button("Stop (save & exit)", variant="stop", elem_id="stop", interactive=False)
+            resume = gr.Button("Resume latest", elem_id="resume", interactive=False)
+            start_over = gr.Checkbox(False, label="Start over: Train replaces the earlier run in this folder",
+                                     elem_id="start-over")
+        status = gr.HTML(elem_id="status")
+        plot = gr.HTML(loss_svg([]), label="Loss per stage")
+        gallery = gr.Gallery(label="Samples (rows: prompts; columns: the sample steps)", columns=4, height=360,
+                             elem_id="samples")
+        lora_files = gr.Markdown(elem_id="lora-files")
+        log = gr.Code(label="Log (last lines)", language=None, elem_id="log", max_lines=40)
+    return RunTab(train, stop, resume, start_over, status, plot, gallery, lora_files, log)
+
+
+def wire_run(tab: RunTab, setup: SetupTab, message: gr.Markdown, manager: JobManager, *, timer: gr.Timer,
+             samples_seen: gr.State, lora_offered: gr.State, try_lora: gr.Textbox) -> None:
+    """Start, resume and stop runs of the form's config, and redraw the run in ``setup``'s output folder on
+    every ``timer`` tick, read from that folder so a reloaded page shows it too. ``samples_seen`` keeps the
+    gallery from redrawing unchanged pictures; ``lora_offered`` is the trained LoRA last put into
+    ``try_lora``, so a path the user typed there is never overwritten."""
+    all_inputs, output_dir = setup.all_inputs, setup.inputs["output.dir"]
+
+    def on_train(overwrite: bool, *args: Any) -> tuple[str, bool]:
+        config, launch = read_form(args)
+        info = manager.start(config, launch, overwrite=overwrite)
+        return started(info, "Started over" if overwrite else "Started"), False
+
+    def on_resume(*args: Any) -> str:
+        config, launch = read_form(args)
+        return started(manager.start(config, launch, resume=True), "Resumed")
+
+    def on_stop(folder: str) -> str:
+        return manager.stop(check_output_dir(folder))
+
+    def refresh(folder: str, seen: tuple, offered: str) -> tuple:
+        try:
+            root = check_output_dir(folder)
+        except PathError as err:
+            return (f"<div id='run-state' data-state='idle'>{html.escape(str(err))}</div>", gr.skip(), gr.skip(),
+                    "", "",
+                    gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False),
+                    seen, gr.skip(), offered)
+        view = read_run(manager.info(root))
+        resumable = not view.active and has_checkpoint(root)        # then Resume is the offer, not Train
+        names = tuple(str(p) for p in view.samples)
+        pictures = [_picture(p) for p in view.samples] if names != seen else gr.skip()
+        trained = str(view.lora_files.get("kohya") or next(iter(view.lora_files.values()), ""))
+        lora_md = "".join(f"- **{fmt}**: `{path}`\n" for fmt, path in view.lora_files.items())
+        return (status_html(view, root), loss_svg(view.losses), pictures,
+                "\n".join(view.log_tail),
+                ("**LoRA files**\n" + lora_md) if lora_md else "",
+                gr.update(interactive=not view.active, variant="secondary" if resumable else "primary"),
+                gr.update(interactive=view.active),
+                gr.update(interactive=resumable, variant="primary" if resumable else "secondary"), names,
+                trained if trained and trained != offered else gr.skip(), trained)
+
+    tab.train.click(guarded(on_train, 2), [tab.start_over, *all_inputs], [message, tab.start_over])
+    tab.resume.click(guarded(on_resume, 1), all_inputs, [message])
+    tab.stop.click(guarded(on_stop, 1), output_dir, [message])
+    run_outputs = [tab.status, tab.plot, tab.gallery, tab.log, tab.lora_files, tab.train, tab.stop, tab.resume,
+                   samples_seen, try_lora, lora_offered]
+    timer.tick(refresh, [output_dir, samples_seen, lora_offered], run_outputs, show_progress="hidden")
+
+
+def wire_reattach(demo: gr.Blocks, setup: SetupTab, manager: JobManager) -> None:
+    """On every page load, point the form at the run this app started last, so a reloaded page watches it."""
+    def on_load_page() -> tuple:
+        """After a reload: point the form at the run this app started last and show its config."""
+        if manager.latest is None:
+            return (gr.skip(),) * len(form.KEYS)
+        snapshot = manager.latest / "config.yaml"
+        try:
+            shown = form.to_form(load_config(snapshot))
+        except (ConfigError, FileNotFoundError):     # not written yet: the trainer is still loading
+            shown = {}
+        shown["output.dir"] = str(manager.latest)
+        return tuple(shown.get(k, gr.skip()) for k in form.KEYS)
+
+    demo.load(on_load_page, None, setup.form_inputs)
+
+
+def build_try_tab(values: dict[str, Any]) -> TryTab:
+    """Generate with a LoRA at the core's step range, and export it; starts from the form's model, first
+    sample prompt and resolution."""
+    with gr.Tab("Try it", id="try"):
+        with gr.Row():
+            model = gr.Textbox(label="Base model", value=values["model.path"], elem_id="try-model")
+            lora = gr.Textbox(label="TLCM LoRA (.safetensors or PEFT folder)", elem_id="try-lora")
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", value=(values["data.sample_prompts"].splitlines() or [""])[0],
+                                elem_id="try-prompt", scale=3)
+            steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps",
+                              info=STEP_RANGE_TEXT, elem_id="try-steps")
+            strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
+        with gr.Row():
+            seed = gr.Number(0, precision=0, label="Seed", elem_id="try-seed")
+            width = gr.Number(values["train.resolution"], precision=0, label="Width", elem_id="try-width")
+            height = gr.Number(values["train.resolution"], precision=0, label="Height", elem_id="try-height")
+        generate = gr.Button("Generate", variant="primary", elem_id="generate")
+        images = gr.Gallery(label="Generated", columns=4, height=360, elem_id="generated")
+        with gr.Row():
+            fmt = gr.Radio(list(FORMATS), value="kohya", label="Export format")
+            export_btn = gr.Button("Export", elem_id="export")
+        exported = gr.File(label="Exported LoRA", elem_id="exported")
+    return TryTab(model, lora, prompt, steps, strength, seed, width, height, generate, images, fmt, export_btn,
+                  exported)
+
+
+def wire_try(tab: TryTab, message: gr.Markdown, sampler: Sampler) -> None:
+    """Generate and Export; ``sampler`` keeps the loaded pipeline between presses."""
+    def on_generate(*fields: Any) -> tuple[str, list]:
+        return "Generated.", generate_images(sampler, *fields)
+
+    def on_export(lora: str, chosen: str) -> tuple[str, str]:
+        path = export(lora, chosen)
+        return f"Exported as {chosen}: {path.name}", str(path)
+
+    tab.generate.click(guarded(on_generate, 2), tab.generate_inputs, [message, tab.images])
+    tab.export.click(guarded(on_export, 2), [tab.lora, tab.fmt], [message, tab.exported])
+
+
+def wire_try_follows_form(setup: SetupTab, tab: TryTab) -> None:
+    """Try it's base model and size follow the form's whenever those change there, so a trained LoRA is
+    tried on the model and resolution it was trained for; the user may still edit them in Try it."""
+    setup.inputs["model.path"].change(lambda v: v, setup.inputs["model.path"], tab.model)
+    setup.inputs["train.resolution"].change(lambda v: (v, v), setup.inputs["train.resolution"],
+                                            [tab.width, tab.height])
+
+
 def build_app(manager: JobManager | None = None, sampler: Sampler | None = None, banner: str = "") -> gr.Blocks:
     """The whole UI; ``banner`` is shown in red on every page (e.g. "exposed without a password")."""
     manager, sampler = manager or JobManager(), sampler or Sampler()
     values, preset_note = _initial_form()
-    fields = {f.key: f for f in form.FIELDS}
     with gr.Blocks(title="TLCM trainer") as demo:
-        gr.Markdown("# TLCM trainer\nDistil an SDXL model into a TLCM LoRA (2-8 step sampling) from prompts only.")
+        gr.Markdown(HEADER)
         if banner:
             gr.HTML(f"<div class='tlcm-danger' id='exposed-banner'>{banner}</div>")
         message = gr.Markdown(preset_note, elem_id="message")
-        inputs: dict[str, gr.components.Component] = {}
-        with gr.Tab("Setup", id="setup"):
-            with gr.Row():
-                preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="preset", scale=1)
-                preset_info = gr.Markdown(_summary(DEFAULT_PRESET), elem_id="preset-summary")
-            with gr.Group():
-                for key in ("model.path", "data.prompts", "output.dir"):
-                    inputs[key] = _component(fields[key], values[key])
-                check = gr.Button("Check paths", size="sm", elem_id="check-paths")
-            with gr.Row():
-                for toggle, steps_key in form.STAGES.items():
-                    with gr.Column(min_width=160):
-                        inputs[toggle] = _component(fields[toggle], values[toggle])
-                        inputs[steps_key] = _component(fields[steps_key], values[steps_key])
-            with gr.Row():
-                inputs["mps.scorer"] = _component(fields["mps.scorer"], values["mps.scorer"])
-                inputs["mps.scorer_weights"] = _component(fields["mps.scorer_weights"], values["mps.scorer_weights"])
-            with gr.Row():
-                launch_inputs = {name: _launch_component(name, label) for name, label in LAUNCH_FIELDS.items()}
-            with gr.Row():
-                for key in RUN_KEYS:
-                    inputs[key] = _component(fields[key], values[key])
-            inputs["data.sample_prompts"] = _component(fields["data.sample_prompts"], values["data.sample_prompts"])
-            with gr.Accordion("Advanced: every hyperparameter (paper defaults)", open=False):
-                sections: dict[str, list[form.Field]] = {}
-                for f in form.FIELDS:
-                    if f.key not in MAIN_KEYS:
-                        sections.setdefault(f.key.split(".")[0], []).append(f)
-                for section, section_fields in sections.items():
-                    gr.Markdown(f"**{section}**")
-                    with gr.Row():
-                        for f in section_fields:
-                            inputs[f.key] = _component(f, values[f.key])
-            with gr.Row():
-                config_dir = gr.Textbox(label="Config folder (files are read and written only inside it)",
-                                        value=str(Path.cwd()), elem_id="config-dir", scale=2)
-                config_name = gr.Textbox(label="Config file (.yaml / .toml, as for `python -m train --config`)",
-                                         value="tlcm-train.yaml", elem_id="config-name", scale=2)
-                config_overwrite = gr.Checkbox(False, label="Overwrite an existing file", elem_id="config-overwrite")
-                load_btn = gr.Button("Load config", elem_id="load-config")
-                save_btn = gr.Button("Save config", elem_id="save-config")
-            show_btn = gr.Button("Show command", elem_id="show-command")
-            command = gr.Code(label="Command (what Train runs; editable)", language="shell", interactive=True,
-                              elem_id="command")
-            apply_btn = gr.Button("Apply the edited command's --set values to the form", size="sm",
-                                  elem_id="apply-command")
-        with gr.Tab("Run", id="run"):
-            with gr.Row():
-                train_btn = gr.Button("Train", variant="primary", elem_id="train")
-                stop_btn = gr.Button("Stop (save & exit)", variant="stop", elem_id="stop", interactive=False)
-                resume_btn = gr.Button("Resume latest", elem_id="resume", interactive=False)
-                start_over = gr.Checkbox(False, label="Start over: Train replaces the earlier run in this folder",
-                                         elem_id="start-over")
-            status = gr.HTML(elem_id="status")
-            plot = gr.HTML(loss_svg([]), label="Loss per stage")
-            gallery = gr.Gallery(label="Samples (rows: prompts; columns: the sample steps)", columns=4, height=360,
-                                 elem_id="samples")
-            lora_files = gr.Markdown(elem_id="lora-files")
-            log = gr.Code(label="Log (last lines)", language=None, elem_id="log", max_lines=40)
-        with gr.Tab("Try it", id="try"):
-            with gr.Row():
-                try_model = gr.Textbox(label="Base model", value=values["model.path"], elem_id="try-model")
-                try_lora = gr.Textbox(label="TLCM LoRA (.safetensors or PEFT folder)", elem_id="try-lora")
-            with gr.Row():
-                prompt = gr.Textbox(label="Prompt", value=(values["data.sample_prompts"].splitlines() or [""])[0],
-                                    elem_id="try-prompt", scale=3)
-                steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps",
-                                  info=STEP_RANGE_TEXT, elem_id="try-steps")
-                strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
-            with gr.Row():
-                seed = gr.Number(0, precision=0, label="Seed", elem_id="try-seed")
-                width = gr.Number(values["train.resolution"], precision=0, label="Width", elem_id="try-width")
-                height = gr.Number(values["train.resolution"], precision=0, label="Height", elem_id="try-height")
-            generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-            images = gr.Gallery(label="Generated", columns=4, height=360, elem_id="generated")
-            with gr.Row():
-                fmt = gr.Radio(list(FORMATS), value="kohya", label="Export format")
-                export_btn = gr.Button("Export", elem_id="export")
-            exported = gr.File(label="Exported LoRA", elem_id="exported")
+        setup = build_setup_tab(values, {f.key: f for f in form.FIELDS})
+        run = build_run_tab()
+        try_it = build_try_tab(values)
         timer = gr.Timer(1.0)
         samples_seen = gr.State(())
-        lora_offered = gr.State("")         # the trained LoRA last put into Try it (never overwrite a user's)
-
-        form_inputs = [inputs[k] for k in form.KEYS]
-        launch_list = list(launch_inputs.values())
-
-        def guarded(fn: Callable[..., Any], n_out: int) -> Callable[..., Any]:
-            """Run ``fn``; on a user error show it in ``message`` and leave every output unchanged."""
-            def run(*args):
-                try:
-                    return fn(*args)
-                except USER_ERRORS as err:
-                    return (_user_error(err), *[gr.skip()] * (n_out - 1)) if n_out > 1 else _user_error(err)
-            return run
-
-        def on_preset(name: str):
-            chosen = PRESETS[name]
-            shown = form.form_values(chosen.values())
-            return (f"Preset **{name}** applied.", _summary(name), *[shown.get(k, gr.skip()) for k in form.KEYS],
-                    *[getattr(chosen.launch, n) for n in LAUNCH_FIELDS])
-
-        def on_check(*args):
-            config, _ = read_form(args)
-            _, count = check_prompt_files(config.data.prompts)
-            scorer = (f" · {config.mps.scorer} scorer {config.mps.scorer_weights}"
-                      if "mps" in needed_techniques(config) else "")
-            return f"Paths OK: model {config.model.path} · {count} prompts{scorer} · output {config.output.dir}"
-
-        def on_show(*args):
-            config, launch = read_form(args)
-            return "The command is below.", show_command(config, launch)
-
-        def on_apply(text: str):
-            overrides, _ = parse_command(text)
-            shown = form.to_form(load_config(None, overrides))
-            return ("Form updated from the command (accelerate flags are set in the fields above).",
-                    *[shown[k] for k in form.KEYS])
-
-        def on_save(folder: str, name: str, overwrite: bool, *args):
-            return save_config_file(read_form(args)[0], folder, name, overwrite), False
-
-        def on_load(folder: str, name: str):
-            shown = form.to_form(load_config_file(folder, name))
-            return (f"Loaded {name}", *[shown[k] for k in form.KEYS])
-
-        def on_train(overwrite: bool, *args):
-            config, launch = read_form(args)
-            info = manager.start(config, launch, overwrite=overwrite)
-            return started(info, "Started over" if overwrite else "Started"), False
-
-        def on_resume(*args):
-            config, launch = read_form(args)
-            return started(manager.start(config, launch, resume=True), "Resumed")
-
-        def on_stop(folder: str):
-            return manager.stop(check_output_dir(folder))
-
-        def refresh(folder: str, seen: tuple, offered: str):
-            try:
-                root = check_output_dir(folder)
-            except PathError as err:
-                return (f"<div id='run-state' data-state='idle'>{html.escape(str(err))}</div>", gr.skip(), gr.skip(),
-                        "", "",
-                        gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False),
-                        seen, gr.skip(), offered)
-            view = read_run(manager.info(root))
-            resumable = not view.active and has_checkpoint(root)        # then Resume is the offer, not Train
-            names = tuple(str(p) for p in view.samples)
-            pictures = [_picture(p) for p in view.samples] if names != seen else gr.skip()
-            trained = str(view.lora_files.get("kohya") or next(iter(view.lora_files.values()), ""))
-            lora_md = "".join(f"- **{fmt}**: `{path}`\n" for fmt, path in view.lora_files.items())
-            return (status_html(view, root), loss_svg(view.losses), pictures,
-                    "\n".join(view.log_tail),
-                    ("**LoRA files**\n" + lora_md) if lora_md else "",
-                    gr.update(interactive=not view.active, variant="secondary" if resumable else "primary"),
-                    gr.update(interactive=view.active),
-                    gr.update(interactive=resumable, variant="primary" if resumable else "secondary"), names,
-                    trained if trained and trained != offered else gr.skip(), trained)
-
-        def on_generate(*fields):
-            return "Generated.", generate_images(sampler, *fields)
-
-        def on_export(lora: str, chosen: str):
-            path = export(lora, chosen)
-            return f"Exported as {chosen}: {path.name}", str(path)
-
-        def on_load_page():
-            """After a reload: point the form at the run this app started last and show its config."""
-            if manager.latest is None:
-                return (gr.skip(),) * len(form.KEYS)
-            snapshot = manager.latest / "config.yaml"
-            try:
-                shown = form.to_form(load_config(snapshot))
-            except (ConfigError, FileNotFoundError):     # not written yet: the trainer is still loading
-                shown = {}
-            shown["output.dir"] = str(manager.latest)
-            return tuple(shown.get(k, gr.skip()) for k in form.KEYS)
-
-        all_inputs = form_inputs + launch_list
-        preset.change(guarded(on_preset, 2 + len(form_inputs) + len(launch_list)), preset,
-                      [message, preset_info, *form_inputs, *launch_list])
-        check.click(guarded(on_check, 1), all_inputs, [message])
-        show_btn.click(guarded(on_show, 2), all_inputs, [message, command])
-        apply_btn.click(guarded(on_apply, 1 + len(form_inputs)), command, [message, *form_inputs])
-        save_btn.click(guarded(on_save, 2), [config_dir, config_name, config_overwrite, *all_inputs],
-                       [message, config_overwrite])
-        load_btn.click(guarded(on_load, 1 + len(form_inputs)), [config_dir, config_name], [message, *form_inputs])
-        train_btn.click(guarded(on_train, 2), [start_over, *all_inputs], [message, start_over])
-        resume_btn.click(guarded(on_resume, 1), all_inputs, [message])
-        stop_btn.click(guarded(on_stop, 1), inputs["output.dir"], [message])
-        run_outputs = [status, plot, gallery, log, lora_files, train_btn, stop_btn, resume_btn, samples_seen, try_lora,
-                       lora_offered]
-        timer.tick(refresh, [inputs["output.dir"], samples_seen, lora_offered], run_outputs, show_progress="hidden")
-        generate_btn.click(guarded(on_generate, 2), [try_model, try_lora, prompt, steps, strength, seed, width, height],
-                           [message, images])
-        export_btn.click(guarded(on_export, 2), [try_lora, fmt], [message, exported])
-        demo.load(on_load_page, None, form_inputs)
-        inputs["model.path"].change(lambda v: v, inputs["model.path"], try_model)
-        inputs["train.resolution"].change(lambda v: (v, v), inputs["train.resolution"], [width, height])
+        lora_offered = gr.State("")
+        # Registration order fixes each event's API name (run, run_1, ...): keep it.
+        wire_setup(setup, message)
+        wire_run(run, setup, message, manager, timer=timer, samples_seen=samples_seen, lora_offered=lora_offered,
+                 try_lora=try_it.lora)
+        wire_try(try_it, message, sampler)
+        wire_reattach(demo, setup, manager)
+        wire_try_follows_form(setup, try_it)
     return demo
