@@ -1,4 +1,4 @@
-"""Try a TLCM LoRA (the one just trained, or any) at 2-8 steps, and convert it for other hosts.
+"""Try a TLCM LoRA (the one just trained, or any) at 1-8 steps, and convert it for other hosts.
 
 Generation is the core's (``tlcm.generate``): official TLCM sampler, no CFG. The merged pipeline is
 kept between clicks and rebuilt only when the model, the LoRA file or its strength changes, because
