@@ -6,16 +6,24 @@ screenshots. Debian's chromium is driven by Playwright's Python API (no download
 on 2 idle CPU cores; nearer 3 when they are shared."""
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load, load_file
 
 from train.toy.data import write_prompts
 
@@ -132,6 +140,68 @@ def _set(page, elem_id: str, value: str) -> None:
     field.press("Tab")
 
 
+def _product(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    return up.float().flatten(1) @ down.float().flatten(1)
+
+
+def _peft_deltas(config: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A PEFT adapter's (lora_alpha/r)·B·A per module, keyed by kohya's flattened module name."""
+    out = {}
+    for key in (k for k in state if k.endswith(".lora_A.weight")):
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        alpha = config["alpha_pattern"].get(name, config["lora_alpha"])
+        rank = config["rank_pattern"].get(name, config["r"])
+        out[name.replace(".", "_")] = alpha / rank * _product(state[key.replace("lora_A", "lora_B")], state[key])
+    return out
+
+
+def _lora_deltas(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Per format, module (kohya's flattened name) -> its weight update, written out from the raw files:
+    kohya (alpha/r)·up·down, diffusers up·down (the scale is folded into up), PEFT (lora_alpha/r)·B·A."""
+    kohya = load_file(str(folder / "tlcm_lora_kohya.safetensors"))
+    out = {"kohya": {}, "diffusers": {}}
+    for key in (k for k in kohya if k.endswith(".lora_down.weight")):
+        base = key.removesuffix(".lora_down.weight")
+        rank = kohya[key].shape[0]
+        out["kohya"][base.removeprefix("lora_unet_")] = float(kohya[base + ".alpha"]) / rank * _product(
+            kohya[base + ".lora_up.weight"], kohya[key])
+    diffusers = load_file(str(folder / "tlcm_lora_diffusers.safetensors"))
+    for key in (k for k in diffusers if k.endswith(".lora.down.weight")):
+        name = key.removeprefix("unet.").removesuffix(".lora.down.weight")
+        out["diffusers"][name.replace(".", "_")] = _product(diffusers[f"unet.{name}.lora.up.weight"], diffusers[key])
+    out["peft"] = _peft_deltas(json.loads((folder / "tlcm_lora_peft" / "adapter_config.json").read_text()),
+                               load_file(str(folder / "tlcm_lora_peft" / "adapter_model.safetensors")))
+    return out
+
+
+def _assert_same_deltas(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    assert set(got) == set(expected) and expected, what
+    for name, delta in expected.items():    # fp16 files: the folded diffusers scale rounds differently
+        torch.testing.assert_close(got[name], delta, rtol=1e-2, atol=1e-3 * float(delta.abs().max()),
+                                   msg=f"{what}: {name}")
+
+
+def _fetched_image(app_url: str, src: str) -> np.ndarray:
+    """The image the browser shows, downloaded from the app like the browser does."""
+    with urllib.request.urlopen(urllib.parse.urljoin(app_url, src), timeout=30) as resp:
+        with Image.open(io.BytesIO(resp.read())) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def _core_image(model: str, loras: list, settings: dict) -> np.ndarray:
+    """What ``tlcm generate`` makes of the Try it fields (the core, outside the app), through the lossy WebP
+    (PIL's defaults) that Gradio's gallery serves."""
+    from tlcm.generate import GenerationSettings, apply_loras, generate
+    from tlcm.models import load_sdxl_pipeline
+    pipe = load_sdxl_pipeline(model, device="cpu")
+    apply_loras(pipe, loras)
+    [image] = generate(pipe, GenerationSettings(**settings))
+    buffer = io.BytesIO()
+    image.save(buffer, "webp")
+    with Image.open(buffer) as served:
+        return np.asarray(served.convert("RGB"), dtype=np.float64)
+
+
 def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     out = tmp_path / "run"
     page.goto(app_url)
@@ -191,23 +261,40 @@ def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     series = set(page.locator("#loss-plot").get_attribute("data-series").split())     # every stage's curves
     assert series == ({"mlcd", "lcd", "mps", "preference", "dm", "dmd", "gan"} if scorer else {"mlcd", "lcd"})
     assert "tlcm_lora_kohya.safetensors" in page.locator("#lora-files").inner_text()
-    for name in ("tlcm_lora_kohya.safetensors", "tlcm_lora_diffusers.safetensors", "tlcm_lora_peft"):
-        assert (out / "lora" / name).exists()
+    deltas = _lora_deltas(out / "lora")                        # the three formats hold one trained update
+    for fmt in ("diffusers", "peft"):
+        _assert_same_deltas(deltas[fmt], deltas["kohya"], fmt)
+    assert sum(float(d.abs().sum()) > 0 for d in deltas["kohya"].values()) > 0.9 * len(deltas["kohya"])  # B != 0
 
-    page.get_by_role("tab", name="Try it").click()            # the trained LoRA is filled in; 2 steps, then export
-    assert page.locator("#try-lora textarea").input_value() == str(out / "lora" / "tlcm_lora_kohya.safetensors")
+    page.get_by_role("tab", name="Try it").click()            # the trained LoRA is filled in; generate, then export
+    kohya = out / "lora" / "tlcm_lora_kohya.safetensors"
+    assert page.locator("#try-lora textarea").input_value() == str(kohya)
     page.locator("#generate").click()
     page.wait_for_function("document.querySelectorAll('#generated img').length >= 1", timeout=60_000)
+    shown = _fetched_image(app_url, page.locator("#generated img").first.get_attribute("src"))
+    settings = dict(prompt=page.locator("#try-prompt textarea").input_value(), seed=0, width=32, height=32,
+                    steps=int(page.locator("#try-steps input[type=number]").input_value()))
+    with_lora, plain = (_core_image(model, loras, settings) for loras in ([(str(kohya), 1.0)], []))
+    assert shown.shape == with_lora.shape == (32, 32, 3)
+    off = {name: float(np.abs(shown - image).max()) for name, image in (("lora", with_lora), ("plain", plain))}
+    assert off["lora"] <= 2.0 and off["plain"] > 10.0, off       # measured 0 and 56 (mean 3.0) grey levels
     page.get_by_role("radio", name="peft").check()
     page.locator("#export").click()
     _message(page, "Exported as peft")
+    link = page.locator("#exported a").first
     assert "tlcm_lora_peft.zip" in page.locator("#exported").inner_text().replace("\n", "")
+    with urllib.request.urlopen(urllib.parse.urljoin(app_url, link.get_attribute("href")), timeout=30) as resp:
+        archive = zipfile.ZipFile(io.BytesIO(resp.read()))
+    exported = _peft_deltas(json.loads(archive.read("adapter_config.json")),
+                            load(archive.read("adapter_model.safetensors")))
+    _assert_same_deltas(exported, deltas["kohya"], "the exported zip")
     page.screenshot(path=str(tmp_path / "tlcm-trainer-try-it.png"), full_page=True)
     page.get_by_role("tab", name="Run").click()
 
     shot = tmp_path / "tlcm-trainer.png"
     page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    with Image.open(shot) as image:
+        assert image.width == 1280 and np.asarray(image.convert("L"), dtype=np.float64).std() > 5   # not blank
     if os.environ.get("TLCM_ARTIFACTS"):
         target = Path(os.environ["TLCM_ARTIFACTS"])
         target.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,11 +103,23 @@ def _kit_cli() -> argparse.ArgumentParser:
     return parser
 
 
-def test_cli_kit_build(kit, capsys):
-    args = _kit_cli().parse_args(["kit", "build", str(kit.root), "--seed", "0"])
+def test_cli_kit_build(sgm, tmp_path, capsys):
+    """``tlcm kit build OUT --seed 1`` writes, at the paths it prints, the UNet torch draws under seed 1 (built
+    here from the config, without the kit code) in both formats, not seed 0's; a second call reuses the files."""
+    from diffusers import UNet2DConditionModel
+    from tlcm.testing.tiny import UNET_CONFIG
+    args = _kit_cli().parse_args(["kit", "build", str(tmp_path / "kit"), "--seed", "1"])
     assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert str(kit.checkpoint) in out and str(kit.diffusers) in out
+    printed = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    diffusers, single = (Path(printed[k].strip()) for k in ("diffusers folder", "single file"))
+    torch.manual_seed(1)
+    expected = UNet2DConditionModel(**UNET_CONFIG).state_dict()
+    _assert_same_tensors(expected, load_file(str(diffusers / "unet" / "diffusion_pytorch_model.safetensors")), "unet")
+    written = load_file(str(single))
+    conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
+    assert torch.equal(written[conv_in], expected["conv_in.weight"]) and not torch.equal(written[conv_in], sgm[conv_in])
+    before = single.stat().st_mtime_ns
+    assert args.func(args) == 0 and single.stat().st_mtime_ns == before
 
 
 def test_cli_kit_needs_a_subcommand():

@@ -102,31 +102,93 @@ def test_broken_folders_fail_clearly(tmp_path):
         TwoAFCLatents(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.tensor([2.0]))
 
 
+def _printed(text: str, label: str) -> float:
+    """The number the CLI printed after ``label``."""
+    return float(text.split(label, 1)[1].split()[0].rstrip(";"))
+
+
+def _agreement_by_hand(weights: Path, data: TwoAFCLatents) -> float:
+    """BAPPS's 2AFC score written out: a pair scores ``judge`` when the model puts p1 closer to ref, ``1 - judge``
+    when p0, half of each on a tie."""
+    model = load_latent_lpips(weights)
+    with torch.no_grad():
+        d0, d1 = model(data.ref, data.p0).tolist(), model(data.ref, data.p1).tolist()
+    scores = [j if b < a else 1 - j if a < b else 0.5 for a, b, j in zip(d0, d1, data.judge.tolist())]
+    return sum(scores) / len(scores)
+
+
 def test_cli_trains_from_images_then_from_precomputed_latents(bapps, vae_dir, tmp_path, capsys):
-    root, _ = bapps
+    """The saved latents are the VAE encodings of the images (by hand) with the judges written; training moves
+    the weights off their seeded init; every printed agreement is the BAPPS score recomputed here."""
+    from train.lpips.model import LatentLPIPS, LatentLPIPSConfig
+    root, judges = bapps
     latents, weights = tmp_path / "bapps_latents.safetensors", tmp_path / "llpips.safetensors"
     tiny = ["--widths", "4,4,8,8,8", "--steps", "3", "--batch-size", "4", "--size", str(SIZE)]
     assert main(["train", "--data", str(root), "--vae", str(vae_dir), "--out", str(weights),
                  "--save-latents", str(latents), *tiny]) == 0
-    assert "train 2AFC agreement" in capsys.readouterr().out
-    assert load_latent_lpips(weights).config.widths == (4, 4, 8, 8, 8) and len(TwoAFCLatents.load(latents)) == 5
+    printed = capsys.readouterr().out
+    model = load_latent_lpips(weights)
+    assert model.config.widths == (4, 4, 8, 8, 8)
+    saved = TwoAFCLatents.load(latents)
+    torch.testing.assert_close(saved.judge, torch.tensor(judges))
+    vae = load_vae(vae_dir)
+    for part in ("ref", "p0", "p1"):
+        files = [root / subset / part / f"{i:06d}.png" for subset, n in (("cnn", 3), ("mix", 2)) for i in range(n)]
+        images = torch.stack([torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32)).permute(2, 0, 1)
+                              for f in files]) / 127.5 - 1
+        with torch.no_grad():
+            expected = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+        torch.testing.assert_close(getattr(saved, part), expected, atol=1e-5, rtol=1e-4)
+    torch.manual_seed(0)                                          # the CLI's --seed default, before it builds
+    init = LatentLPIPS(LatentLPIPSConfig(4, (4, 4, 8, 8, 8), True)).state_dict()
+    trained = model.state_dict()
+    convs = [k for k, v in init.items() if k.startswith("trunk.") and v.ndim == 4]    # not BN statistics, not
+    assert set(trained) == set(init) and len(convs) == 13                             # the clamped heads
+    assert sum(not torch.equal(trained[k], init[k]) for k in convs) == len(convs)     # 3 Adam steps moved each
+    assert _printed(printed, "train 2AFC agreement") == pytest.approx(_agreement_by_hand(weights, saved), abs=1e-4)
+
     assert main(["train", "--data", str(latents), "--out", str(weights), "--val", str(latents), *tiny]) == 0
-    assert "val 2AFC agreement" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    by_hand = _agreement_by_hand(weights, saved)
+    assert _printed(printed, "val 2AFC agreement") == pytest.approx(by_hand, abs=1e-4)
     assert main(["eval", "--weights", str(weights), "--data", str(latents)]) == 0
-    assert "on 5 pairs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "on 5 pairs" in printed and _printed(printed, "2AFC agreement:") == pytest.approx(by_hand, abs=1e-4)
+    assert by_hand != pytest.approx(0.5, abs=1e-3)                # else a swapped judge (1 - score) would pass
 
 
 def test_cli_synth_from_an_image_folder_or_a_latent_tensor(bapps, vae_dir, tmp_path, capsys):
+    """Every synthetic reference is one of the sources (VAE-encoded by hand for images), p0/p1 are distortions
+    of it, and the judge follows the severities: with noise alone, a judge near 1 means p1 is the closer one."""
     root, _ = bapps
     out = tmp_path / "synth.safetensors"
     assert main(["synth", "--source", str(root / "cnn" / "ref"), "--vae", str(vae_dir), "--size", str(SIZE),
                  "--n", "7", "--kinds", "noise,blur", "--nuisance", "color", "--out", str(out)]) == 0
     from_images = TwoAFCLatents.load(out)
     assert len(from_images) == 7 and from_images.ref.shape[1:] == (4, SIZE // 8, SIZE // 8)
+    vae = load_vae(vae_dir)
+    sources = torch.stack([torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32)).permute(2, 0, 1)
+                           for f in sorted((root / "cnn" / "ref").glob("*.png"))]) / 127.5 - 1
+    with torch.no_grad():
+        encoded = vae.encode(sources).latent_dist.mean * vae.config.scaling_factor
+    nearest = torch.cdist(from_images.ref.flatten(1), encoded.flatten(1)).min(dim=1).values
+    assert nearest.max() < 1e-4 * encoded.flatten(1).norm(dim=1).min()
+    assert ((from_images.p0 - from_images.ref).flatten(1).norm(dim=1) > 0).all()
+    assert ((from_images.p1 - from_images.ref).flatten(1).norm(dim=1) > 0).all()
+
     from safetensors.torch import save_file
-    save_file({"latents": torch.randn(5, 4, 8, 8)}, str(tmp_path / "latents.safetensors"))
+    source = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    save_file({"latents": source}, str(tmp_path / "latents.safetensors"))
     assert main(["synth", "--source", str(tmp_path / "latents.safetensors"), "--n", "6", "--out", str(out)]) == 0
-    assert TwoAFCLatents.load(out).ref.shape == (6, 4, 8, 8) and "6 synthetic 2AFC triplets" in capsys.readouterr().out
+    from_latents = TwoAFCLatents.load(out)
+    assert from_latents.ref.shape == (6, 4, 8, 8) and "6 synthetic 2AFC triplets" in capsys.readouterr().out
+    assert all(any(torch.equal(r, s) for s in source) for r in from_latents.ref)
+    assert main(["synth", "--source", str(tmp_path / "latents.safetensors"), "--n", "40", "--kinds", "noise",
+                 "--out", str(out)]) == 0
+    noise = TwoAFCLatents.load(out)
+    d0, d1 = ((noise.p0 - noise.ref).flatten(1).norm(dim=1), (noise.p1 - noise.ref).flatten(1).norm(dim=1))
+    sure = (noise.judge - 0.5).abs() > 0.3                        # severities at least 0.07 apart (τ = 0.05)
+    assert sure.sum() >= 20 and torch.equal((noise.judge > 0.5)[sure], (d1 < d0)[sure])
     with pytest.raises(ValueError, match="unknown or empty"):
         main(["synth", "--source", str(tmp_path / "latents.safetensors"), "--kinds", "sepia", "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="--source"):

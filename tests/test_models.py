@@ -12,6 +12,7 @@ from tlcm.models.configs import SDXL_BASE_CONFIG, single_file_config
 from tlcm.models.detect import BIGG_POSITIONS_KEY, CLIP_L_POSITIONS_KEY, UNET_IN_KEY, inspect_single_file
 from tlcm.testing.build import build_tiny_sdxl
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 PROMPT = dict(prompt="a photo of a cat", num_inference_steps=2, guidance_scale=0.0, height=64, width=64,
               output_type="pt")
 
@@ -65,19 +66,33 @@ def test_single_file_and_folder_give_identical_images(kit, folder_pipe):
 
 
 def test_img2img_and_controlnet_share_the_loaded_weights(kit, folder_pipe, tmp_path):
+    """img2img runs on the folder's weights and settings: with CFG and no negative prompt (where
+    ``force_zeros_for_empty_prompt`` decides the unconditional branch) it gives exactly the image of diffusers'
+    own img2img over the txt2img load's components, and that image depends on the init image. A ControlNet made
+    from the UNet (zero output convolutions) adds nothing: the ControlNet pipeline reproduces txt2img."""
     from diffusers import (ControlNetModel, StableDiffusionXLControlNetPipeline,
                            StableDiffusionXLImg2ImgPipeline)
     img2img = load_sdxl_pipeline(kit.diffusers, device="cpu", pipeline="img2img")
     assert isinstance(img2img, StableDiffusionXLImg2ImgPipeline)
-    init = torch.rand(1, 3, 64, 64)
-    out = img2img(**PROMPT, image=init, strength=0.5,
-                  generator=torch.Generator().manual_seed(0)).images
-    assert out.shape == init.shape and torch.isfinite(out).all()
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(folder_pipe, name).state_dict(), getattr(img2img, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    zeros = folder_pipe.config.force_zeros_for_empty_prompt
+    reference = StableDiffusionXLImg2ImgPipeline(**folder_pipe.components, force_zeros_for_empty_prompt=zeros)
+    inits = torch.rand(2, 1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    call = dict(PROMPT, guidance_scale=2.0, strength=0.5)         # no negative prompt: force_zeros decides
+    out = [img2img(**call, image=init, generator=torch.Generator().manual_seed(0)).images for init in inits]
+    expected = reference(**call, image=inits[0], generator=torch.Generator().manual_seed(0)).images
+    assert out[0].shape == inits[0].shape
+    torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-6)
+    assert (out[0] - out[1]).abs().mean() > 1e-3
 
     ControlNetModel.from_unet(folder_pipe.unet).save_pretrained(tmp_path / "controlnet")
     control = load_sdxl_pipeline(kit.diffusers, device="cpu", controlnet=tmp_path / "controlnet")
     assert isinstance(control, StableDiffusionXLControlNetPipeline)
     assert torch.equal(control.controlnet.conv_in.weight, folder_pipe.unet.conv_in.weight)
+    controlled = control(**PROMPT, image=inits[0], generator=torch.Generator().manual_seed(7)).images
+    torch.testing.assert_close(controlled, _image(folder_pipe), rtol=0, atol=1e-6)
 
 
 def test_bundled_sdxl_base_configs_are_complete(tmp_path):

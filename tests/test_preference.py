@@ -172,13 +172,38 @@ def test_convert_command_refuses_a_payload_in_one_line(tmp_path, legacy):
     assert len(lines) == 1 and lines[0].startswith("mps convert: refusing to convert"), done.stderr
 
 
+def _directional_derivatives(score, images: torch.Tensor, seed: int, numeric_score=None, eps: float = 1e-2,
+                             dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """(gradient of the summed ``score`` · v, central difference of ``numeric_score`` (default ``score``) in
+    ``dtype`` along v) for a seeded random direction v."""
+    x = images.detach().clone().requires_grad_(True)
+    score(x).sum().backward()
+    v = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    numeric_score, base, v = numeric_score or score, images.detach().to(dtype), v.to(dtype)
+    with torch.no_grad():
+        numeric = (numeric_score(base + eps * v).sum() - numeric_score(base - eps * v).sum()) / (2 * eps)
+    return float((x.grad.double() * v.double()).sum()), float(numeric)
+
+
 def test_mps_gradient_reaches_the_images(scorer):
-    images = torch.rand(3, 3, 64, 48, requires_grad=True)
-    scorer(images, PROMPTS).sum().backward()
-    assert torch.isfinite(images.grad).all() and float(images.grad.abs().sum()) > 0
+    """The images' gradient is the score's derivative (a central difference agrees), and none reaches the
+    frozen scorer; the preprocessing is CLIPImageProcessor's (transformers' own, on the PIL image)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+    images = torch.rand(3, 3, 64, 48, generator=torch.Generator().manual_seed(11))
+    analytic, numeric = _directional_derivatives(lambda x: scorer(x, PROMPTS), images, seed=12)
+    assert abs(numeric) > 1e-3 and analytic == pytest.approx(numeric, rel=0.02)    # measured 0.1 % apart
     assert all(p.grad is None for p in scorer.parameters())
-    square = clip_preprocess(torch.rand(1, 3, 64, 64), 32)
-    assert square.shape == (1, 3, 32, 32)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    y, x = np.mgrid[0:40, 0:72]
+    ramp = np.stack([x * 255 // 72, y * 255 // 40, (x + y) * 127 // 72], -1).astype(np.uint8)   # not square
+    for pixels, atol in ((noise, 0.01), (ramp, 0.05)):        # measured 0.004 and 0.017 (mean |difference|)
+        ours = clip_preprocess(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255, 32)
+        expected = torch.from_numpy(processor(Image.fromarray(pixels), return_tensors="np")["pixel_values"])
+        assert ours.shape == expected.shape == (1, 3, 32, 32)
+        assert float((ours - expected).abs().mean()) < atol
 
 
 def test_missing_weights_say_what_to_get(tmp_path):
@@ -405,10 +430,15 @@ def test_committed_toy_scorer_ranks_fresh_images(toy):
 
 
 def test_toy_scorer_passes_gradients_to_the_images(toy):
+    """The gradient the preference loss follows is the score's derivative: a float64 central difference of
+    the scorer on the parsed attribute ids agrees (the score is too curved for float32 differences)."""
     data = generate(4, 24_680)
-    images = torch.as_tensor(data.images).requires_grad_(True)
-    toy(images, prompts_for(data.labels, "zh")).sum().backward()
-    assert torch.isfinite(images.grad).all() and float(images.grad.abs().sum()) > 0
+    prompts = prompts_for(data.labels, "zh")
+    in_fp64, ids = copy.deepcopy(toy).double(), label_ids(data.labels)
+    analytic, numeric = _directional_derivatives(lambda x: toy(x, prompts), torch.as_tensor(data.images), seed=13,
+                                                 numeric_score=lambda x: in_fp64.score_ids(x, ids), eps=1e-5,
+                                                 dtype=torch.float64)
+    assert abs(numeric) > 1e-2 and analytic == pytest.approx(numeric, rel=1e-3)      # measured 5e-5 apart
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         toy(torch.rand(1, 3, 64, 64), prompts_for(data.labels, "en")[:1])
 
