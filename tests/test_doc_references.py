@@ -9,7 +9,7 @@ Scanned: tracked ``.py .md .yaml .yml .toml .json`` files (``git ls-files``, out
   (``name.md §N``) must be a path from the citing file's folder or the root, and the cited section must be
   a numbered heading there; the name of a project document (``eval.md``) needs its path (``docs/eval.md``);
   a markdown name that is no file of the repository (``tlcm-method.md``), an absolute markdown path, and any
-  pointer at ``../shared`` or ``/work/shared`` fail;
+  pointer at the research-notes folder beside a checkout (``NOTES_FOLDER``, relative or absolute) fails;
 - each relative markdown link ``[text](target#anchor)`` in a markdown file: the target, and for a
   markdown target its heading anchor (GitHub's slug rule);
 - in ``ARCHITECTURE.md`` and ``docs/``: each backticked repository path (first component a top-level
@@ -45,7 +45,8 @@ DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 MD_NAME = re.compile(r"(?<![\w./~-])((?:~|\.{1,2})?/?(?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![\w/-])")
 SECTION = re.compile(r"`?\s*§\s*(\d+(?:\.\d+)*)(?:\s*[-–]\s*(\d+(?:\.\d+)*))?")
-OUTSIDE_NOTES = re.compile(r"(?<![\w.-])(?:\.\./)+shared(?![\w-])|/work/shared(?![\w-])")
+NOTES_FOLDER = "sha" + "red"     # spelled apart so that this file itself never points at that folder
+OUTSIDE_NOTES = re.compile(rf"(?<![\w.-])(?:\.\./)+{NOTES_FOLDER}(?![\w-])|/work/{NOTES_FOLDER}(?![\w-])")
 NUMBERED_HEADING = re.compile(r"#{1,6}\s+(\d+(?:\.\d+)*)\.?\s")
 WRITTEN_FILES = frozenset({"metrics.md"})     # files the suite writes at run time (outputs/demo/), named in prose
 
@@ -330,23 +331,23 @@ def _write(root: Path, name: str, text: str) -> str:
 
 def test_the_checks_name_file_and_line_of_each_dangling_reference(tmp_path):
     """On a small fake repository: every kind of dangling reference is reported as file:line."""
-    docs = "docs/"                      # split so this file never cites a missing document itself
-    _write(tmp_path, "docs/real.md", "# Real doc\n\n## 2. Part two\n")
+    docs, notes = "do" + "cs/", NOTES_FOLDER   # spelled apart: this file cites no fake document itself
+    _write(tmp_path, f"{docs}real.md", "# Real doc\n\n## 2. Part two\n")
     _write(tmp_path, "pkg/mod.py", "def here():\n    pass\n")
     files = [
         _write(tmp_path, "pkg/code.py", f"# see {docs}real.md\n# and {docs}gone.md §3\n"),
-        _write(tmp_path, "pkg/README.md", f"ok ../{docs}real.md\nbad `../shared/{docs}real.md`\n"
-                                          "[x](../docs/real.md#2-part-two) [y](../docs/real.md#nope) [z](none.md)\n"),
+        _write(tmp_path, "pkg/README.md", f"ok ../{docs}real.md\nbad `../{notes}/{docs}real.md`\n"
+                                          f"[x](../{docs}real.md#2-part-two) [y](../{docs}real.md#nope) [z](none.md)\n"),
         _write(tmp_path, "ARCHITECTURE.md", "| c | `pkg/mod.py` | `here`, `there` |\n"
                                             "`pkg/missing.py` and `pkg/mod.py` and `other/x.py` and `models/x/`\n"),
     ]
-    tracked = [*files, "docs/real.md", "pkg/mod.py"]
+    tracked = [*files, f"{docs}real.md", "pkg/mod.py"]
     found = sorted(map(str, all_problems(tmp_path, tracked)))
     assert found == sorted([
         f"pkg/code.py:2: {docs}gone.md does not exist",
-        f"pkg/README.md:2: ../shared/{docs}real.md does not exist",
-        "pkg/README.md:2: ../shared points outside the project",
-        "pkg/README.md:3: link target ../docs/real.md#nope: no heading with anchor #nope",
+        f"pkg/README.md:2: ../{notes}/{docs}real.md does not exist",
+        f"pkg/README.md:2: ../{notes} points outside the project",
+        f"pkg/README.md:3: link target ../{docs}real.md#nope: no heading with anchor #nope",
         "pkg/README.md:3: link target none.md does not exist",
         "ARCHITECTURE.md:1: `there` is not defined in pkg/mod.py",
         "ARCHITECTURE.md:2: `pkg/missing.py` does not exist in the repository",
@@ -356,7 +357,7 @@ def test_the_checks_name_file_and_line_of_each_dangling_reference(tmp_path):
 
 def test_a_citation_of_a_document_outside_the_repository_fails(tmp_path):
     """Notes kept outside the project, bare document names and missing sections are reported as file:line."""
-    docs, sign = "docs/", "\u00a7"      # split so this file never cites a missing document itself
+    docs, sign, notes = "do" + "cs/", "\u00a7", NOTES_FOLDER   # spelled apart: no citation in this file itself
     _write(tmp_path, "docs/eval.md", "# Eval\n\n## 5. Evaluator\n\n### 5.1 Sanity\n")
     _write(tmp_path, "bench/results/run.md", "results\n")
     files = [
@@ -365,9 +366,9 @@ def test_a_citation_of_a_document_outside_the_repository_fails(tmp_path):
                                         f"# see eval.md {sign}5\n"
                                         f"# and {docs}eval.md {sign}7\n"
                                         'out = folder / "report.md"  # a file the code writes\n'),
-        _write(tmp_path, "pkg/README.md", f"bare eval.md, then `/work/shared/{docs}eval.md`\n"
+        _write(tmp_path, "pkg/README.md", f"bare eval.md, then `/work/{notes}/{docs}eval.md`\n"
                                           "`run.md` is in bench/results/; tlcm-method.md is not here\n"
-                                          "data in ../../shared/data and /work/shared\n"),
+                                          f"data in ../../{notes}/data and /work/{notes}\n"),
         _write(tmp_path, f"{docs}more.md", f"[eval.md {sign}5.1](eval.md#51-sanity) and eval.md {sign}6\n"),
     ]
     tracked = [*files, "docs/eval.md", "bench/results/run.md"]
@@ -377,10 +378,10 @@ def test_a_citation_of_a_document_outside_the_repository_fails(tmp_path):
         f"pkg/code.py:3: eval.md {sign}5 cites a document that is not a path in the repository",
         f"pkg/code.py:4: {docs}eval.md has no section {sign}7",
         "pkg/README.md:1: eval.md is not a path in the repository (the document is docs/eval.md)",
-        "pkg/README.md:1: /work/shared points outside the project",
-        f"pkg/README.md:1: /work/shared/{docs}eval.md is an absolute path, not a document of the repository",
+        f"pkg/README.md:1: /work/{notes} points outside the project",
+        f"pkg/README.md:1: /work/{notes}/{docs}eval.md is an absolute path, not a document of the repository",
         "pkg/README.md:2: tlcm-method.md is not a file of the repository",
-        "pkg/README.md:3: ../../shared points outside the project",
-        "pkg/README.md:3: /work/shared points outside the project",
+        f"pkg/README.md:3: ../../{notes} points outside the project",
+        f"pkg/README.md:3: /work/{notes} points outside the project",
         f"{docs}more.md:1: eval.md has no section {sign}6",
     ]), found
