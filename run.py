@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     ensure(extra_requirements(read_pyproject()["project"], JOB_EXTRAS[argv[0]]))
     ensure_modules(DATA_PACKAGES, "--no-deps")
     if argv[0] == "demo":
-        return subprocess.call([sys.executable, "-m", "train.toy.demo", *argv[1:]], cwd=ROOT)
+        return subprocess.call([sys.executable, "-m", "tlcm_toy.demo", *argv[1:]], cwd=ROOT)
     ensure_modules(TEST_NO_DEPS_PACKAGES, "--no-deps")
     return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
 

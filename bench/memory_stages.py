@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results" / "memory_stages"
 SDXL_CONFIG = ROOT / "tlcm" / "configs" / "sdxl_base"
-TOY_SCORER = ROOT / "train" / "toy" / "weights" / "scorer.safetensors"
+TOY_SCORER = ROOT / "tlcm_toy" / "weights" / "scorer.safetensors"
 GiB = 2 ** 30
 SEED = 0
 RESOLUTION = 256                       # pixels: 32² latents
@@ -168,7 +168,7 @@ def build_mid_model(folder: Path, seed: int = SEED) -> Path:
 def _mid_scorer_model():
     from transformers import CLIPConfig
 
-    from train.preference.mps import CrossConfig, MPSModel
+    from tlcm_train.preference.mps import CrossConfig, MPSModel
     clip = CLIPConfig(text_config=MID_SCORER["text"], vision_config=MID_SCORER["vision"],
                       projection_dim=MID_SCORER["projection_dim"], logit_scale_init_value=math.log(100.0))
     return MPSModel(clip, CrossConfig(**MID_SCORER["cross"]))
@@ -189,7 +189,7 @@ def toy_scorer_usable(resolution: int) -> tuple[bool, str]:
     """Whether the toy scorer can score this benchmark's images (it cannot: it reads 32 px toy images)."""
     if not TOY_SCORER.is_file():
         return False, f"{TOY_SCORER.relative_to(ROOT)} does not exist"
-    from train.toy.data import SIZE
+    from tlcm_toy.data import SIZE
     if SIZE != resolution:
         return False, f"the toy scorer reads {SIZE} px toy images and toy-grammar prompts, not {resolution} px"
     return True, "toy scorer"
@@ -283,8 +283,8 @@ class PhaseProbe:
     @contextlib.contextmanager
     def installed(self, trainer) -> Iterator[None]:
         """Wrap the loop's pieces so every phase boundary calls ``mark`` (all undone on exit)."""
-        import train.aux_grad as aux_grad
-        import train.loop as loop
+        import tlcm_train.aux_grad as aux_grad
+        import tlcm_train.loop as loop
         undo: list[Callable[[], None]] = []
 
         def after(obj, attr: str, name: str | Callable[..., str], module: bool = False) -> None:
@@ -306,7 +306,7 @@ class PhaseProbe:
             after(technique, "update", f"update:{name}")
         original_aux = aux_grad.aux_gradient
 
-        def aux_gradient(x0, terms):                   # train.aux_grad.aux_gradient with a mark after each term
+        def aux_gradient(x0, terms):                   # tlcm_train.aux_grad.aux_gradient with a mark after each term
             g, values = torch.zeros_like(x0, dtype=torch.float32), {}
             for term in terms:
                 part, value = original_aux(x0, [term])
@@ -329,14 +329,14 @@ def small_mps_scorer(weights: str | None, tokenizer: str | None) -> Iterator[Non
     if weights is None:
         yield
         return
-    import train.preference.scorer as scorer_module
+    import tlcm_train.preference.scorer as scorer_module
     original = scorer_module.build_scorer
 
     def build(kind, path, device="cpu", dtype=torch.float32):
         from safetensors.torch import load_file
         from transformers import CLIPTokenizer
 
-        from train.preference.mps import MPSScorer, load_mps_state_dict
+        from tlcm_train.preference.mps import MPSScorer, load_mps_state_dict
         if kind != "mps":
             return original(kind, path, device, dtype)
         model = _mid_scorer_model()
@@ -367,8 +367,8 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
             warmup: int = 1, steps: int = 2, components: bool = True) -> dict[str, Any]:
     """Build a ``Trainer`` from ``overrides`` in this process, run ``warmup`` + ``steps`` train steps of the
     configured stage and return its memory figures (bytes) and parameter counts."""
-    from train.config import load_config
-    from train.loop import Trainer
+    from tlcm_train.config import load_config
+    from tlcm_train.loop import Trainer
     torch.set_num_threads(1)
     mem = Mem()
     gc.collect()
@@ -421,7 +421,7 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
 def preference_components(trainer, mem: Mem) -> dict[str, int]:
     """Own peak (above the RSS before) of the VAE decode + its backward, and of the scorer forward + backward
     on 2B images, as the preference term runs them (with its decode options)."""
-    from train.preference.decode import decode_latents
+    from tlcm_train.preference.decode import decode_latents
     tech, batch = trainer.techniques["mps"], trainer.config.train.batch_size
     g = torch.Generator().manual_seed(1)
     result = {}
@@ -554,7 +554,7 @@ def vae_decode_proxy(vae_config: dict[str, Any], latent: int, unit_checkpointing
     ``checkpoint="unit"`` holds at the backward's peak (every unit's input + the largest unit's own)."""
     from diffusers import AutoencoderKL
 
-    from train.preference.decode import decoder_units
+    from tlcm_train.preference.decode import decoder_units
     with torch.device("meta"):
         vae = AutoencoderKL(**vae_config)
         h = torch.empty(1, 4, latent, latent, requires_grad=True)
@@ -584,12 +584,12 @@ def sdxl_parameter_counts() -> dict[str, int]:
     """Exact parameter counts of real SDXL's trainable and resident parts, built on the meta device."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from train.adapters import add_student
-    from train.adversarial import Adversarial
-    from train.config import LoraConfig
-    from train.diffusion import Denoiser
-    from train.dmd import DistributionMatching
-    from train.preference.mps import MPSModel, clip_vit_h14_config
+    from tlcm_train.adapters import add_student
+    from tlcm_train.adversarial import Adversarial
+    from tlcm_train.config import LoraConfig
+    from tlcm_train.diffusion import Denoiser
+    from tlcm_train.dmd import DistributionMatching
+    from tlcm_train.preference.mps import MPSModel, clip_vit_h14_config
     sched = json.loads((SDXL_CONFIG / "scheduler" / "scheduler_config.json").read_text())
     with torch.device("meta"):
         unet = UNet2DConditionModel(**sdxl_unet_config())
@@ -895,7 +895,7 @@ def main(argv: list[str] | None = None) -> None:
              "mid_unit": vae_decode_proxy(mid_vae_config(), mid_latent, unit_checkpointing=True),
              "real_crop": vae_decode_proxy(sdxl_vae_config(), SDXL_CROP, unit_checkpointing=True),
              "mid_crop": vae_decode_proxy(mid_vae_config(), MID_CROP, unit_checkpointing=True)}
-        from train.preference.mps import MPSModel, clip_vit_h14_config
+        from tlcm_train.preference.mps import MPSModel, clip_vit_h14_config
         s_real, s_mid = scorer_proxy(lambda: MPSModel(clip_vit_h14_config()), 4), scorer_proxy(_mid_scorer_model, 4)
     # each decode factor scales a mid-size measurement made with the same decode options to real SDXL
     factors = {"unet": u_real["checkpointed"] / u_mid["checkpointed"], "unet_full": u_real["full"] / u_mid["full"],

@@ -4,13 +4,13 @@ Builds on the runs of ``bench/toy_table1.py`` (same ``--work``): its TLCM run gi
 1) and ② (end of stage 2). Every later row branches from a checkpoint of an earlier one (exact resume into
 the next stage, so the rows share their history and differ only by the added term):
 
-* ③ ② with the latent LPIPS distance (toy weights, train/toy/weights/lpips.safetensors) in both stages;
-* ④ ② + stage 3 (MPS preference loss with the toy scorer, train/toy/weights/scorer.safetensors);
+* ③ ② with the latent LPIPS distance (toy weights, tlcm_toy/weights/lpips.safetensors) in both stages;
+* ④ ② + stage 3 (MPS preference loss with the toy scorer, tlcm_toy/weights/scorer.safetensors);
 * ⑤ ④ + stage 4 with distribution matching only (⑤ᵇ: with DMD2's 5 fake-score updates per step);
   ⑥ ④ + stage 4 with DMD and GAN;
 * Table 3: stage 2 with p = 1, 2, 3, 4 teacher steps, each branched from the end of stage 1.
 
-All rows at 4 TLCM steps, metrics per ``train/toy/evaluate.py``; stage 3-4 branches are also evaluated at
+All rows at 4 TLCM steps, metrics per ``tlcm_toy/evaluate.py``; stage 3-4 branches are also evaluated at
 every ``--every`` steps along the way.
 
     python bench/toy_ablation.py     # writes bench/results/toy_ablation.md + .json
@@ -27,11 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train.toy.bench_teacher import load_teacher  # noqa: E402
-from train.toy.distill import WEIGHTS, toy_config  # noqa: E402
-from train.toy.evaluate import Sampler, markdown_table, score_samplers, summarise  # noqa: E402
-from train.toy.evaluator import file_sha256, load_evaluator  # noqa: E402
-from train.toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
+from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
+from tlcm_toy.distill import WEIGHTS, toy_config  # noqa: E402
+from tlcm_toy.evaluate import Sampler, markdown_table, score_samplers, summarise  # noqa: E402
+from tlcm_toy.evaluator import file_sha256, load_evaluator  # noqa: E402
+from tlcm_toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
 
 STEPS = 4
 
@@ -144,7 +144,7 @@ def write(record: dict, out: Path) -> None:
             + ("Stages 3-4 along the way (checkpoints of the same runs; the rows above are their ends):\n\n"
                + markdown_table(along, len(seeds)) + "\n" if along else "") + READING
             + ("" if any(k.startswith("③") for k in record["summary"]) else
-               "- Row ③ (latent LPIPS in both stages) is absent: train/toy/weights/lpips.safetensors did not exist "
+               "- Row ③ (latent LPIPS in both stages) is absent: tlcm_toy/weights/lpips.safetensors did not exist "
                "when this ran.\n"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

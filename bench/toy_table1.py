@@ -5,7 +5,7 @@ form), a single-segment LCM-style data-free distillation at the same budget (M =
 same number of student steps and batch as TLCM's two stages), TLCM stage 1 only (the same run's
 checkpoint at the end of MLCD) and TLCM stage 1 + 2; plus the teacher's DDIM-25 + CFG reference. Students
 are merged through the core's kohya loader and sampled with ``TLCMScheduler``; metrics per
-``train/toy/evaluate.py`` over several noise seeds. Runs are kept under ``--work`` and reused when finished.
+``tlcm_toy/evaluate.py`` over several noise seeds. Runs are kept under ``--work`` and reused when finished.
 
     python bench/toy_table1.py       # writes bench/results/toy_table1.md + .json
 """
@@ -21,11 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train.toy.bench_teacher import load_teacher  # noqa: E402
-from train.toy.distill import toy_config  # noqa: E402
-from train.toy.evaluate import Sampler, markdown_table, score_samplers, summarise  # noqa: E402
-from train.toy.evaluator import load_evaluator  # noqa: E402
-from train.toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
+from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
+from tlcm_toy.distill import toy_config  # noqa: E402
+from tlcm_toy.evaluate import Sampler, markdown_table, score_samplers, summarise  # noqa: E402
+from tlcm_toy.evaluator import load_evaluator  # noqa: E402
+from tlcm_toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
 
 STEPS = (2, 3, 4, 8)
 
@@ -102,7 +102,7 @@ def write(record: dict, out: Path) -> None:
     """Render ``record`` as markdown beside its JSON (``--render`` redoes only this, from the JSON)."""
     s1, s2, seeds = record["mlcd_steps"], record["lcd_steps"], record["seeds"]
     text = (f"# Toy Table 1: TLCM vs the teacher's few-step sampling\n\n`{record['command']}`\n\n"
-            f"Toy teacher (train/toy/weights/teacher), data-free distillation with `train/configs/toy.yaml`: "
+            f"Toy teacher (tlcm_toy/weights/teacher), data-free distillation with `tlcm_toy/toy.yaml`: "
             f"TLCM = {s1} MLCD + {s2} LCD steps; LCM-style = M = 1, {s1 + s2} stage-1 steps (same budget); batch "
             f"{record['batch']}, teacher CFG w = {record['guidance']:g}, LoRA rank {record['lora_rank']}, lr "
             f"{record['mlcd_lr']:g} / {record['lcd_lr']:g}; training wall time {record['train_seconds']['tlcm']} s (TLCM) and "

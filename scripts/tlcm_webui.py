@@ -13,7 +13,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 def _load_package(name: str) -> None:
     """Import the extension's package ``name`` from its folder, without putting the extension folder on
-    ``sys.path`` (that would also expose ``train``, ``bench``, ``tests``, ``install`` and ``run`` as
+    ``sys.path`` (that would also expose ``tlcm_train``, ``tlcm_toy``, ``bench``, ``tests``, ``install`` and ``run`` as
     top-level modules of the WebUI's process). An already imported ``name`` (e.g. pip-installed) is kept."""
     if name in sys.modules:
         return

@@ -33,7 +33,7 @@ def hand_deltas(student: dict[str, torch.Tensor], alpha: float) -> dict[str, tor
 
 
 def peft_folder_state(folder: Path) -> dict[str, torch.Tensor]:
-    """A PEFT adapter folder's raw A/B tensors, keyed like ``train.adapters.student_state_dict``."""
+    """A PEFT adapter folder's raw A/B tensors, keyed like ``tlcm_train.adapters.student_state_dict``."""
     state = load_file(str(Path(folder) / "adapter_model.safetensors"))
     return {k.removeprefix("base_model.model."): v for k, v in state.items()}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
-from train.adapters import add_student, require_student_active, student_parameters
-from train.aux_grad import AuxTerm, with_aux
-from train.config import LoraConfig
-from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
-from train.technique import AuxBatch
+from tlcm_train.adapters import add_student, require_student_active, student_parameters
+from tlcm_train.aux_grad import AuxTerm, with_aux
+from tlcm_train.config import LoraConfig
+from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+from tlcm_train.technique import AuxBatch
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]     # few modules: PEFT's per-module cost dominates on CPU
 

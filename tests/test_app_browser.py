@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load, load_file
 
-from train.toy.data import write_prompts
+from tlcm_toy.data import write_prompts
 
 pytest.importorskip("gradio", reason="the trainer app needs gradio (pip install gradio)")
 
@@ -33,7 +33,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROOT = Path(__file__).resolve().parents[1]
-TOY_SCORER = ROOT / "train" / "toy" / "weights" / "scorer.safetensors"     # stages 3-4 of the toy preset
+TOY_SCORER = ROOT / "tlcm_toy" / "weights" / "scorer.safetensors"     # stages 3-4 of the toy preset
 
 
 def _ensure_chromium() -> None:
@@ -74,7 +74,7 @@ def app_url(tmp_path_factory):
     log = (tmp_path_factory.mktemp("app") / "app.log").open("wb")
     env = {**os.environ, "TLCM_TRAINER_HOME": str(home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "train.app", "--port", str(port)], env=env, stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "tlcm_toy.trainer_app", "--port", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("cwd"))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300          # generous: imports crawl on busy shared cores

@@ -9,27 +9,28 @@ import pytest
 
 pytest.importorskip("gradio", reason="the trainer app needs gradio (pip install gradio)")
 
-from train.app import launch  # noqa: E402
-from train.app.commands import (LaunchOptions, build_argv, config_overrides, parse_command,  # noqa: E402
+from tlcm_train.app import launch  # noqa: E402
+from tlcm_train.app.commands import (LaunchOptions, build_argv, config_overrides, parse_command,  # noqa: E402
                                 show_command)
-from train.app.form import KEYS, form_values, from_form, to_form  # noqa: E402
-from train.app.jobs import LOCK_NAME, JobInfo, JobManager, RunRecord  # noqa: E402
-from train.app.paths import (PathError, check_config_file, check_lora, check_model, check_output_dir,  # noqa: E402
+from tlcm_train.app.form import KEYS, form_values, from_form, to_form  # noqa: E402
+from tlcm_train.app.jobs import LOCK_NAME, JobInfo, JobManager, RunRecord  # noqa: E402
+from tlcm_train.app.paths import (PathError, check_config_file, check_lora, check_model, check_output_dir,  # noqa: E402
                              check_prompt_files, files_inside, inside)
-from train.app.plot import loss_svg  # noqa: E402
-from train.app import presets  # noqa: E402
-from train.app.app import LAUNCH_FIELDS, read_form  # noqa: E402
-from train.app.paths import check_scorer_weights  # noqa: E402
-from train.app.presets import PRESETS, TOY_YAML, toy_settings  # noqa: E402
-from train.app.progress import failure_reason, read_run  # noqa: E402
-from train.config import Config, ConfigError, load_config, save_config  # noqa: E402
+from tlcm_train.app.plot import loss_svg  # noqa: E402
+from tlcm_train.app.app import LAUNCH_FIELDS, read_form  # noqa: E402
+from tlcm_train.app.paths import check_scorer_weights  # noqa: E402
+from tlcm_train.app.presets import GPU_PRESETS  # noqa: E402
+from tlcm_toy import trainer_app  # noqa: E402
+from tlcm_toy.scorer import PLUGIN as TOY  # noqa: E402
+from tlcm_train.app.progress import failure_reason, read_run  # noqa: E402
+from tlcm_train.config import Config, ConfigError, load_config, save_config  # noqa: E402
 
 
 def toy_scorer_file(path):
     """A file with the toy scorer's tensor names (random weights: only the header is ever checked here)."""
     import torch
     from safetensors.torch import save_file
-    from train.preference.toy_scorer import ToyScorer
+    from tlcm_toy.scorer import ToyScorer
     torch.manual_seed(0)
     save_file(ToyScorer().state_dict(), str(path))
     return path
@@ -42,7 +43,7 @@ def unusual(tmp_path) -> Config:
     prompts = tmp_path / "my prompts 'x'.txt"
     prompts.write_text("a cat\n")
     return load_config(None, [
-        "mps.steps=30", "mps.scorer=toy", f"mps.scorer_weights={json.dumps(str(tmp_path / 'scorer ü.safetensors'))}",
+        "mps.steps=30", f"mps.scorer={TOY}", f"mps.scorer_weights={json.dumps(str(tmp_path / 'scorer ü.safetensors'))}",
         "mps.margin=12.5", "dm.steps=0", "dm.gan_weight=0.5", "dm.fake_updates=2", "dm.disc_lr=3e-4",
         f"model.path={json.dumps(str(tmp_path / 'mödel dir'))}", f"data.prompts={json.dumps([str(prompts)])}",
         'data.sample_prompts=["a cat, on a mat", "猫 \\"quoted\\""]', "lora.rank=16", "lora.alpha=2.5",
@@ -61,7 +62,7 @@ def test_command_parses_back_to_the_same_config(unusual):
     assert len(overrides) == 20
     assert "mps.steps=30" in overrides and "dm.steps=0" in overrides and "dm.fake_updates=2" in overrides
     assert parse_command(show_command(unusual, launch, resume=True)) == (overrides, True)
-    for bad in ("accelerate launch x.py", "accelerate launch -m train --set", "-m train --set 'a=b"):
+    for bad in ("accelerate launch x.py", "accelerate launch -m tlcm_train --set", "-m tlcm_train --set 'a=b"):
         with pytest.raises(ValueError, match="trainer|shell"):
             parse_command(bad)
 
@@ -90,7 +91,7 @@ def test_form_round_trip_covers_every_config_key(unusual):
     values = to_form(unusual)
     assert values["lcd.enabled"] is False and values["lcd.steps"] == Config().lcd.steps   # paper value kept
     assert values["dm.enabled"] is False and values["dm.steps"] == Config().dm.steps
-    assert values["mps.enabled"] is True and values["mps.steps"] == 30 and values["mps.scorer"] == "toy"
+    assert values["mps.enabled"] is True and values["mps.steps"] == 30 and values["mps.scorer"] == TOY
     assert values["data.sample_prompts"] == 'a cat, on a mat\n猫 "quoted"'
     assert from_form(values) == unusual
     assert {k for k in KEYS if "." in k and not k.endswith(".enabled")} == {
@@ -143,15 +144,15 @@ def test_saved_config_loads_in_the_cli_and_the_form(unusual, tmp_path):
 
 
 def test_gpu_presets_undo_every_toy_shrink(tmp_path, monkeypatch):
-    monkeypatch.setattr(presets, "TOY_SCORER", toy_scorer_file(tmp_path / "scorer.safetensors"))   # stages 3-4 on
-    toy_form = {**to_form(Config()), **form_values(toy_settings()), "model.path": "m", "data.prompts": "p.txt"}
+    monkeypatch.setattr(trainer_app, "TOY_SCORER", toy_scorer_file(tmp_path / "scorer.safetensors"))   # stages 3-4 on
+    toy_form = {**to_form(Config()), **form_values(trainer_app.toy_settings()), "model.path": "m", "data.prompts": "p.txt"}
     assert toy_form["mps.scorer_weights"] == str(tmp_path / "scorer.safetensors")
     for name, memory in [("24 GB GPU", ["train.mixed_precision=bf16"]),
                          ("16 GB GPU", ["train.mixed_precision=bf16", "train.optimizer=adamw8bit",
                                         "mps.decode_crop=64"]),
                          ("12 GB GPU", ["train.mixed_precision=fp16", "train.optimizer=adamw8bit", "lora.rank=32",
                                         "lora.alpha=4", "output.sample_every=1000", "mps.decode_crop=64"])]:
-        values = PRESETS[name].values()
+        values = GPU_PRESETS[name].values()
         assert "model.path" not in values and "data.prompts" not in values     # the user's paths stay
         gpu_form = {**toy_form, **form_values(values)}
         assert gpu_form["mps.scorer"] == "mps" and gpu_form["mps.scorer_weights"] == ""   # not the toy's scorer
@@ -159,46 +160,46 @@ def test_gpu_presets_undo_every_toy_shrink(tmp_path, monkeypatch):
             from_form(gpu_form)                     # the paper's stages 3-4 wait for the user's MPS weights
         assert from_form({**gpu_form, "mps.scorer_weights": "mps.safetensors"}) == load_config(
             None, ["model.path=m", "data.prompts=[p.txt]", "mps.scorer_weights=mps.safetensors", *memory]), name
-        assert "MPS scorer weights" in PRESETS[name].summary
+        assert "MPS scorer weights" in GPU_PRESETS[name].summary
 
 
 @pytest.mark.parametrize("with_scorer", [False, True])
 def test_toy_preset_is_toy_yaml_with_the_toy_teacher(tmp_path, monkeypatch, with_scorer):
-    from train.toy.bench_teacher import DEFAULT_TEACHER
-    from train.toy.distill import TOY_CONFIG, TRAIN_PROMPTS
+    from tlcm_toy.bench_teacher import DEFAULT_TEACHER
+    from tlcm_toy.distill import TOY_CONFIG, TRAIN_PROMPTS
     monkeypatch.setenv("TLCM_TRAINER_HOME", str(tmp_path / "home"))
     scorer = tmp_path / "scorer.safetensors"
-    monkeypatch.setattr(presets, "TOY_SCORER", toy_scorer_file(scorer) if with_scorer else scorer)
-    values = PRESETS["CPU toy"].values()
-    assert TOY_YAML == TOY_CONFIG
+    monkeypatch.setattr(trainer_app, "TOY_SCORER", toy_scorer_file(scorer) if with_scorer else scorer)
+    values = trainer_app.TOY_PRESET.values()
+    assert trainer_app.TOY_YAML == TOY_CONFIG
     assert check_model(values["model.path"]) == DEFAULT_TEACHER.resolve()        # tokenizers generated
     prompts, count = check_prompt_files(values["data.prompts"])
     assert count == TRAIN_PROMPTS and prompts[0].is_relative_to(tmp_path / "home")
-    late = ([f"mps.steps={presets.TOY_LATE_STEPS['mps']}", f"dm.steps={presets.TOY_LATE_STEPS['dm']}",
+    late = ([f"mps.steps={trainer_app.TOY_LATE_STEPS['mps']}", f"dm.steps={trainer_app.TOY_LATE_STEPS['dm']}",
              f"mps.scorer_weights={scorer}"] if with_scorer else ["mps.steps=0", "dm.steps=0"])
     expected = load_config(TOY_CONFIG, [f"model.path={values['model.path']}", f"data.prompts=[{prompts[0]}]",
-                                        "mps.scorer=toy", *late])
+                                        f"mps.scorer={TOY}", *late])
     assert from_form({**to_form(Config()), **form_values(values)}) == expected    # every toy.yaml value
-    summary = PRESETS["CPU toy"].summary
+    summary = trainer_app.TOY_PRESET.summary
     assert "min on an idle 2-core CPU" in summary and f"{expected.mlcd.steps} MLCD" in summary
     assert ("DM/GAN steps (toy scorer)" in summary) == with_scorer and ("are off" in summary) != with_scorer
 
 
 def test_scorer_weights_path_checks(tmp_path):
     toy = toy_scorer_file(tmp_path / "toy.safetensors")
-    assert check_scorer_weights(str(toy), "toy") == toy
+    assert check_scorer_weights(str(toy), TOY) == toy
     (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
     (tmp_path / "w.ckpt").write_bytes(b"x")
-    for raw, kind, message in [("", "toy", "empty"), (tmp_path / "nope.safetensors", "mps", "does not exist"),
-                               (tmp_path, "toy", "is a folder"), (tmp_path / "w.ckpt", "mps", "must end in"),
-                               (tmp_path / "garbage.safetensors", "toy", "not a readable .safetensors"),
+    for raw, kind, message in [("", TOY, "empty"), (tmp_path / "nope.safetensors", "mps", "does not exist"),
+                               (tmp_path, TOY, "is a folder"), (tmp_path / "w.ckpt", "mps", "must end in"),
+                               (tmp_path / "garbage.safetensors", TOY, "not a readable .safetensors"),
                                (toy, "mps", "is not a mps scorer")]:            # the toy file under the MPS kind
         with pytest.raises(PathError, match=message):
             check_scorer_weights(raw, kind)
 
 
 def test_the_form_checks_scorer_weights_only_while_stages_3_4_use_them(unusual, tmp_path, monkeypatch):
-    from train.toy.bench_teacher import DEFAULT_TEACHER, ensure_tokenizers
+    from tlcm_toy.bench_teacher import DEFAULT_TEACHER, ensure_tokenizers
     monkeypatch.chdir(tmp_path)
     values = {**to_form(unusual), "model.path": str(ensure_tokenizers(DEFAULT_TEACHER)),
               "mps.scorer_weights": "scorer ü.safetensors"}                    # relative to the app's folder

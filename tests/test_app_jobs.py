@@ -19,23 +19,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 from lora_exports import (assert_deltas, diffusers_deltas, hand_deltas, kohya_deltas, peft_deltas,  # noqa: E402
                           peft_folder_state)
-from train.app.commands import LaunchOptions, copy_config  # noqa: E402
-from train.app.form import form_values, from_form, to_form  # noqa: E402
+from tlcm_train.app.commands import LaunchOptions, copy_config  # noqa: E402
+from tlcm_train.app.form import form_values, from_form, to_form  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from tlcm.generate import GenerationSettings  # noqa: E402
 from tlcm.lora import load_lora  # noqa: E402
 from tlcm.models import load_sdxl_pipeline  # noqa: E402
-from train.app.jobs import JobError, JobManager  # noqa: E402
-from train.app.paths import PathError  # noqa: E402
-from train.app.presets import PRESETS, TOY_SCORER  # noqa: E402
-from train.app.progress import read_run  # noqa: E402
-from train.app.try_it import Sampler, export  # noqa: E402
-from train.adapters import add_student, student_state_dict  # noqa: E402
-from train.config import Config, LoraConfig  # noqa: E402
-from train.export import export_lora  # noqa: E402
-from train.loop import HOLD_AT_STEP  # noqa: E402
-from train.toy.data import write_prompts  # noqa: E402
+from tlcm_train.app.jobs import JobError, JobManager  # noqa: E402
+from tlcm_train.app.paths import PathError  # noqa: E402
+from tlcm_toy.trainer_app import TOY_PRESET, TOY_SCORER  # noqa: E402
+from tlcm_train.app.progress import read_run  # noqa: E402
+from tlcm_train.app.try_it import Sampler, export  # noqa: E402
+from tlcm_train.adapters import add_student, student_state_dict  # noqa: E402
+from tlcm_train.config import Config, LoraConfig  # noqa: E402
+from tlcm_train.export import export_lora  # noqa: E402
+from tlcm_train.loop import HOLD_AT_STEP  # noqa: E402
+from tlcm_toy.data import write_prompts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def toy_config(tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("TLCM_TRAINER_HOME", str(tmp_path_factory.getbasetemp() / "trainer-home"))
     monkeypatch_module.setenv("OMP_NUM_THREADS", "1")      # trainer subprocesses: tiny models lose from threads
     prompts = write_prompts(tmp_path_factory.mktemp("prompts") / "toy.txt", 64, 0)    # 64 toy prompts: quick to encode
-    return copy_config(from_form({**to_form(Config()), **form_values(PRESETS["CPU toy"].values())}),
+    return copy_config(from_form({**to_form(Config()), **form_values(TOY_PRESET.values())}),
                        data={"prompts": [str(prompts)]}, train={"batch_size": 2})
 
 

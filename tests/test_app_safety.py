@@ -18,15 +18,15 @@ import torch
 
 pytest.importorskip("gradio", reason="the trainer app needs gradio (pip install gradio)")
 
-from train.app.app import LAUNCH_FIELDS, load_config_file, read_form, save_config_file  # noqa: E402
-from train.app.commands import LaunchOptions, parse_command  # noqa: E402
-from train.app.form import KEYS, from_form, to_form  # noqa: E402
-from train.app.jobs import JobError, JobManager  # noqa: E402
-from train.app.limits import LimitError  # noqa: E402
-from train.app.paths import PathError, check_lora  # noqa: E402
-from train.app.progress import read_run  # noqa: E402
-from train.app.try_it import generate_images  # noqa: E402
-from train.config import Config, load_config  # noqa: E402
+from tlcm_train.app.app import LAUNCH_FIELDS, load_config_file, read_form, save_config_file  # noqa: E402
+from tlcm_train.app.commands import LaunchOptions, parse_command  # noqa: E402
+from tlcm_train.app.form import KEYS, from_form, to_form  # noqa: E402
+from tlcm_train.app.jobs import JobError, JobManager  # noqa: E402
+from tlcm_train.app.limits import LimitError  # noqa: E402
+from tlcm_train.app.paths import PathError, check_lora  # noqa: E402
+from tlcm_train.app.progress import read_run  # noqa: E402
+from tlcm_train.app.try_it import generate_images  # noqa: E402
+from tlcm_train.config import Config, load_config  # noqa: E402
 
 
 def config_in(output_dir: Path, *overrides: str) -> Config:
@@ -168,7 +168,7 @@ def test_launch_options_have_limits(tmp_path, launch, message):
 
 def test_command_and_path_fields_have_limits():
     with pytest.raises(LimitError, match="command: at most 100,000 characters"):
-        parse_command("accelerate launch -m train" + " --set mlcd.steps=1" * 6000)
+        parse_command("accelerate launch -m tlcm_train" + " --set mlcd.steps=1" * 6000)
     with pytest.raises(LimitError, match="LoRA: at most 4,096 characters"):
         check_lora("l" * 5000)
 
@@ -268,7 +268,7 @@ def test_resuming_reads_no_checkpoint_in_the_app(tmp_path, launched, monkeypatch
 
 def test_the_trainers_own_refusal_is_what_the_app_shows(tmp_path):
     """A trainer started outside the app holds the folder: the app's run fails with the CLI's one line."""
-    from train.run_folder import claim_output
+    from tlcm_train.run_folder import claim_output
     folder = tmp_path / "run"
     manager = JobManager()
     with claim_output(folder, fresh=True, overwrite=False):        # this process is that other trainer

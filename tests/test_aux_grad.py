@@ -10,10 +10,10 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
-from train.adapters import adapter_state, add_student, require_student_active, student_parameters
-from train.aux_grad import AuxTerm, with_aux
-from train.config import LoraConfig
-from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+from tlcm_train.adapters import adapter_state, add_student, require_student_active, student_parameters
+from tlcm_train.aux_grad import AuxTerm, with_aux
+from tlcm_train.config import LoraConfig
+from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import load_file
 
 from tlcm.testing.build import build_tiny_sdxl
-from train import checkpoint as ckpt
-from train.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint, write_manifest
-from train.cli import main as cli_main
-from train.loop import Trainer
-from train.run_folder import LOCK_NAME, RunFolderError, claim_output
-from train.state_files import flatten_state, load_state, save_state, unflatten_state
+from tlcm_train import checkpoint as ckpt
+from tlcm_train.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint, write_manifest
+from tlcm_train.cli import main as cli_main
+from tlcm_train.loop import Trainer
+from tlcm_train.run_folder import LOCK_NAME, RunFolderError, claim_output
+from tlcm_train.state_files import flatten_state, load_state, save_state, unflatten_state
 
 REPO = Path(__file__).resolve().parents[1]
 LAST = "checkpoint-00000003"
@@ -258,7 +258,7 @@ def test_planted_pickles_never_run(kit, reference, tmp_path, capsys, caplog, mon
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "train", *argv(kit, out, "--resume", str(oldest))], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "tlcm_train", *argv(kit, out, "--resume", str(oldest))], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2 and "pickle-based" in one_error_line(proc.stderr)
     assert not marker.exists()
@@ -273,7 +273,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes(k
     def step_and_start_a_second_run(self):
         if not second:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-            second["proc"] = subprocess.run([sys.executable, "-m", "train", *argv(kit, out)], cwd=REPO, env=env,
+            second["proc"] = subprocess.run([sys.executable, "-m", "tlcm_train", *argv(kit, out)], cwd=REPO, env=env,
                                             capture_output=True, text=True, timeout=120)
         return step(self)
     monkeypatch.setattr(Trainer, "train_step", step_and_start_a_second_run)

@@ -11,8 +11,8 @@ import tomllib
 
 from webui_stub.harness import REPO
 
-PRODUCTION = ("tlcm", "train", "comfyui_tlcm", "webui_tlcm", "scripts", "__init__.py", "install.py", "run.py")
-OWN = {"tlcm", "train", "comfyui_tlcm", "webui_tlcm", "install"}
+PRODUCTION = ("tlcm", "tlcm_train", "comfyui_tlcm", "webui_tlcm", "scripts", "__init__.py", "install.py", "run.py")
+OWN = {"tlcm", "tlcm_train", "tlcm_toy", "comfyui_tlcm", "webui_tlcm", "install"}
 DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml"}
 HOST_PROVIDED = {"comfyui_tlcm/": {"comfy", "comfy_api", "folder_paths"}, "webui_tlcm/": {"modules", "gradio"},
                  "scripts/": {"modules"}, "install.py": {"pip", "packaging"}, "run.py": {"pip"}}
@@ -34,7 +34,7 @@ def third_party_imports() -> dict[str, list[str]]:
     files = subprocess.run(["git", "ls-files", *PRODUCTION], cwd=REPO, capture_output=True, text=True,
                            check=True).stdout.split()
     found: dict[str, list[str]] = {}
-    for path in (f for f in files if f.endswith(".py") and not f.startswith("train/toy/")):
+    for path in (f for f in files if f.endswith(".py") and not f.startswith("tlcm_toy/")):
         for node in ast.walk(ast.parse((REPO / path).read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
@@ -54,4 +54,4 @@ def test_every_imported_package_is_declared():
 def test_the_scan_sees_imports_inside_functions():
     imports = third_party_imports()
     assert any(place.startswith("tlcm/scheduler.py") for place in imports["diffusers"])
-    assert any(place.startswith("train/app/jobs.py") for place in imports["psutil"])
+    assert any(place.startswith("tlcm_train/app/jobs.py") for place in imports["psutil"])

@@ -10,12 +10,12 @@ import torch
 from technique_kit import (TARGETS, aux_batch, chain_rule, checkpointed, grads_via_aux, relative_error,
                            student_denoiser, weights)
 
-from train.adapters import adapter_state, require_student_active, student_parameters, teacher_mode
-from train.adversarial import Adversarial
-from train.consistency import randint, randn
-from train.diffusion import Denoiser
-from train.dmd import DistributionMatching
-from train.technique import AuxBatch
+from tlcm_train.adapters import adapter_state, require_student_active, student_parameters, teacher_mode
+from tlcm_train.adversarial import Adversarial
+from tlcm_train.consistency import randint, randn
+from tlcm_train.diffusion import Denoiser
+from tlcm_train.dmd import DistributionMatching
+from tlcm_train.technique import AuxBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 

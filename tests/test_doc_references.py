@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCANNED_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".toml", ".json")
 EXCLUDED_PREFIXES = (".cache/", "outputs/")
 SOURCE_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".toml", ".json", ".txt", ".ini", ".cfg")
-OUR_PACKAGES = ("tlcm", "train", "comfyui_tlcm", "webui_tlcm")
+OUR_PACKAGES = ("tlcm", "tlcm_train", "tlcm_toy", "comfyui_tlcm", "webui_tlcm")
 
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 DOC_REF = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*(?:docs/[\w-]+(?:\.[\w-]+)*\.md|ARCHITECTURE\.md))(?![\w-])")

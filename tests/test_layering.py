@@ -9,19 +9,15 @@ import subprocess
 from webui_stub.harness import REPO
 
 RULES = {   # path prefix -> top-level names (or dotted prefixes) its code must not import
-    "tlcm/": ("train", "comfyui_tlcm", "webui_tlcm", "comfy", "comfy_api", "folder_paths", "modules", "bench",
+    "tlcm/": ("tlcm_train", "comfyui_tlcm", "webui_tlcm", "comfy", "comfy_api", "folder_paths", "modules", "bench",
               "tests", "gradio"),
-    "comfyui_tlcm/": ("train", "webui_tlcm", "bench", "tests", "tlcm.testing"),
-    "webui_tlcm/": ("train", "comfyui_tlcm", "bench", "tests", "tlcm.testing"),
-    "scripts/": ("train", "comfyui_tlcm", "bench", "tests"),
-    "train/": ("comfyui_tlcm", "webui_tlcm", "comfy", "modules", "bench", "tests"),
+    "comfyui_tlcm/": ("tlcm_train", "webui_tlcm", "bench", "tests", "tlcm.testing"),
+    "webui_tlcm/": ("tlcm_train", "comfyui_tlcm", "bench", "tests", "tlcm.testing"),
+    "scripts/": ("tlcm_train", "comfyui_tlcm", "bench", "tests"),
+    "tlcm_train/": ("comfyui_tlcm", "webui_tlcm", "comfy", "modules", "bench", "tests"),
 }
-TOY_FREE = "train/"          # the production trainer imports no toy code ...
-TOY = ("train.toy", "train.preference.toy_scorer")
-# ... except these places, which the planned split of toy from production removes (the toy scorer behind the
-# scorer interface, the app's toy preset as a plugin). New ones fail the test.
-TOY_ALLOWED = {"train/preference/scorer.py", "train/preference/toy_scorer.py", "train/app/presets.py",
-               "train/app/paths.py"}
+TOY_FREE = ("tlcm/", "tlcm_train/", "comfyui_tlcm/", "webui_tlcm/", "scripts/")   # production imports no toy code
+TOY = ("tlcm_toy",)
 
 
 def _module_of(path: str) -> str:
@@ -43,9 +39,9 @@ def imports(path: str) -> list[tuple[str, int]]:
 
 
 def production_files() -> list[str]:
-    files = subprocess.run(["git", "ls-files", "tlcm", "comfyui_tlcm", "webui_tlcm", "scripts", "train"], cwd=REPO,
+    files = subprocess.run(["git", "ls-files", "tlcm", "comfyui_tlcm", "webui_tlcm", "scripts", "tlcm_train"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
-    return [f for f in files if f.endswith(".py") and not f.startswith("train/toy/")]
+    return [f for f in files if f.endswith(".py")]
 
 
 def hits(name: str, banned: tuple[str, ...]) -> bool:
@@ -58,13 +54,22 @@ def test_layers_import_only_downwards():
     assert bad == []
 
 
-def test_production_trainer_imports_no_toy_code_beyond_the_known_places():
+def test_production_imports_no_toy_code():
     bad = [f"{path}:{line}: {name}" for path in production_files() if path.startswith(TOY_FREE)
-           and path not in TOY_ALLOWED for name, line in imports(path) if hits(name, TOY)]
+           for name, line in imports(path) if hits(name, TOY)]
     assert bad == []
+
+
+def test_the_wheel_carries_no_toy_code_or_weights():
+    """The packages an install gets are the production ones: the toy world stays in the source checkout."""
+    import tomllib
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert found["packages"]["find"]["include"] == ["tlcm", "tlcm.*", "tlcm_train", "tlcm_train.*"]
+    assert not any("toy" in pattern for patterns in found["package-data"].values() for pattern in patterns)
 
 
 def test_relative_imports_resolve_as_python_does():
     assert ("tlcm.lora.match", 7) in imports("tlcm/lora/__init__.py")
     assert any(name == "tlcm.lora.reading" for name, _ in imports("comfyui_tlcm/lora.py"))
-    assert any(name == "train.toy.data" for name, _ in imports("train/preference/toy_scorer.py"))
+    assert any(name == "tlcm_toy.data" for name, _ in imports("tlcm_toy/scorer.py"))
+    assert ("tlcm_train.app.presets", 19) in imports("tlcm_toy/trainer_app.py")

@@ -27,7 +27,7 @@ from tlcm.lora import LoraFile, LoraModule, load_lora, save_lora
 from tlcm.models import load_sdxl_pipeline
 from tlcm.testing.build import build_tiny_sdxl
 from tlcm.testing.chinese import save_tiny_chinese_clip, save_tiny_pea_adapter
-from train.prompts import PromptFileError, read_prompts
+from tlcm_train.prompts import PromptFileError, read_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from train.lpips.model import LatentLPIPS, LatentLPIPSConfig, load_latent_lpips, save_latent_lpips
-from train.lpips.synthetic import DISTORTIONS, distort, make_synthetic_2afc
-from train.lpips.train import train_lpips, two_afc_agreement
+from tlcm_train.lpips.model import LatentLPIPS, LatentLPIPSConfig, load_latent_lpips, save_latent_lpips
+from tlcm_train.lpips.synthetic import DISTORTIONS, distort, make_synthetic_2afc
+from tlcm_train.lpips.train import train_lpips, two_afc_agreement
 
 TINY = LatentLPIPSConfig(widths=(8, 8, 16, 16, 16))
 
@@ -115,12 +115,12 @@ def test_weights_file_roundtrip_and_clear_errors(tmp_path):
 
 def test_latent_lpips_as_the_stage1_distance(tmp_path):
     from tlcm.testing.tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2, tiny_unet
-    from train.adapters import add_student, require_student_active, student_parameters
-    from train.config import ConfigError, LoraConfig, load_config
-    from train.consistency import consistency_loss
-    from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
-    from train.losses import build_distance
-    from train.stage1_mlcd import MlcdStage
+    from tlcm_train.adapters import add_student, require_student_active, student_parameters
+    from tlcm_train.config import ConfigError, LoraConfig, load_config
+    from tlcm_train.consistency import consistency_loss
+    from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+    from tlcm_train.losses import build_distance
+    from tlcm_train.stage1_mlcd import MlcdStage
 
     torch.manual_seed(0)
     weights = save_latent_lpips(LatentLPIPS(TINY), tmp_path / "llpips.safetensors")
@@ -154,7 +154,7 @@ def test_latent_lpips_as_the_stage1_distance(tmp_path):
 def test_lin_training_keeps_the_pretrained_trunk_and_learns_the_heads(tmp_path):
     """LPIPS 'lin': from saved weights, only the heads move (batch-norm statistics included); the CLI
     refuses --lin without a trunk to start from."""
-    from train.lpips import cli
+    from tlcm_train.lpips import cli
     g = torch.Generator().manual_seed(0)
     refs = smooth_latents(96, 4)
     data = make_synthetic_2afc(refs, 256, g, kinds=("noise",), nuisance=("color",))

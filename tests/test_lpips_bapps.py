@@ -1,5 +1,5 @@
 """BAPPS 2AFC reader on a tiny folder written here, its errors on broken folders, encoding to latents with
-a (tiny) VAE, and the ``python -m train.lpips`` CLI: synth / train / eval from images and from latents."""
+a (tiny) VAE, and the ``python -m tlcm_train.lpips`` CLI: synth / train / eval from images and from latents."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from train.lpips.bapps import BappsError, encode_2afc, find_triplets, load_vae, vae_encoder
-from train.lpips.cli import load_2afc, main
-from train.lpips.model import load_latent_lpips
-from train.lpips.twoafc import TwoAFCLatents
+from tlcm_train.lpips.bapps import BappsError, encode_2afc, find_triplets, load_vae, vae_encoder
+from tlcm_train.lpips.cli import load_2afc, main
+from tlcm_train.lpips.model import load_latent_lpips
+from tlcm_train.lpips.twoafc import TwoAFCLatents
 
 SIZE = 32
 
@@ -91,7 +91,7 @@ def test_broken_folders_fail_clearly(tmp_path):
     (tmp_path / "c" / "p0" / "000000.png").write_bytes(b"not a png")
     with pytest.raises(BappsError, match="unreadable image"):
         encode_2afc(find_triplets(tmp_path / "c"), lambda x: x, size=SIZE)
-    from train.lpips.bapps import load_judge
+    from tlcm_train.lpips.bapps import load_judge
     with pytest.raises(BappsError, match=r"one number in \[0, 1\]"):
         load_judge(tmp_path / "c" / "judge" / "000000.npy")
     with pytest.raises(ValueError, match="pass --vae"):
@@ -120,7 +120,7 @@ def _agreement_by_hand(weights: Path, data: TwoAFCLatents) -> float:
 def test_cli_trains_from_images_then_from_precomputed_latents(bapps, vae_dir, tmp_path, capsys):
     """The saved latents are the VAE encodings of the images (by hand) with the judges written; training moves
     the weights off their seeded init; every printed agreement is the BAPPS score recomputed here."""
-    from train.lpips.model import LatentLPIPS, LatentLPIPSConfig
+    from tlcm_train.lpips.model import LatentLPIPS, LatentLPIPSConfig
     root, judges = bapps
     latents, weights = tmp_path / "bapps_latents.safetensors", tmp_path / "llpips.safetensors"
     tiny = ["--widths", "4,4,8,8,8", "--steps", "3", "--batch-size", "4", "--size", str(SIZE)]

@@ -23,8 +23,8 @@ def load_bench():
 
 
 def test_measure_one_stage_on_the_tiny_kit(tmp_path):
-    import train.aux_grad as aux_grad
-    import train.loop as loop
+    import tlcm_train.aux_grad as aux_grad
+    import tlcm_train.loop as loop
     bench = load_bench()
     paths = build_tiny_sdxl(tmp_path / "kit")
     prompts = tmp_path / "prompts.txt"

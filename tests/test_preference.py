@@ -18,20 +18,21 @@ from safetensors.torch import save_file
 from transformers import CLIPConfig
 
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet, tiny_vae
-from train.adapters import add_student, require_student_active, student_parameters
-from train.aux_grad import with_aux
-from train.config import LoraConfig
-from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
-from train.preference.decode import crop_window, decode_latents
-from train.preference.mps import (CrossConfig, MPSModel, MPSScorer, clip_preprocess, convert_pickled_checkpoint,
+from tlcm_train.adapters import add_student, require_student_active, student_parameters
+from tlcm_train.aux_grad import with_aux
+from tlcm_train.config import LoraConfig
+from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+from tlcm_train.preference.decode import crop_window, decode_latents
+from tlcm_train.preference.mps import (CrossConfig, MPSModel, MPSScorer, clip_preprocess, convert_pickled_checkpoint,
                                   load_mps_state_dict, mps_tokenizer, read_state_dict)
-from train.preference.scorer import build_scorer, hinge_preference_loss
-from train.preference.technique import PreferenceTechnique, unrelated_pairs
-from train.preference.toy_scorer import (DEFAULT_WEIGHTS, HELD_OUT_SEVERITY, change_attributes, degrade,
+from tlcm_train.preference.scorer import build_scorer, hinge_preference_loss
+from tlcm_train.preference.technique import PreferenceTechnique, unrelated_pairs
+from tlcm_toy.scorer import PLUGIN as TOY
+from tlcm_toy.scorer import (DEFAULT_WEIGHTS, HELD_OUT_SEVERITY, change_attributes, degrade,
                                          file_sha256, label_ids, parse_prompt, toy_vae)
-from train.technique import AuxBatch
-from train.toy.data import generate, prompt, prompts_for
-from train.toy.sanity import blur
+from tlcm_train.technique import AuxBatch
+from tlcm_toy.data import generate, prompt, prompts_for
+from tlcm_toy.sanity import blur
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models, shared cores
 
@@ -165,7 +166,7 @@ def test_convert_refuses_code_in_the_pickle_and_runs_none(tmp_path, legacy, kind
 def test_convert_command_refuses_a_payload_in_one_line(tmp_path, legacy):
     marker = tmp_path / "MARKER"
     torch.save(_payloads(marker)["os.system"], tmp_path / "evil.pth", _use_new_zipfile_serialization=not legacy)
-    done = subprocess.run([sys.executable, "-m", "train.preference.mps", "convert", str(tmp_path / "evil.pth"),
+    done = subprocess.run([sys.executable, "-m", "tlcm_train.preference.mps", "convert", str(tmp_path / "evil.pth"),
                            str(tmp_path / "out.safetensors")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode != 0 and not marker.exists()
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -207,12 +208,16 @@ def test_mps_gradient_reaches_the_images(scorer):
 
 
 def test_missing_weights_say_what_to_get(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Kwai-Kolors/MPS.*train.preference.mps convert"):
+    with pytest.raises(FileNotFoundError, match="Kwai-Kolors/MPS.*tlcm_train.preference.mps convert"):
         build_scorer("mps", tmp_path / "mps.safetensors")
-    with pytest.raises(FileNotFoundError, match="python -m train.preference.toy_scorer"):
-        build_scorer("toy", tmp_path / "scorer.safetensors")
-    with pytest.raises(ValueError, match="'mps' or 'toy'"):
+    with pytest.raises(FileNotFoundError, match="python -m tlcm_toy.scorer"):
+        build_scorer(TOY, tmp_path / "scorer.safetensors")
+    with pytest.raises(ValueError, match="'mps' or a plugin 'module:OBJECT', got 'clip'"):
         build_scorer("clip", tmp_path / "x")
+    with pytest.raises(ValueError, match="'os:system' is a builtin_function_or_method, not a ScorerPlugin"):
+        build_scorer("os:system", tmp_path / "x")           # a config cannot name an arbitrary function
+    with pytest.raises(ValueError, match="not found"):
+        build_scorer("tlcm_toy.scorer:NO_SUCH", tmp_path / "x")
 
 
 class RecordingScorer(torch.nn.Module):
@@ -385,7 +390,7 @@ def test_student_lora_gets_exactly_the_one_graph_gradient(scorer):
 
 @pytest.fixture(scope="module")
 def toy():
-    scorer = build_scorer("toy", DEFAULT_WEIGHTS)
+    scorer = build_scorer(TOY, DEFAULT_WEIGHTS)
     assert not any(p.requires_grad for p in scorer.parameters()) and not scorer.training
     return scorer
 
@@ -457,18 +462,18 @@ def test_toy_preference_loss_through_the_toy_vae(toy):
 
 
 def test_build_preference_resolves_the_memory_options():
-    from train.config import ConfigError, MpsConfig
-    from train.techniques import build_preference, preference_dtypes
+    from tlcm_train.config import ConfigError, MpsConfig
+    from tlcm_train.techniques import build_preference, preference_dtypes
     assert preference_dtypes(MpsConfig(), "cpu") == (torch.float32, torch.float32)          # auto on a CPU
     assert preference_dtypes(MpsConfig(scorer_dtype="bf16"), "cpu")[0] == torch.bfloat16
     vae = toy_vae()          # 32 px toy images: latents of side 32 // 2 ** (levels - 1)
     side = 32 // 2 ** (len(vae.config.block_out_channels) - 1)
-    mps = MpsConfig(scorer="toy", scorer_weights=str(DEFAULT_WEIGHTS), decode_dtype="bf16", decode_crop=side)
+    mps = MpsConfig(scorer=TOY, scorer_weights=str(DEFAULT_WEIGHTS), decode_dtype="bf16", decode_crop=side)
     technique = build_preference(mps, vae, side, "cpu")
     assert technique.vae.dtype == torch.bfloat16 and vae.dtype == torch.float32 and technique.decode_crop == side
     assert technique.decode_checkpoint == "unit" and next(technique.scorer.parameters()).dtype == torch.float32
     with pytest.raises(ConfigError, match=f"mps.decode_crop: {side + 1} is larger than the latent side {side}"):
-        build_preference(MpsConfig(scorer="toy", scorer_weights=str(DEFAULT_WEIGHTS), decode_crop=side + 1),
+        build_preference(MpsConfig(scorer=TOY, scorer_weights=str(DEFAULT_WEIGHTS), decode_crop=side + 1),
                          vae, side, "cpu")
 
 

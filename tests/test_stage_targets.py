@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
-from train import stage1_mlcd, stage2_lcd
-from train.adapters import add_student, student_parameters, student_state_dict
-from train.config import DistillConfig, LcdConfig, LoraConfig, MlcdConfig
-from train.consistency import consistency_step
-from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+from tlcm_train import stage1_mlcd, stage2_lcd
+from tlcm_train.adapters import add_student, student_parameters, student_state_dict
+from tlcm_train.config import DistillConfig, LcdConfig, LoraConfig, MlcdConfig
+from tlcm_train.consistency import consistency_step
+from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

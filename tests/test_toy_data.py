@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from train.toy import data
-from train.toy.data import ATTRIBUTES, BACKGROUND, generate, prompt, prompts_for, write_prompts
+from tlcm_toy import data
+from tlcm_toy.data import ATTRIBUTES, BACKGROUND, generate, prompt, prompts_for, write_prompts
 
 
 def test_generation_is_a_pure_function_of_the_seed():

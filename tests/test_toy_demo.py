@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.toy.demo import GRID_ROWS, GRID_STEPS, SCALE, main
+from tlcm_toy.demo import GRID_ROWS, GRID_STEPS, SCALE, main
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from train.toy.data import generate
-from train.toy.evaluator import DEFAULT_WEIGHTS, evaluate_images, file_sha256, load_evaluator
-from train.toy.sanity import degraded_sets, score
+from tlcm_toy.data import generate
+from tlcm_toy.evaluator import DEFAULT_WEIGHTS, evaluate_images, file_sha256, load_evaluator
+from tlcm_toy.sanity import degraded_sets, score
 
 
 @pytest.fixture(scope="module")

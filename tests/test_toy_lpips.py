@@ -1,5 +1,5 @@
-"""The committed toy latent-LPIPS weights (``train/toy/weights/lpips.safetensors``, made by
-``python -m train.toy.lpips_weights``): they load, separate content from mild distortions and match latent
+"""The committed toy latent-LPIPS weights (``tlcm_toy/weights/lpips.safetensors``, made by
+``python -m tlcm_toy.lpips_weights``): they load, separate content from mild distortions and match latent
 L2 on a fresh held-out toy 2AFC set (new image and pair seed, built here in the toy teacher's latent
 space), and serve as the trainer's ``latent_lpips`` distance."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from train.lpips.model import load_latent_lpips
-from train.lpips.synthetic import make_synthetic_2afc
-from train.lpips.train import two_afc_agreement
-from train.toy.lpips_weights import HELD_OUT_SEED, TRAIN_SEED, WEIGHTS, sq_l2
+from tlcm_train.lpips.model import load_latent_lpips
+from tlcm_train.lpips.synthetic import make_synthetic_2afc
+from tlcm_train.lpips.train import two_afc_agreement
+from tlcm_toy.lpips_weights import HELD_OUT_SEED, TRAIN_SEED, WEIGHTS, sq_l2
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: shared cores
 FRESH_SEED = 61_003                                  # neither the training nor the recorded held-out seed
@@ -37,12 +37,12 @@ def test_fresh_toy_pairs_separate_content_and_rank_like_the_judges(model, capsys
     distortion (the content sensitivity the consistency losses need: the earlier scratch-trained toy
     weights scored only 14x, a random trunk ~100x), and the synthetic 2AFC judges must be matched as well
     as latent L2 does (that judge ranks distortion severity, which latent L2 already captures well)."""
-    from train.lpips.bapps import load_vae, vae_encoder
-    from train.lpips.model import LatentLPIPS, LatentLPIPSConfig
-    from train.lpips.synthetic import distort
-    from train.toy.bench_teacher import DEFAULT_TEACHER
-    from train.toy.data import generate
-    from train.toy.vae import to_model
+    from tlcm_train.lpips.bapps import load_vae, vae_encoder
+    from tlcm_train.lpips.model import LatentLPIPS, LatentLPIPSConfig
+    from tlcm_train.lpips.synthetic import distort
+    from tlcm_toy.bench_teacher import DEFAULT_TEACHER
+    from tlcm_toy.data import generate
+    from tlcm_toy.vae import to_model
 
     encode = vae_encoder(load_vae(DEFAULT_TEACHER))
     source = to_model(generate(FRESH_REFS, FRESH_SEED).images)
@@ -65,8 +65,8 @@ def test_fresh_toy_pairs_separate_content_and_rank_like_the_judges(model, capsys
 
 
 def test_is_the_trainers_latent_lpips_distance():
-    from train.config import load_config
-    from train.losses import build_distance
+    from tlcm_train.config import load_config
+    from tlcm_train.losses import build_distance
 
     cfg = load_config(None, ["model.path=/m", "data.prompts=[p]", "distill.distance=latent_lpips",
                              f"distill.lpips_weights={WEIGHTS}", "mps.weight=0"])
@@ -85,10 +85,10 @@ def test_is_the_trainers_latent_lpips_distance():
 def test_trunk_pretraining_learns_from_toy_attributes():
     """A few steps of the toy's 'ImageNet' pretraining: the trunk moves, the heads stay LPIPS's uniform start
     and the held-out attribute accuracy is reported for all four attributes."""
-    from train.lpips.model import LatentLPIPS, LatentLPIPSConfig
-    from train.toy.bench_teacher import DEFAULT_TEACHER
-    from train.toy.data import ATTRIBUTES
-    from train.toy.lpips_weights import PRETRAIN_SEED, WIDTHS, pretrain_trunk
+    from tlcm_train.lpips.model import LatentLPIPS, LatentLPIPSConfig
+    from tlcm_toy.bench_teacher import DEFAULT_TEACHER
+    from tlcm_toy.data import ATTRIBUTES
+    from tlcm_toy.lpips_weights import PRETRAIN_SEED, WIDTHS, pretrain_trunk
 
     model, accuracy = pretrain_trunk(DEFAULT_TEACHER, steps=3, log=lambda *a, **k: None)
     torch.manual_seed(PRETRAIN_SEED)

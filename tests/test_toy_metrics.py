@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.toy.metrics import attribute_accuracy, frechet_distance, kernel_inception_distance
+from tlcm_toy.metrics import attribute_accuracy, frechet_distance, kernel_inception_distance
 
 
 def _gauss(n: int, seed: int, shift: float = 0.0, scale: float = 1.0, d: int = 16) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Reuse of finished toy benchmark runs: only settings that act on the run decide."""
 from __future__ import annotations
 
-from train.config import load_config
-from train.toy.runs import acting_settings
+from tlcm_train.config import load_config
+from tlcm_toy.runs import acting_settings
 
 BASE = ["model.path=/m", "data.prompts=[p.txt]", "mps.scorer_weights=s.safetensors", "mlcd.steps=3", "lcd.steps=2"]
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tlcm.schedules import uniform_timesteps
-from train.toy.bench_teacher import DEFAULT_TEACHER, load_teacher
-from train.toy.sample import ddim_trailing, sample
+from tlcm_toy.bench_teacher import DEFAULT_TEACHER, load_teacher
+from tlcm_toy.sample import ddim_trailing, sample
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_single_file_round_trip(teacher, tmp_path):
 
 
 def test_tokenizers_of_a_read_only_teacher_go_to_a_cache(tmp_path, monkeypatch):
-    import train.toy.bench_teacher as bench_teacher
+    import tlcm_toy.bench_teacher as bench_teacher
     teacher = tmp_path / "teacher"
     (teacher / "unet").mkdir(parents=True)
     (teacher / "unet" / "config.json").write_text("{}")

@@ -14,14 +14,14 @@ from tlcm.lora import load_lora, merge_lora
 from tlcm.models import load_sdxl_pipeline
 from tlcm.testing.build import build_tiny_sdxl
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
-from train.adapters import add_student, require_student_active, student_parameters, student_state_dict
-from train.config import DistillConfig, LoraConfig, MlcdConfig, load_config
-from train.consistency import consistency_loss
-from train.diffusion import Conditioning, Denoiser, sdxl_time_ids
-from train.loop import Trainer
-from train.losses import l2_distance
-from train.prompts import PromptFileError
-from train.stage1_mlcd import MlcdStage
+from tlcm_train.adapters import add_student, require_student_active, student_parameters, student_state_dict
+from tlcm_train.config import DistillConfig, LoraConfig, MlcdConfig, load_config
+from tlcm_train.consistency import consistency_loss
+from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
+from tlcm_train.loop import Trainer
+from tlcm_train.losses import l2_distance
+from tlcm_train.prompts import PromptFileError
+from tlcm_train.stage1_mlcd import MlcdStage
 
 FAST_TARGETS = "[to_q, to_k, to_v, to_out.0]"     # a few dozen modules: PEFT's per-module cost dominates on CPU
 ALPHA = 2.0           # with rank 4: alpha != rank, so an export at alpha = rank (scale 1, not 0.5) is caught
@@ -87,7 +87,7 @@ def test_adapter_switch_trap_and_the_training_step_pattern():
 
 
 def test_stage_pairs_follow_algorithms_1_and_2():
-    from train.stage2_lcd import LcdStage
+    from tlcm_train.stage2_lcd import LcdStage
     unet = tiny_unet()
     add_student(unet, LoraConfig(rank=2, alpha=1, target_modules=["to_q"]))
     den = Denoiser(unet, SCHEDULER_CONFIG, torch.device("cpu"))

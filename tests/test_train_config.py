@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from train.checkpoint import REQUIRED, checkpoint_dirs, resolve_resume, write_manifest
-from train.cli import main as cli_main
-from train.config import ConfigError, load_config, save_config
-from train.loop import stage_lr
-from train.prompts import PromptFileError, PromptStream, read_prompts
-from train.teacher import even_path
+from tlcm_train.checkpoint import REQUIRED, checkpoint_dirs, resolve_resume, write_manifest
+from tlcm_train.cli import main as cli_main
+from tlcm_train.config import ConfigError, load_config, save_config
+from tlcm_train.loop import stage_lr
+from tlcm_train.prompts import PromptFileError, PromptStream, read_prompts
+from tlcm_train.teacher import even_path
 
 BASE = ["model.path=/m", "data.prompts=[p.txt]", "mps.scorer_weights=/mps.safetensors"]
 
@@ -56,7 +56,7 @@ def test_bad_values_name_the_key(override, match):
 
 def test_example_config_loads():
     from pathlib import Path
-    cfg = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "sdxl.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "tlcm_train" / "configs" / "sdxl.yaml")
     assert cfg.stage_steps() == [("mlcd", 12000), ("lcd", 2000), ("mps", 500), ("dm", 1000)]
     assert cfg.total_steps == 15500 and cfg.train.mixed_precision == "bf16"
 
@@ -160,8 +160,8 @@ def test_resume_resolution(tmp_path):
 
 
 def test_distances():
-    from train.config import DistillConfig
-    from train.losses import build_distance
+    from tlcm_train.config import DistillConfig
+    from tlcm_train.losses import build_distance
     x, y = torch.zeros(4), torch.tensor([0.0, 0.001, 1.0, -3.0])
     assert build_distance(DistillConfig(distance="l2"))(x, y).item() == pytest.approx((0.001 ** 2 + 1 + 9) / 4)
     huber = build_distance(DistillConfig(distance="huber", huber_c=0.01))(x, y).item()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tlcm.testing.build import build_tiny_sdxl
-from train.checkpoint import verify_checkpoint
-from train.state_files import load_state
+from tlcm_train.checkpoint import verify_checkpoint
+from tlcm_train.state_files import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_two_process_launch_keeps_ranks_identical(tmp_path):
     out = tmp_path / "out"
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "train", "--output-dir", str(out),
+           "-m", "tlcm_train", "--output-dir", str(out),
            "--set", f"model.path={kit.diffusers}", "--set", f"data.prompts=[{tmp_path / 'p.txt'}]",
            "--set", "lora.rank=4", "--set", "lora.target_modules=[to_q, to_v]", "--set", "distill.num_segments=2",
            "--set", "mlcd.steps=2", "--set", "lcd.steps=1", "--set", "mps.steps=0", "--set", "dm.steps=0", "--set", "mlcd.lr=1e-2", "--set", "lcd.lr=1e-2",

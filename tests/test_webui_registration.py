@@ -98,7 +98,7 @@ def test_script_file_is_inert_outside_a_webui():
 
 def test_the_shim_exposes_only_the_extensions_packages(tmp_path):
     """Loaded from another working directory, the shim imports ``tlcm`` and ``webui_tlcm`` from the extension
-    folder and adds nothing to ``sys.path``: ``train``, ``bench``, ``install``, ``run`` stay unimportable."""
+    folder and adds nothing to ``sys.path``: ``tlcm_train``, ``tlcm_toy``, ``bench``, ``install``, ``run`` stay unimportable."""
     code = f"""
 import importlib.util, json, sys
 sys.path.insert(0, {str(REPO / "tests" / "webui_stub")!r})
@@ -109,7 +109,7 @@ before = list(sys.path)
 loaded = scripts.load_scripts([{str(SHIM)!r}])
 print(json.dumps({{"scripts": [c.__name__ for c in loaded], "path_added": [p for p in sys.path if p not in before],
                   "files": [sys.modules[n].__file__ for n in ("tlcm", "webui_tlcm")],
-                  "exposed": [n for n in ("train", "bench", "install", "run") if importlib.util.find_spec(n)]}}))
+                  "exposed": [n for n in ("tlcm_train", "tlcm_toy", "bench", "install", "run") if importlib.util.find_spec(n)]}}))
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -3,7 +3,7 @@
 Builds the tiny seeded SDXL kit (diffusers folder + single-file checkpoint), loads it through the same
 loader real models use, samples with ``TLCMScheduler`` at 2, 4 and 8 steps and writes the PNGs plus a
 side-by-side grid. The tiny model is random, so the images are noise-like patterns: the point is the
-whole path working offline. The distillation demo is ``python run.py demo`` (``train/toy/demo.py``).
+whole path working offline. The distillation demo is ``python run.py demo`` (``tlcm_toy/demo.py``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,128 @@
+"""What a run folder says about its run: state, step, it/s, ETA, loss curves, log tail, samples, LoRA.
+
+Read only from the trainer's own files (``status.json``, ``logs/metrics.jsonl``, ``samples/``, ``lora/``)
+plus the app's run record and log, each confined to the output folder (``paths.inside``). A run that
+ended without a final status — crash, kill, config error — is "failed", with the reason taken from its
+last error line.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlcm_train.export import EXPORT_NAMES
+
+from .jobs import LOG_NAME, JobInfo
+from .paths import files_inside, inside
+
+LOG_TAIL_LINES = 40
+ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")      # tqdm's cursor moves
+OOM_HINT = (" — the GPU ran out of memory: pick a smaller VRAM preset (8-bit AdamW, fp16, rank 32), keep "
+            "gradient checkpointing on, batch 1, or sample less often")
+LAUNCHER_ERROR = "subprocess.CalledProcessError"
+
+
+@dataclass
+class RunView:
+    """One poll of a run folder."""
+
+    state: str                      # idle | starting | running | stopping | stopped | finished | failed
+    step: int = 0
+    total: int = 0
+    it_per_s: float | None = None
+    eta_s: float | None = None
+    reason: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    lora_files: dict[str, Path] = field(default_factory=dict)
+    losses: list[dict[str, Any]] = field(default_factory=list)    # {"step", "series", "loss"} rows
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("starting", "running", "stopping")
+
+
+def _json(path: Path | None) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def log_tail(path: Path | None, offset: int, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines written since ``offset``; tqdm's carriage-return redraws count as lines."""
+    if path is None:
+        return []
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(offset, size - 64_000))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    parts = [p.rstrip() for p in re.split(r"[\r\n]+", ANSI_ESCAPE.sub("", text))]
+    return [p for p in parts if p][-lines:]
+
+
+def failure_reason(tail: list[str], returncode: int | None) -> str:
+    """The most telling line of a failed run: the trainer's own message, else its last exception (not the
+    launcher's ``CalledProcessError``, which only repeats the command)."""
+    own = [line for line in tail if line.startswith("tlcm-train: ")]
+    errors = [line for line in tail if ERROR_LINE.match(line) and not line.startswith(LAUNCHER_ERROR)]
+    if own or errors:
+        reason = (own or errors)[-1]
+        return reason + (OOM_HINT if "out of memory" in reason.lower() else "")
+    return f"the trainer exited with code {returncode}" if returncode else "the trainer ended without a final status"
+
+
+def losses(path: Path | None) -> tuple[list[dict[str, Any]], float | None]:
+    """Long-format loss rows from ``metrics.jsonl`` and the recent it/s (median of the last 10 steps)."""
+    rows, speeds = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path else []
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue            # a line being written
+        for key, value in record.items():
+            if key.startswith("loss/"):
+                rows.append({"step": record["step"], "series": key[5:], "loss": value})
+        if "it_per_s" in record:
+            speeds.append(record["it_per_s"])
+    recent = sorted(speeds[-10:])
+    return rows, (recent[len(recent) // 2] if recent else None)
+
+
+def read_run(info: JobInfo) -> RunView:
+    """Combine the process state with the trainer's files into one view."""
+    root, record = info.output_dir, info.record
+    status = _json(inside(root, "status.json"))
+    tail = log_tail(inside(root, LOG_NAME), record.log_offset if record else 0)
+    rows, speed = losses(inside(root, "logs/metrics.jsonl"))
+    trainer_state = status.get("state")
+    if info.alive:
+        state = "stopping" if record and record.stop_requested else ("running" if trainer_state else "starting")
+    elif trainer_state in ("finished", "stopped"):
+        state = trainer_state
+    elif record is None and trainer_state is None:
+        state = "idle"
+    elif record and record.stop_requested and trainer_state is None:
+        state = "stopped"               # stopped while loading, before the first step
+    else:
+        state = "failed"
+    view = RunView(state, int(status.get("step", 0)), int(status.get("total_steps", 0)), speed,
+                   status.get("eta_s") if state in ("running", "stopping") else None, log_tail=tail,
+                   samples=files_inside(root, "samples/step-*.png"), losses=rows)
+    if state == "failed":
+        view.reason = failure_reason(tail, record.returncode if record else None)
+    found = {fmt: inside(root, Path("lora") / name) for fmt, name in EXPORT_NAMES.items()}
+    view.lora_files = {fmt: path for fmt, path in found.items() if path is not None} if not view.active else {}
+    return view

@@ -1,0 +1,357 @@
+"""Training configuration: one YAML or TOML file, ``section.key=value`` overrides, strict validation.
+
+Defaults are the paper's (TLCM §5.1, Algorithms 1-2): M = 8 segments, CFG w = 8, skip 20, stage 1 lr
+1e-4, stage 2 lr 1e-5 with q = 4 student and p = 3 teacher steps, LoRA rank 64 on TLCM's targets.
+Unknown keys and wrong types fail with the offending key named, so a typo never trains silently with a
+default. ``lora.alpha`` defaults to 8 because the official TLCM loader ignores the saved alpha and
+applies 8/64 (docs/trainer.md §8); other values are exported exactly but need a loader that reads alpha.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlcm.schedules import MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+DISTANCES = ("l2", "huber", "latent_lpips")
+STAGES = ("mlcd", "lcd", "mps", "dm")
+# ``mps.scorer``: the paper's MPS, or a plugin ``module:OBJECT`` naming a ScorerPlugin (tlcm_train.preference.scorer)
+SCORER_PLUGIN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+SCORER_DTYPES = ("auto", "fp32", "fp16", "bf16")
+DECODE_DTYPES = ("auto", "fp32", "bf16")
+DECODE_CHECKPOINTS = ("none", "unit")
+FAKE_DATA = ("rollout", "one_step")
+GAN_REAL = ("teacher", "rollout")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is unreadable, unknown or out of range."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""                      # local diffusers SDXL folder or single-file .safetensors
+    single_file_config: str | None = None   # diffusers folder of configs for a non-standard single file
+
+
+@dataclass
+class DataConfig:
+    prompts: list[str] = field(default_factory=list)       # .txt / .jsonl / .csv files
+    sample_prompts: list[str] = field(default_factory=lambda: ["a photo of a cat", "a red car in the snow"])
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 64
+    alpha: float = 8.0
+    target_modules: list[str] | None = None    # None: TLCM's 14 target suffixes
+
+
+@dataclass
+class DistillConfig:
+    num_segments: int = 8               # M: milestones of the TLCM grid
+    guidance_scale: float = 8.0         # teacher CFG w
+    distance: str = "l2"
+    huber_c: float = 0.001              # pseudo-Huber c (used when distance = huber)
+    lpips_weights: str = ""             # latent LPIPS .safetensors (used when distance = latent_lpips)
+
+
+@dataclass
+class MlcdConfig:
+    steps: int = 12000
+    lr: float = 1e-4
+    skip: int = 20                      # t_n = t_m - skip
+
+
+@dataclass
+class LcdConfig:
+    steps: int = 2000
+    lr: float = 1e-5
+    student_steps: int = 4              # q: uniform student rollout to ẑ0
+    teacher_steps: int = 3              # p: teacher CFG-DDIM steps over one segment
+    rollout_eta: float = 1.0            # 1: official fresh-noise TLCM sampler, 0: deterministic
+
+
+@dataclass
+class MpsConfig:
+    """Stage 3: the LCD loss plus the preference hinge loss of Eq. 11 on the decoded student x̂0."""
+    steps: int = 500
+    lr: float = 1e-5
+    weight: float = 1.0                 # of the preference term (0 = off); stays on in stage 4
+    margin: float = 16.0                # s0 (positive prompt); unrelated prompts get margin 0
+    scorer: str = "mps"                 # mps (Kwai-Kolors/MPS state dict) | module:OBJECT (a ScorerPlugin)
+    scorer_weights: str = ""            # local weights file of the scorer
+    scorer_dtype: str = "auto"          # auto (fp16 on CUDA, as MPS ships; fp32 on CPU) | fp32 | fp16 | bf16
+    decode_checkpoint: str = "unit"     # unit: checkpoint every decoder resnet/upsampler (exact) | none
+    decode_dtype: str = "auto"          # auto (bf16 on a bf16 GPU, else fp32) | fp32 | bf16 (fp16 overflows)
+    decode_crop: int = 0                # > 0: decode a random latent window of this side (approximation)
+
+
+@dataclass
+class DmConfig:
+    """Stage 4: the LCD loss plus data-free distribution matching (Eq. 12) and the adversarial loss (Eq. 13)."""
+    steps: int = 1000
+    lr: float = 1e-5
+    dmd_weight: float = 1.0             # 0 = off
+    fake_rank: int = 64                 # the fake-score LoRA on the same frozen base
+    fake_alpha: float = 8.0
+    fake_lr: float = 1e-5
+    fake_updates: int = 1               # fake-score updates per student step
+    fake_data: str = "rollout"          # fake score's ε-MSE data: rollout (the paper's ẑ0) | one_step (DMD2's x̂0)
+    gan_weight: float = 0.1             # 0 = off (PCM's adv_weight)
+    disc_lr: float = 1e-4               # discriminator heads (TLCM §5.1)
+    gan_real: str = "teacher"           # D's real samples: teacher (CFG-DDIM from z_t) | rollout (Eq. 13's ẑ0)
+    gan_teacher_steps: int = 4          # teacher CFG-DDIM steps that make the "real" samples (gan_real=teacher)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1                 # per process
+    resolution: int = 1024              # pixels (square)
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = True
+    optimizer: str = "adamw"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0               # linear warm-up at the start of each stage
+    seed: int = 0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "tlcm-train-out"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 500             # 0 disables sample grids
+    sample_steps: list[int] = field(default_factory=lambda: [2, 4, 8])
+    sample_seed: int = 0
+    log_every: int = 1
+    formats: list[str] = field(default_factory=lambda: ["kohya", "diffusers", "peft"])
+    save_dtype: str = "fp16"            # dtype of the exported LoRA files: fp16 | bf16 | fp32
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    mlcd: MlcdConfig = field(default_factory=MlcdConfig)
+    lcd: LcdConfig = field(default_factory=LcdConfig)
+    mps: MpsConfig = field(default_factory=MpsConfig)
+    dm: DmConfig = field(default_factory=DmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def stage_steps(self) -> list[tuple[str, int]]:
+        """(stage name, steps) in training order: MLCD → LCD → MPS → DM + GAN."""
+        return [(name, getattr(self, name).steps) for name in STAGES]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(steps for _, steps in self.stage_steps())
+
+    def stage_spans(self) -> list[tuple[str, int, int]]:
+        """(stage, its first global step, its step count) in training order: where each stage begins and ends."""
+        spans, start = [], 0
+        for name, steps in self.stage_steps():
+            spans.append((name, start, steps))
+            start += steps
+        return spans
+
+    def stage_at(self, step: int) -> tuple[str, int]:
+        """The stage global ``step`` belongs to, and the step that stage starts at."""
+        for name, start, steps in self.stage_spans():
+            if start <= step < start + steps:
+                return name, start
+        raise IndexError(f"step {step} is past the end of training ({self.total_steps} steps)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Hash of everything that shapes the optimisation (not output cadence), checked on resume."""
+        data = self.to_dict()
+        data.pop("output")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def validate(self) -> "Config":
+        """Range checks that the types alone cannot express; returns self."""
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}: {msg}")
+        need(bool(self.model.path), "model.path", "required (a local SDXL diffusers folder or .safetensors file)")
+        need(bool(self.data.prompts), "data.prompts", "required (one or more .txt/.jsonl/.csv prompt files)")
+        need(self.lora.rank >= 1, "lora.rank", f"must be >= 1, got {self.lora.rank}")
+        need(self.lora.alpha > 0, "lora.alpha", f"must be > 0, got {self.lora.alpha}")
+        need(self.lora.target_modules is None or len(self.lora.target_modules) > 0, "lora.target_modules",
+             "must be null (TLCM targets) or a non-empty list")
+        need(1 <= self.distill.num_segments <= 100, "distill.num_segments", "must be in [1, 100]")
+        need(self.distill.guidance_scale >= 1.0, "distill.guidance_scale", "must be >= 1 (1 = no CFG)")
+        need(self.distill.distance in DISTANCES, "distill.distance", f"one of {DISTANCES}, got {self.distill.distance!r}")
+        need(self.distill.huber_c > 0, "distill.huber_c", "must be > 0")
+        need(self.distill.distance != "latent_lpips" or bool(self.distill.lpips_weights), "distill.lpips_weights",
+             "required when distill.distance=latent_lpips (train one with `python -m tlcm_train.lpips train`)")
+        segment = 1000 // self.distill.num_segments
+        need(1 <= self.mlcd.skip < segment, "mlcd.skip", f"must be in [1, {segment}) (segment length)")
+        for name, steps in self.stage_steps():
+            need(steps >= 0, f"{name}.steps", "must be >= 0 (0 skips the stage)")
+            need(getattr(self, name).lr > 0, f"{name}.lr", "must be > 0")
+        need(self.total_steps > 0, "mlcd/lcd/mps/dm.steps", "nothing to train: every stage has 0 steps")
+        need(self.mps.scorer == "mps" or bool(SCORER_PLUGIN.match(self.mps.scorer)), "mps.scorer",
+             f"'mps' or a scorer plugin 'module:OBJECT', got {self.mps.scorer!r}")
+        need(self.dm.fake_data in FAKE_DATA, "dm.fake_data", f"one of {FAKE_DATA}")
+        need(self.dm.gan_real in GAN_REAL, "dm.gan_real", f"one of {GAN_REAL}")
+        need(self.mps.scorer_dtype in SCORER_DTYPES, "mps.scorer_dtype", f"one of {SCORER_DTYPES}")
+        need(self.mps.decode_dtype in DECODE_DTYPES, "mps.decode_dtype", f"one of {DECODE_DTYPES}")
+        need(self.mps.decode_checkpoint in DECODE_CHECKPOINTS, "mps.decode_checkpoint", f"one of {DECODE_CHECKPOINTS}")
+        need(self.mps.decode_crop >= 0, "mps.decode_crop", "0 (whole image) or a latent window side")
+        need(self.mps.weight >= 0 and self.dm.dmd_weight >= 0 and self.dm.gan_weight >= 0, "mps.weight/dm.*_weight",
+             "must be >= 0 (0 = off)")
+        need(not (self.mps.steps or self.dm.steps) or self.mps.weight == 0 or bool(self.mps.scorer_weights),
+             "mps.scorer_weights", "required for the preference loss (stages mps and dm): a local MPS state dict "
+             "(see tlcm_train/preference/mps.py) or the scorer plugin's weights; or set mps.weight=0 / mps.steps=0 and dm.steps=0")
+        need(self.dm.fake_rank >= 1 and self.dm.fake_alpha > 0 and self.dm.fake_lr > 0 and self.dm.disc_lr > 0,
+             "dm.fake_rank/fake_alpha/fake_lr/disc_lr", "must be > 0")
+        need(self.dm.fake_updates >= 1, "dm.fake_updates", "must be >= 1")
+        need(self.dm.gan_teacher_steps >= 1, "dm.gan_teacher_steps", "must be >= 1")
+        need(self.lcd.student_steps >= 1, "lcd.student_steps", "must be >= 1")
+        need(self.lcd.teacher_steps >= 1, "lcd.teacher_steps", "must be >= 1")
+        need(0.0 <= self.lcd.rollout_eta <= 1.0, "lcd.rollout_eta", "must be in [0, 1]")
+        need(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+        need(self.train.resolution >= 8 and self.train.resolution % 8 == 0, "train.resolution",
+             f"must be a positive multiple of 8, got {self.train.resolution}")
+        need(self.train.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"one of {MIXED_PRECISION}")
+        need(self.train.optimizer in OPTIMIZERS, "train.optimizer", f"one of {OPTIMIZERS}")
+        need(self.train.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = no clipping)")
+        need(self.train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        need(self.output.checkpoint_every >= 0, "output.checkpoint_every", "must be >= 0 (0 = only at the end)")
+        need(self.output.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1")
+        need(self.output.sample_every >= 0, "output.sample_every", "must be >= 0 (0 = off)")
+        need(all(MIN_STEPS <= s <= MAX_STEPS for s in self.output.sample_steps), "output.sample_steps",
+             f"each in {STEP_RANGE_TEXT}")
+        need(self.output.log_every >= 1, "output.log_every", "must be >= 1")
+        need(set(self.output.formats) <= {"kohya", "diffusers", "peft"}, "output.formats",
+             f"subset of kohya, diffusers, peft; got {self.output.formats}")
+        need(self.output.save_dtype in ("fp16", "bf16", "fp32"), "output.save_dtype", "one of fp16, bf16, fp32")
+        return self
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against a dataclass field type (int/float/bool/str, list[...], X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):      # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid in {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML or TOML config file, with readable errors."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{path}: config files must be {', '.join(CONFIG_SUFFIXES)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot parse ({err})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``section.key=value`` override in place; the value is parsed as YAML (``1e-4``, ``[2, 4]``)."""
+    key, sep, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {override!r}: expected section.key=value, e.g. mlcd.steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: cannot parse the value ({err})") from err
+    section = data.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"override {override!r}: {parts[0]} is not a section")
+    section[parts[1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- file <- overrides, type-checked and validated."""
+    data = read_config_file(path) if path is not None else {}
+    for override in overrides:
+        apply_override(data, override)
+    return _build(Config, data, "").validate()
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """Write ``config`` as YAML (the snapshot kept beside the outputs; loadable by ``load_config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return path

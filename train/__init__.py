@@ -1,5 +1,0 @@
-"""Data-free TLCM distillation trainer: stage 1 MLCD and stage 2 improved LCD on one LoRA adapter.
-
-Entry points: ``python -m train`` (:mod:`train.cli`), :class:`train.loop.Trainer`. Design notes:
-docs/trainer.md (memory sharing, adapter-switch trap, checkpoints, multi-GPU); recipe: docs/method.md §3.
-"""

@@ -1,6 +1,0 @@
-"""``python -m train.app`` = ``tlcm-trainer``."""
-import sys
-
-from .launch import main
-
-sys.exit(main())

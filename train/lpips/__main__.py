@@ -1,6 +1,0 @@
-"""``python -m train.lpips train|eval ...``"""
-import sys
-
-from .cli import main
-
-sys.exit(main())
