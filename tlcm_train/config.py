@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import re
-import tomllib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +21,12 @@ from typing import Any
 
 import yaml
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                   # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib
+
+from tlcm.files import atomic_write_text
 from tlcm.schedules import MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
@@ -353,5 +359,5 @@ def save_config(config: Config, path: str | Path) -> Path:
     """Write ``config`` as YAML (the snapshot kept beside the outputs; loadable by ``load_config``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
