@@ -23,8 +23,9 @@ from tlcm_train.aux_grad import with_aux
 from tlcm_train.config import LoraConfig
 from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
 from tlcm_train.preference.decode import crop_window, decode_latents
-from tlcm_train.preference.mps import (CrossConfig, MPSModel, MPSScorer, clip_preprocess, convert_pickled_checkpoint,
-                                  load_mps_state_dict, mps_tokenizer, read_state_dict)
+from tlcm_train.preference.mps import (CrossConfig, MPSModel, MPSScorer, clip_preprocess, load_mps_state_dict,
+                                       mps_tokenizer, read_state_dict)
+from tlcm_train.preference.mps_convert import convert_pickled_checkpoint
 from tlcm_train.preference.scorer import build_scorer, hinge_preference_loss
 from tlcm_train.preference.technique import PreferenceTechnique, unrelated_pairs
 from tlcm_toy.scorer import PLUGIN as TOY
@@ -166,8 +167,9 @@ def test_convert_refuses_code_in_the_pickle_and_runs_none(tmp_path, legacy, kind
 def test_convert_command_refuses_a_payload_in_one_line(tmp_path, legacy):
     marker = tmp_path / "MARKER"
     torch.save(_payloads(marker)["os.system"], tmp_path / "evil.pth", _use_new_zipfile_serialization=not legacy)
-    done = subprocess.run([sys.executable, "-m", "tlcm_train.preference.mps", "convert", str(tmp_path / "evil.pth"),
-                           str(tmp_path / "out.safetensors")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "tlcm_train.preference.mps_convert", "convert",
+                           str(tmp_path / "evil.pth"), str(tmp_path / "out.safetensors")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode != 0 and not marker.exists()
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("mps convert: refusing to convert"), done.stderr
@@ -208,7 +210,7 @@ def test_mps_gradient_reaches_the_images(scorer):
 
 
 def test_missing_weights_say_what_to_get(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Kwai-Kolors/MPS.*tlcm_train.preference.mps convert"):
+    with pytest.raises(FileNotFoundError, match="Kwai-Kolors/MPS.*tlcm_train.preference.mps_convert convert"):
         build_scorer("mps", tmp_path / "mps.safetensors")
     with pytest.raises(FileNotFoundError, match="python -m tlcm_toy.scorer"):
         build_scorer(TOY, tmp_path / "scorer.safetensors")
@@ -463,7 +465,7 @@ def test_toy_preference_loss_through_the_toy_vae(toy):
 
 def test_build_preference_resolves_the_memory_options():
     from tlcm_train.config import ConfigError, MpsConfig
-    from tlcm_train.techniques import build_preference, preference_dtypes
+    from tlcm_train.stage_techniques import build_preference, preference_dtypes
     assert preference_dtypes(MpsConfig(), "cpu") == (torch.float32, torch.float32)          # auto on a CPU
     assert preference_dtypes(MpsConfig(scorer_dtype="bf16"), "cpu")[0] == torch.bfloat16
     vae = toy_vae()          # 32 px toy images: latents of side 32 // 2 ** (levels - 1)

@@ -42,7 +42,7 @@ from .samples import save_grid
 from .stage1_mlcd import MlcdStage
 from .stage2_lcd import LcdStage
 from .technique import AuxBatch
-from .techniques import active, build_techniques, first_step_using
+from .stage_techniques import active, build_techniques, first_step_using
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)

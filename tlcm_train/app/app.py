@@ -27,7 +27,7 @@ from tlcm.files import atomic_write_text
 from tlcm.lora import FORMATS
 from tlcm.schedules import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
 from tlcm_train.config import Config, ConfigError, load_config
-from tlcm_train.techniques import needed as needed_techniques
+from tlcm_train.stage_techniques import needed as needed_techniques
 
 from . import form
 from .commands import LaunchOptions, copy_config, parse_command, show_command

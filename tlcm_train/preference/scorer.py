@@ -39,8 +39,9 @@ def hinge_preference_loss(scores_pos: torch.Tensor, scores_neg: torch.Tensor,
 MPS_DOWNLOAD = (
     "The MPS 'overall' checkpoint comes from its authors (github.com/Kwai-Kolors/MPS, README 'Download the MPS "
     "checkpoint', a Google Drive link: MPS_overall_checkpoint.pth). It is a pickled whole model: convert it "
-    "once to a state dict with `python -m tlcm_train.preference.mps convert MPS_overall_checkpoint.pth "
-    "mps_overall.safetensors` (tensors only: a file that would run code is refused) and pass that file.")
+    "once to a state dict with `python -m tlcm_train.preference.mps_convert convert "
+    "MPS_overall_checkpoint.pth mps_overall.safetensors` (tensors only: a file that would run code is "
+    "refused) and pass that file.")
 
 
 class ScorerError(ValueError):

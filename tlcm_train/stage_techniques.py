@@ -1,4 +1,5 @@
-"""Which techniques run in which stage, built once from the config (docs/trainer.md §1, TLCM Table 2).
+"""Maps each stage to the techniques it runs and builds them once from the config (docs/trainer.md §1,
+TLCM Table 2). The contract every technique follows is tlcm_train/technique.py.
 
 The paper adds its terms in turn: stage 3 = LCD + MPS, stage 4 = LCD + MPS + DMD + GAN. A term with
 weight 0 is never built (no fake adapter, no heads, no scorer in memory), so every term is switchable.
