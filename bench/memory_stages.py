@@ -55,6 +55,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tlcm_train.preference.scorer import ScorerPlugin  # noqa: E402  (after the path: run as a script)
+
 RESULTS = ROOT / "bench" / "results" / "memory_stages"
 SDXL_CONFIG = ROOT / "tlcm" / "configs" / "sdxl_base"
 TOY_SCORER = ROOT / "tlcm_toy" / "weights" / "scorer.safetensors"
@@ -280,74 +282,27 @@ class PhaseProbe:
         self.steps.append(step)
         return step
 
-    @contextlib.contextmanager
-    def installed(self, trainer) -> Iterator[None]:
-        """Wrap the loop's pieces so every phase boundary calls ``mark`` (all undone on exit)."""
-        import tlcm_train.aux_grad as aux_grad
-        import tlcm_train.loop as loop
-        undo: list[Callable[[], None]] = []
 
-        def after(obj, attr: str, name: str | Callable[..., str], module: bool = False) -> None:
-            original = getattr(obj, attr)
-
-            def wrapped(*args, **kwargs):
-                out = original(*args, **kwargs)
-                self.mark(name if isinstance(name, str) else name(*args, **kwargs))
-                return out
-            setattr(obj, attr, wrapped)
-            undo.append((lambda: setattr(obj, attr, original)) if module else (lambda: delattr(obj, attr)))
-
-        for stage in {id(s): s for s in trainer.stages.values()}.values():
-            after(stage, "make_pair", "pair")
-        after(loop, "consistency_step", "student_fwd", module=True)
-        after(trainer.accelerator, "backward", "backward")
-        after(trainer.optimizer, "zero_grad", "optimizer")
-        for name, technique in trainer.techniques.items():
-            after(technique, "update", f"update:{name}")
-        original_aux = aux_grad.aux_gradient
-
-        def aux_gradient(x0, terms):                   # tlcm_train.aux_grad.aux_gradient with a mark after each term
-            g, values = torch.zeros_like(x0, dtype=torch.float32), {}
-            for term in terms:
-                part, value = original_aux(x0, [term])
-                g += part
-                values.update(value)
-                self.mark(f"term:{term.name}")
-            return g, values
-        aux_grad.aux_gradient = aux_gradient
-        undo.append(lambda: setattr(aux_grad, "aux_gradient", original_aux))
-        try:
-            yield
-        finally:
-            for fn in reversed(undo):
-                fn()
+MID_MPS_TOKENIZER = {"folder": ""}      # set by ``measure``: the tokenizer the mid-size scorer reads
 
 
-@contextlib.contextmanager
-def small_mps_scorer(weights: str | None, tokenizer: str | None) -> Iterator[None]:
-    """Let ``mps.scorer=mps`` build the small MPS-architecture scorer (the trainer only knows ViT-H-14)."""
-    if weights is None:
-        yield
-        return
-    import tlcm_train.preference.scorer as scorer_module
-    original = scorer_module.build_scorer
+def _load_mid_mps(path: Path, dtype: torch.dtype):
+    from safetensors.torch import load_file
+    from transformers import CLIPTokenizer
 
-    def build(kind, path, device="cpu", dtype=torch.float32):
-        from safetensors.torch import load_file
-        from transformers import CLIPTokenizer
+    from tlcm_train.preference.mps import MPSScorer, load_mps_state_dict
+    model = _mid_scorer_model()
+    load_mps_state_dict(model, load_file(str(path)))
+    return MPSScorer(model, CLIPTokenizer.from_pretrained(MID_MPS_TOKENIZER["folder"])).to(dtype)
 
-        from tlcm_train.preference.mps import MPSScorer, load_mps_state_dict
-        if kind != "mps":
-            return original(kind, path, device, dtype)
-        model = _mid_scorer_model()
-        load_mps_state_dict(model, load_file(str(path)))
-        tok = CLIPTokenizer.from_pretrained(tokenizer)
-        return MPSScorer(model, tok).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    scorer_module.build_scorer = build
-    try:
-        yield
-    finally:
-        scorer_module.build_scorer = original
+
+def _mid_mps_tensor_names() -> set[str]:
+    with torch.device("meta"):
+        return set(_mid_scorer_model().state_dict())
+
+
+# The small MPS-architecture scorer as a trainer scorer plugin (the built-in ``mps`` is ViT-H-14 only).
+MID_MPS_SCORER = ScorerPlugin("mid-size MPS", _load_mid_mps, _mid_mps_tensor_names)
 
 
 def param_counts(trainer) -> dict[str, int]:
@@ -375,22 +330,23 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
     rss_imports, imports_peak = mem.rss(), mem.hwm()
     mem.reset()
     started = time.perf_counter()
-    with small_mps_scorer(scorer_weights, scorer_tokenizer):
-        trainer = Trainer(load_config(None, overrides))
+    if scorer_weights is not None:
+        MID_MPS_TOKENIZER["folder"] = str(scorer_tokenizer)
+        overrides = [*overrides, f"mps.scorer={__name__}:MID_MPS_SCORER"]
+    probe = PhaseProbe(mem)
+    trainer = Trainer(load_config(None, overrides), on_phase=probe.mark)
     gc.collect()
     out: dict[str, Any] = {"rss_imports": rss_imports, "imports_peak": imports_peak, "load_peak": mem.hwm(),
                            "rss_after_load": mem.rss(), "ru_maxrss_after_load": ru_maxrss(),
                            "load_s": time.perf_counter() - started, "params": param_counts(trainer),
-                           "stage": trainer.stage_name(0), "batch": trainer.config.train.batch_size}
-    probe = PhaseProbe(mem)
+                           "stage": trainer.stage(0).name, "batch": trainer.config.train.batch_size}
     times = []
-    with probe.installed(trainer):
-        for i in range(warmup + steps):
-            probe.begin_step()
-            started = time.perf_counter()
-            trainer.train_step()
-            times.append(time.perf_counter() - started)
-            probe.end_step()
+    for i in range(warmup + steps):
+        probe.begin_step()
+        started = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - started)
+        probe.end_step()
     gc.collect()
     warm, measured = probe.steps[:warmup], probe.steps[warmup:]
     out["rss_after_warmup"] = measured[0]["base"] if measured else probe.steps[-1]["base"]
@@ -690,7 +646,7 @@ def run_overrides(model: Path, prompts: Path, out: Path, stage: str, batch: int,
     return [f"model.path={model}", f"data.prompts=[{prompts}]", f"output.dir={out}", "output.sample_every=0",
             "output.checkpoint_every=0", "train.gradient_checkpointing=true",
             "train.optimizer=adamw", f"train.resolution={RESOLUTION}", f"train.batch_size={batch}",
-            f"lora.rank={rank}", f"dm.fake_rank={rank}", "mps.scorer=mps", f"mps.scorer_weights={scorer_weights}",
+            f"lora.rank={rank}", f"dm.fake_rank={rank}", f"mps.scorer_weights={scorer_weights}",
             *FAST_LOOPS, *[f"{s}.steps={n}" for s, n in steps.items()], *VARIANTS.get(variant, [])]
 
 
@@ -868,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
         weights = str(build_mid_scorer(work / "mid_mps_scorer.safetensors"))
         scorer_note = (f"a randomly initialised small MPS-architecture scorer ({count(_mid_scorer_model()) / 1e6:.1f} "
                        "M parameters: CLIP text 128x2, vision 128x4 at 224 px, cross model 128x4) built in the "
-                       "measuring process by patching `build_scorer` (the trainer builds only ViT-H-14); not the toy "
+                       "measuring process and handed to the trainer as a scorer plugin (`mps.scorer=...:MID_MPS_SCORER`); not the toy "
                        f"scorer: {why}")
         prompts = work / "prompts.txt"
         prompts.write_text("\n".join(PROMPTS) + "\n")

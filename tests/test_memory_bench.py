@@ -17,34 +17,51 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 def load_bench():
     spec = importlib.util.spec_from_file_location("memory_stages", ROOT / "bench" / "memory_stages.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("memory_stages", module)
+    sys.modules["memory_stages"] = module      # the name its scorer plugin is resolved by
     spec.loader.exec_module(module)
     return module
 
 
 def test_measure_one_stage_on_the_tiny_kit(tmp_path):
-    import tlcm_train.aux_grad as aux_grad
-    import tlcm_train.loop as loop
     bench = load_bench()
     paths = build_tiny_sdxl(tmp_path / "kit")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cat\na blue dog\na green car\n")
-    before = (loop.consistency_step, aux_grad.aux_gradient)
     result = bench.measure([f"model.path={paths.diffusers}", f"data.prompts=[{prompts}]",
                             f"output.dir={tmp_path / 'out'}",
                             "output.sample_every=0", "output.checkpoint_every=0", "lora.rank=4",
                             "lora.target_modules=[to_q, to_k, to_v, to_out.0]", "distill.num_segments=2",
                             "train.resolution=64", "train.batch_size=2", "mlcd.steps=3", "lcd.steps=0", "mps.steps=0",
                             "dm.steps=0", "mps.weight=0"], steps=1)
-    assert (loop.consistency_step, aux_grad.aux_gradient) == before          # instrumentation undone
     assert result["stage"] == "mlcd" and result["batch"] == 2 and len(result["step_s"]) == 2
-    assert result["phase_order"] == ["pair", "student_fwd", "backward", "optimizer", "rest"]
+    assert result["phase_order"] == ["pair", "student_fwd", "backward", "optimizer", "rest"]   # the trainer's hook
     assert 0 < result["rss_imports"] <= result["rss_after_load"] <= result["load_peak"] <= result["process_peak"]
     assert result["train_peak"] >= result["rss_after_warmup"] > 0
     counts = result["params"]
     assert counts["unet_base"] > 0 and counts["student_lora"] > 0 and counts["vae"] > 0
     assert counts["fake_lora"] == counts["disc_heads"] == counts["scorer"] == 0      # stage 1 builds none of them
     assert "components" not in result
+
+
+def test_stage_3_measures_its_scorer_term_and_update_through_the_trainer_hook(tmp_path):
+    """The bench's mid-size MPS scorer reaches the trainer as a scorer plugin (no patched factory), and the
+    trainer's phase hook reports the preference term and the technique's own update."""
+    bench = load_bench()
+    paths = build_tiny_sdxl(tmp_path / "kit")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\na blue dog\na green car\n")
+    weights = bench.build_mid_scorer(tmp_path / "mid.safetensors")
+    result = bench.measure([f"model.path={paths.diffusers}", f"data.prompts=[{prompts}]",
+                            f"output.dir={tmp_path / 'out'}", "output.sample_every=0", "output.checkpoint_every=0",
+                            "lora.rank=4", "lora.target_modules=[to_q, to_k, to_v, to_out.0]",
+                            "distill.num_segments=2", "train.resolution=64", "train.batch_size=2", "mlcd.steps=0",
+                            "lcd.steps=0", "mps.steps=3", "dm.steps=0", f"mps.scorer_weights={weights}"],
+                           scorer_weights=str(weights), scorer_tokenizer=str(Path(paths.diffusers) / "tokenizer"),
+                           steps=1, components=False)
+    assert result["stage"] == "mps"
+    assert result["phase_order"] == ["pair", "student_fwd", "term:preference", "backward", "optimizer",
+                                     "update:mps", "rest"]
+    assert result["params"]["scorer"] == bench.count(bench._mid_scorer_model())
 
 
 def test_sdxl_variants_take_the_rows_measured_with_their_options():

@@ -105,12 +105,16 @@ def test_stage_pairs_follow_algorithms_1_and_2():
     assert torch.isfinite(pair.z_n).all() and not torch.equal(pair.z_m, pair.z_n)
 
 
+def stage_named(trainer: Trainer, name: str):
+    return next(s for s in trainer.stages if s.name == name)
+
+
 def eval_loss(trainer: Trainer, stage: str) -> float:
     """The stage's loss on fixed prompts and fixed noise (independent of the training RNG)."""
     cond = trainer.cache.batch(list(range(4)), trainer.device)
     g = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        return sum(float(consistency_loss(trainer.stages[stage], trainer.denoiser, cond, trainer.distance, g))
+        return sum(float(consistency_loss(stage_named(trainer, stage).pairs, trainer.denoiser, cond, trainer.distance, g))
                    for _ in range(2)) / 2
 
 

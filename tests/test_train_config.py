@@ -9,7 +9,7 @@ import torch
 from tlcm_train.checkpoint import REQUIRED, checkpoint_dirs, resolve_resume, write_manifest
 from tlcm_train.cli import main as cli_main
 from tlcm_train.config import ConfigError, load_config, save_config
-from tlcm_train.loop import stage_lr
+from tlcm_train.stages import build_stages, stage_at, stage_lr
 from tlcm_train.prompts import PromptFileError, PromptStream, read_prompts
 from tlcm_train.teacher import even_path
 
@@ -67,11 +67,15 @@ def test_paper_recipe_is_the_default_and_every_stage_switches_off():
     assert load_config(None, [*BASE[:2], "mps.steps=0", "dm.steps=0"]).total_steps == 14000
     assert load_config(None, [*BASE[:2], "mps.weight=0"]).total_steps == 15500     # DM + GAN without MPS
     cfg = load_config(None, BASE)
-    assert [cfg.stage_at(s) for s in (0, 11999, 12000, 14000, 14500, 15499)] == [
+    stages = build_stages(cfg, (4, 128, 128), 1000, {})
+    assert [(stage_at(stages, s).name, stage_at(stages, s).start) for s in (0, 11999, 12000, 14000, 14500, 15499)] == [
         ("mlcd", 0), ("mlcd", 0), ("lcd", 12000), ("mps", 14000), ("dm", 14500), ("dm", 14500)]
+    assert stages[1].pairs is stages[2].pairs is stages[3].pairs and stages[0].pairs is not stages[1].pairs
     assert (cfg.mps.lr, cfg.mps.margin, cfg.dm.lr, cfg.dm.disc_lr) == (1e-5, 16.0, 1e-5, 1e-4)
     with pytest.raises(IndexError):
-        cfg.stage_at(15500)
+        stage_at(stages, 15500)
+    skipping = build_stages(load_config(None, [*BASE, "lcd.steps=0", "mps.steps=0"]), (4, 128, 128), 1000, {})
+    assert [(s.name, s.start, s.steps) for s in skipping] == [("mlcd", 0, 12000), ("dm", 12000, 1000)]
 
 
 def test_required_paths_and_bad_files(tmp_path):
@@ -135,7 +139,8 @@ def test_prompt_stream_shards_shuffles_and_resumes():
 def test_stage_lr_switches_and_warms_up():
     cfg = load_config(None, [*BASE, "mlcd.steps=10", "lcd.steps=5", "mps.steps=3", "dm.steps=4", "mps.lr=2e-5",
                              "dm.lr=4e-5", "train.warmup_steps=2"])
-    assert [stage_lr(cfg, s) for s in (0, 1, 9, 10, 11, 15, 16, 18, 19, 21)] == [
+    stages = build_stages(cfg, (4, 8, 8), 1000, {})
+    assert [stage_lr(stages, s, cfg.train.warmup_steps) for s in (0, 1, 9, 10, 11, 15, 16, 18, 19, 21)] == [
         5e-5, 1e-4, 1e-4, 5e-6, 1e-5, 1e-5, 2e-5, 2e-5, 4e-5, 4e-5]
 
 

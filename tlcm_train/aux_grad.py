@@ -28,9 +28,11 @@ class AuxTerm:
     state: Callable[[], ContextManager] = field(default=nullcontext)
 
 
-def aux_gradient(x0: torch.Tensor, terms: list[AuxTerm]) -> tuple[torch.Tensor, dict[str, float]]:
+def aux_gradient(x0: torch.Tensor, terms: list[AuxTerm], on_phase: Callable[[str], None] | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """g = Σ w_k ∂L_k/∂x0 (float32, detached) and each term's loss value; every term's graph is freed
-    before the next runs, so peak memory is the largest single term, not their sum."""
+    before the next runs, so peak memory is the largest single term, not their sum. ``on_phase`` (a
+    measurement hook) hears "term:<name>" after each term."""
     g = torch.zeros_like(x0, dtype=torch.float32)
     values: dict[str, float] = {}
     for term in terms:
@@ -44,11 +46,14 @@ def aux_gradient(x0: torch.Tensor, terms: list[AuxTerm]) -> tuple[torch.Tensor, 
             raise ValueError(f"auxiliary loss {term.name!r} does not depend on x0: it would train nothing")
         g += term.weight * grad
         values[term.name] = float(loss.detach())
+        if on_phase:
+            on_phase(f"term:{term.name}")
     return g, values
 
 
-def with_aux(main_loss: torch.Tensor, x0: torch.Tensor, terms: list[AuxTerm]) -> tuple[torch.Tensor, dict[str, float]]:
+def with_aux(main_loss: torch.Tensor, x0: torch.Tensor, terms: list[AuxTerm],
+             on_phase: Callable[[str], None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The surrogate to call ``backward()`` on (in the student state): its gradient is that of
     L_main + Σ w_k L_k(x0); its *value* is not a loss, so the term values are returned for logging."""
-    g, values = aux_gradient(x0, terms)
+    g, values = aux_gradient(x0, terms, on_phase)
     return main_loss + (x0.float() * g).sum(), values

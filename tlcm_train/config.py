@@ -181,13 +181,6 @@ class Config:
             start += steps
         return spans
 
-    def stage_at(self, step: int) -> tuple[str, int]:
-        """The stage global ``step`` belongs to, and the step that stage starts at."""
-        for name, start, steps in self.stage_spans():
-            if start <= step < start + steps:
-                return name, start
-        raise IndexError(f"step {step} is past the end of training ({self.total_steps} steps)")
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

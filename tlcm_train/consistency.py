@@ -9,7 +9,7 @@ then the target, then the one forward with gradients, all in the student state t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -40,14 +40,21 @@ class Stage(Protocol):
 
 
 def consistency_step(stage: Stage, denoiser: Denoiser, cond: Conditioning, distance: Distance,
-                     generator: torch.Generator) -> tuple[torch.Tensor, ConsistencyPair, torch.Tensor]:
+                     generator: torch.Generator, on_phase: Callable[[str], None] | None = None,
+                     ) -> tuple[torch.Tensor, ConsistencyPair, torch.Tensor]:
     """The stage's loss, its pair and the student's x̂0 at (z_tm, t_m), both with a graph to the student
-    LoRA only (x̂0 is what auxiliary terms act on); call ``backward()`` before switching adapters."""
+    LoRA only (x̂0 is what auxiliary terms act on); call ``backward()`` before switching adapters.
+    ``on_phase`` (a measurement hook) hears "pair" after the pair and "student_fwd" after the loss."""
     pair = stage.make_pair(denoiser, cond, generator)
+    if on_phase:
+        on_phase("pair")
     with torch.no_grad():
         target = stage.output(denoiser, *denoiser.predict(pair.z_n, pair.t_n, cond), pair)
     x0, eps = denoiser.predict(pair.z_m, pair.t_m, cond)
-    return distance(stage.output(denoiser, x0, eps, pair), target), pair, x0
+    loss = distance(stage.output(denoiser, x0, eps, pair), target)
+    if on_phase:
+        on_phase("student_fwd")
+    return loss, pair, x0
 
 
 def consistency_loss(stage: Stage, denoiser: Denoiser, cond: Conditioning, distance: Distance,

@@ -1,4 +1,4 @@
-"""The training run: load once, cache prompts, then MLCD (stage 1) -> LCD (stage 2) on one LoRA.
+"""The training run: load once, cache prompts, then run the stages (``stages.py``) on one LoRA.
 
 Multi-GPU / multi-node: launched by ``accelerate launch``; each process keeps a full frozen base UNet
 and its own prompt shard. The UNet is **not** wrapped in DDP, because one step runs it under several
@@ -6,7 +6,7 @@ adapter states; instead the student's LoRA gradients are averaged across process
 before every optimizer step (docs/trainer.md §6), which keeps the LoRA identical on all ranks — checked
 at the end of every multi-process run. Every LR value is absolute: ``LambdaLR`` over a base lr of 1
 returns the current stage's lr (with optional per-stage warm-up), so stage switches need no second
-optimizer or scheduler and resume exactly.
+optimizer or LR schedule and resume exactly.
 """
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ from tlcm.scheduler import TLCMScheduler
 from .adapters import add_student, load_student_state_dict, require_student_active, student_state_dict
 from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, save_config
-from .aux_grad import with_aux
-from .consistency import Stage, consistency_step
 from .diffusion import Denoiser
 from .embeddings import encode_prompts, unload_text_encoders
 from .export import export_lora
@@ -39,10 +37,8 @@ from .losses import build_distance
 from .prompts import PromptStream, read_prompts
 from .run_folder import CHECKPOINTS
 from .samples import save_grid
-from .stage1_mlcd import MlcdStage
-from .stage2_lcd import LcdStage
-from .technique import AuxBatch
-from .stage_techniques import active, build_techniques, first_step_using
+from .stage_techniques import build_techniques, first_step_using
+from .stages import PhaseHook, TrainingStage, build_stages, stage_at, stage_lr
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -89,14 +85,6 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def stage_lr(config: Config, step: int) -> float:
-    """Absolute learning rate at global ``step``: the stage's lr with linear warm-up inside each stage."""
-    name, start = config.stage_at(min(step, config.total_steps - 1))
-    lr = getattr(config, name).lr
-    warmup = config.train.warmup_steps
-    return lr * min(1.0, (step - start + 1) / warmup) if warmup else lr
-
-
 def make_optimizer(config: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW, or bitsandbytes' 8-bit AdamW when asked for (and installed)."""
     kwargs = dict(lr=1.0, betas=(config.train.adam_beta1, config.train.adam_beta2), eps=config.train.adam_epsilon,
@@ -131,11 +119,13 @@ def lora_digest(state: dict[str, torch.Tensor]) -> int:
 
 
 class Trainer:
-    """Builds everything from a ``Config`` and runs it; one instance per process."""
+    """Builds everything from a ``Config`` and runs its stages; one instance per process. ``on_phase``
+    hears the end of each part of a step (``stages.PhaseHook``; the memory benchmark's probe)."""
 
-    def __init__(self, config: Config, accelerator=None):
+    def __init__(self, config: Config, accelerator=None, on_phase: PhaseHook | None = None):
         from accelerate import Accelerator
         self.config = config
+        self.on_phase = on_phase
         # without CUDA, processes started by `accelerate launch --multi_gpu` talk over gloo on the CPU
         self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision,
                                                       cpu=not torch.cuda.is_available())
@@ -172,42 +162,44 @@ class Trainer:
         self.sampler = TLCMScheduler.from_config(pipe.scheduler.config)
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_shape = (self.unet.config.in_channels, res // vae_scale, res // vae_scale)
-        T = self.denoiser.num_train_timesteps
-        lcd = LcdStage(config.distill, config.lcd, self.latent_shape, T)     # stages 3-4 keep its pairs and loss
-        self.stages: dict[str, Stage] = {"mlcd": MlcdStage(config.distill, config.mlcd, self.latent_shape, T),
-                                         "lcd": lcd, "mps": lcd, "dm": lcd}
         sync = (lambda params: average_gradients(params, lambda t: acc.reduce(t, reduction="mean"))
                 ) if acc.num_processes > 1 else None
         self.techniques = build_techniques(config, self.denoiser, self.vae, self.latent_shape[-1], self.device, sync)
+        self.stages: list[TrainingStage] = build_stages(config, self.latent_shape, self.denoiser.num_train_timesteps,
+                                                        self.techniques)
+        if not self.stages:
+            raise ValueError("every stage has 0 steps: nothing to train (set mlcd.steps, lcd.steps, ...)")
         self.values: dict[str, float] = {}       # the last step's per-term values, for logging
         self.distance = build_distance(config.distill)
         self.optimizer = acc.prepare(make_optimizer(config, self.params))
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: stage_lr(config, s))
+        warmup = config.train.warmup_steps
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                             lambda s: stage_lr(self.stages, s, warmup))
         self.step = 0
         self.tracker = Tracker(self.output_dir, config.total_steps) if acc.is_main_process else None
 
     # -- pieces -------------------------------------------------------------------------------------
-    def stage_name(self, step: int) -> str:
-        return self.config.stage_at(step)[0]
+    def stage(self, step: int | None = None) -> TrainingStage:
+        """The stage that global ``step`` (default: the next one) belongs to."""
+        return stage_at(self.stages, self.step if step is None else step)
+
+    def _phase(self, name: str) -> None:
+        if self.on_phase:
+            self.on_phase(name)
 
     def train_step(self) -> float:
-        """One optimizer step (student, then the active techniques' own); returns this process's
-        consistency loss and keeps every term's value in ``self.values``."""
-        name = self.stage_name(self.step)
-        techniques = active(name, self.techniques)
+        """One optimizer step of the current stage (the student's, then its techniques' own); returns this
+        process's consistency loss and keeps every term's value in ``self.values``."""
+        stage = self.stage()
         indices = self.stream.next_batch()
         cond = self.cache.batch(indices, self.device)
         with self.accelerator.autocast():
-            loss, pair, x0 = consistency_step(self.stages[name], self.denoiser, cond, self.distance, self.generator)
-        self.values = {f"loss/{name}": float(loss.detach())}
-        objective = loss
-        if techniques:
-            batch = AuxBatch(self.denoiser, cond, [self.prompts[i] for i in indices], pair.z_m, pair.t_m, x0,
-                             self.generator, pair.rollout)
-            objective, term_values = with_aux(loss, x0, [term for t in techniques for term in t.terms(batch)])
-            self.values.update({f"loss/{k}": v for k, v in term_values.items()})
+            outcome = stage.objective(self.denoiser, cond, [self.prompts[i] for i in indices], self.distance,
+                                      self.generator, self.on_phase)
+        self.values = outcome.values
         require_student_active(self.unet)
-        self.accelerator.backward(objective)
+        self.accelerator.backward(outcome.objective)
+        self._phase("backward")
         if self.accelerator.num_processes > 1:
             average_gradients(self.params, lambda t: self.accelerator.reduce(t, reduction="mean"))
         if self.config.train.max_grad_norm > 0:
@@ -215,11 +207,11 @@ class Trainer:
         self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for technique in techniques:
-            self.values.update(technique.update(batch))
+        self._phase("optimizer")
+        self.values.update(stage.update_techniques(outcome.batch, self.on_phase))
         require_student_active(self.unet)
         self.step += 1
-        return float(loss.detach())
+        return float(outcome.loss.detach())
 
     def save(self) -> Path:
         acc = self.accelerator
@@ -293,7 +285,7 @@ class Trainer:
         try:
             with StopFlag() as stop:
                 while self.step < cfg.total_steps:
-                    stage, started = self.stage_name(self.step), time.perf_counter()
+                    stage, started = self.stage().name, time.perf_counter()
                     loss = self.train_step()
                     mean_loss = float(acc.reduce(torch.tensor([loss], device=self.device), reduction="mean").item())
                     result.losses.append(mean_loss)

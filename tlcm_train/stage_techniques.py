@@ -76,7 +76,3 @@ def first_step_using(config: Config, name: str) -> int:
     """The global step at which technique ``name`` first trains (``total_steps`` if never)."""
     return min((start for stage, start, steps in config.stage_spans() if steps and name in STAGE_TECHNIQUES[stage]),
                default=config.total_steps)
-
-
-def active(stage: str, built: dict[str, Technique]) -> list[Technique]:
-    return [built[name] for name in STAGE_TECHNIQUES[stage] if name in built]
