@@ -3,7 +3,12 @@
 Defaults are the paper's (TLCM §5.1, Algorithms 1-2): M = 8 segments, CFG w = 8, skip 20, stage 1 lr
 1e-4, stage 2 lr 1e-5 with q = 4 student and p = 3 teacher steps, LoRA rank 64 on TLCM's targets.
 Unknown keys and wrong types fail with the offending key named, so a typo never trains silently with a
-default. ``lora.alpha`` defaults to 8 because the official TLCM loader ignores the saved alpha and
+default.
+
+The schema is declared in the dataclasses: each field's type (read by a small type-driven builder), its
+default and its rule (``setting(default, check=...)``); ``Config.validate`` applies the declared rules and
+then the few that relate several fields. A schema library (pydantic) would do the same but is a version
+that hosts and Gradio pin themselves, and the trainer installs into such environments. ``lora.alpha`` defaults to 8 because the official TLCM loader ignores the saved alpha and
 applies 8/64 (docs/trainer.md §8); other values are exported exactly but need a loader that reads alpha.
 """
 from __future__ import annotations
@@ -17,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -47,6 +52,45 @@ class ConfigError(ValueError):
     """A configuration file or override is unreadable, unknown or out of range."""
 
 
+@dataclass(frozen=True)
+class Check:
+    """A rule one config value must follow, declared beside its field; ``rule`` is what the error says."""
+
+    test: Callable[[Any], bool]
+    rule: str
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda v: v >= low, f"must be >= {low}")
+
+
+def above(low: float) -> Check:
+    return Check(lambda v: v > low, f"must be > {low}")
+
+
+def between(low: float, high: float) -> Check:
+    return Check(lambda v: low <= v <= high, f"must be in [{low}, {high}]")
+
+
+def one_of(choices: tuple[str, ...]) -> Check:
+    return Check(lambda v: v in choices, f"one of {choices}")
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+            check: Check | None = None) -> Any:
+    """A config field: its default (``factory`` for lists) and the rule its value must follow."""
+    metadata = {"check": check} if check else {}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+NON_EMPTY_LIST = Check(lambda v: v is None or len(v) > 0, "must be null (TLCM targets) or a non-empty list")
+SAMPLE_STEPS = Check(lambda v: all(MIN_STEPS <= s <= MAX_STEPS for s in v), f"each in {STEP_RANGE_TEXT}")
+FORMATS = ("kohya", "diffusers", "peft")
+SAVE_DTYPES = ("fp16", "bf16", "fp32")
+
+
 @dataclass
 class ModelConfig:
     path: str = ""                      # local diffusers SDXL folder or single-file .safetensors
@@ -55,101 +99,116 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    prompts: list[str] = field(default_factory=list)       # .txt / .jsonl / .csv files
-    sample_prompts: list[str] = field(default_factory=lambda: ["a photo of a cat", "a red car in the snow"])
+    prompts: list[str] = setting(factory=list)       # .txt / .jsonl / .csv files
+    sample_prompts: list[str] = setting(factory=lambda: ["a photo of a cat", "a red car in the snow"])
 
 
 @dataclass
 class LoraConfig:
-    rank: int = 64
-    alpha: float = 8.0
-    target_modules: list[str] | None = None    # None: TLCM's 14 target suffixes
+    rank: int = setting(64, check=at_least(1))
+    alpha: float = setting(8.0, check=above(0))
+    target_modules: list[str] | None = setting(None, check=NON_EMPTY_LIST)    # None: TLCM's 14 target suffixes
 
 
 @dataclass
 class DistillConfig:
-    num_segments: int = 8               # M: milestones of the TLCM grid
-    guidance_scale: float = 8.0         # teacher CFG w
-    distance: str = "l2"
-    huber_c: float = 0.001              # pseudo-Huber c (used when distance = huber)
+    num_segments: int = setting(8, check=between(1, 100))           # M: milestones of the TLCM grid
+    guidance_scale: float = setting(8.0, check=Check(lambda v: v >= 1, "must be >= 1 (1 = no CFG)"))  # teacher CFG w
+    distance: str = setting("l2", check=one_of(DISTANCES))
+    huber_c: float = setting(0.001, check=above(0))                  # pseudo-Huber c (used when distance = huber)
     lpips_weights: str = ""             # latent LPIPS .safetensors (used when distance = latent_lpips)
+
+
+STAGE_STEPS = Check(lambda v: v >= 0, "must be >= 0 (0 skips the stage)")
 
 
 @dataclass
 class MlcdConfig:
-    steps: int = 12000
-    lr: float = 1e-4
-    skip: int = 20                      # t_n = t_m - skip
+    steps: int = setting(12000, check=STAGE_STEPS)
+    lr: float = setting(1e-4, check=above(0))
+    skip: int = setting(20, check=at_least(1))      # t_n = t_m - skip (and < the segment length: validate)
 
 
 @dataclass
 class LcdConfig:
-    steps: int = 2000
-    lr: float = 1e-5
-    student_steps: int = 4              # q: uniform student rollout to ẑ0
-    teacher_steps: int = 3              # p: teacher CFG-DDIM steps over one segment
-    rollout_eta: float = 1.0            # 1: official fresh-noise TLCM sampler, 0: deterministic
+    steps: int = setting(2000, check=STAGE_STEPS)
+    lr: float = setting(1e-5, check=above(0))
+    student_steps: int = setting(4, check=at_least(1))    # q: uniform student rollout to ẑ0
+    teacher_steps: int = setting(3, check=at_least(1))    # p: teacher CFG-DDIM steps over one segment
+    rollout_eta: float = setting(1.0, check=between(0.0, 1.0))   # 1: official fresh-noise TLCM sampler, 0: deterministic
+
+
+SCORER = Check(lambda v: v == "mps" or bool(SCORER_PLUGIN.match(v)), "'mps' or a scorer plugin 'module:OBJECT'")
+TERM_WEIGHT = Check(lambda v: v >= 0, "must be >= 0 (0 = off)")
 
 
 @dataclass
 class MpsConfig:
     """Stage 3: the LCD loss plus the preference hinge loss of Eq. 11 on the decoded student x̂0."""
-    steps: int = 500
-    lr: float = 1e-5
-    weight: float = 1.0                 # of the preference term (0 = off); stays on in stage 4
+    steps: int = setting(500, check=STAGE_STEPS)
+    lr: float = setting(1e-5, check=above(0))
+    weight: float = setting(1.0, check=TERM_WEIGHT)   # of the preference term (0 = off); stays on in stage 4
     margin: float = 16.0                # s0 (positive prompt); unrelated prompts get margin 0
-    scorer: str = "mps"                 # mps (Kwai-Kolors/MPS state dict) | module:OBJECT (a ScorerPlugin)
+    scorer: str = setting("mps", check=SCORER)     # mps (Kwai-Kolors/MPS state dict) | module:OBJECT (a ScorerPlugin)
     scorer_weights: str = ""            # local weights file of the scorer
-    scorer_dtype: str = "auto"          # auto (fp16 on CUDA, as MPS ships; fp32 on CPU) | fp32 | fp16 | bf16
-    decode_checkpoint: str = "unit"     # unit: checkpoint every decoder resnet/upsampler (exact) | none
-    decode_dtype: str = "auto"          # auto (bf16 on a bf16 GPU, else fp32) | fp32 | bf16 (fp16 overflows)
-    decode_crop: int = 0                # > 0: decode a random latent window of this side (approximation)
+    # auto (fp16 on CUDA, as MPS ships; fp32 on CPU) | fp32 | fp16 | bf16
+    scorer_dtype: str = setting("auto", check=one_of(SCORER_DTYPES))
+    # unit: checkpoint every decoder resnet/upsampler (exact) | none
+    decode_checkpoint: str = setting("unit", check=one_of(DECODE_CHECKPOINTS))
+    # auto (bf16 on a bf16 GPU, else fp32) | fp32 | bf16 (fp16 overflows)
+    decode_dtype: str = setting("auto", check=one_of(DECODE_DTYPES))
+    # > 0: decode a random latent window of this side (an approximation)
+    decode_crop: int = setting(0, check=Check(lambda v: v >= 0, "0 (whole image) or a latent window side"))
 
 
 @dataclass
 class DmConfig:
     """Stage 4: the LCD loss plus data-free distribution matching (Eq. 12) and the adversarial loss (Eq. 13)."""
-    steps: int = 1000
-    lr: float = 1e-5
-    dmd_weight: float = 1.0             # 0 = off
-    fake_rank: int = 64                 # the fake-score LoRA on the same frozen base
-    fake_alpha: float = 8.0
-    fake_lr: float = 1e-5
-    fake_updates: int = 1               # fake-score updates per student step
-    fake_data: str = "rollout"          # fake score's ε-MSE data: rollout (the paper's ẑ0) | one_step (DMD2's x̂0)
-    gan_weight: float = 0.1             # 0 = off (PCM's adv_weight)
-    disc_lr: float = 1e-4               # discriminator heads (TLCM §5.1)
-    gan_real: str = "teacher"           # D's real samples: teacher (CFG-DDIM from z_t) | rollout (Eq. 13's ẑ0)
-    gan_teacher_steps: int = 4          # teacher CFG-DDIM steps that make the "real" samples (gan_real=teacher)
+    steps: int = setting(1000, check=STAGE_STEPS)
+    lr: float = setting(1e-5, check=above(0))
+    dmd_weight: float = setting(1.0, check=TERM_WEIGHT)
+    fake_rank: int = setting(64, check=at_least(1))       # the fake-score LoRA on the same frozen base
+    fake_alpha: float = setting(8.0, check=above(0))
+    fake_lr: float = setting(1e-5, check=above(0))
+    fake_updates: int = setting(1, check=at_least(1))     # fake-score updates per student step
+    # fake score's ε-MSE data: rollout (the paper's ẑ0) | one_step (DMD2's x̂0)
+    fake_data: str = setting("rollout", check=one_of(FAKE_DATA))
+    gan_weight: float = setting(0.1, check=TERM_WEIGHT)   # PCM's adv_weight
+    disc_lr: float = setting(1e-4, check=above(0))        # discriminator heads (TLCM §5.1)
+    # D's real samples: teacher (CFG-DDIM from z_t) | rollout (Eq. 13's ẑ0)
+    gan_real: str = setting("teacher", check=one_of(GAN_REAL))
+    gan_teacher_steps: int = setting(4, check=at_least(1))   # teacher CFG-DDIM steps that make the "real" samples
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 1                 # per process
-    resolution: int = 1024              # pixels (square)
-    mixed_precision: str = "no"
+    batch_size: int = setting(1, check=at_least(1))                 # per process
+    resolution: int = setting(1024, check=Check(lambda v: v >= 8 and v % 8 == 0,
+                                                "must be a positive multiple of 8"))     # pixels (square)
+    mixed_precision: str = setting("no", check=one_of(MIXED_PRECISION))
     gradient_checkpointing: bool = True
-    optimizer: str = "adamw"
+    optimizer: str = setting("adamw", check=one_of(OPTIMIZERS))
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0               # linear warm-up at the start of each stage
+    max_grad_norm: float = setting(1.0, check=Check(lambda v: v >= 0, "must be >= 0 (0 = no clipping)"))
+    warmup_steps: int = setting(0, check=at_least(0))      # linear warm-up at the start of each stage
     seed: int = 0
 
 
 @dataclass
 class OutputConfig:
     dir: str = "tlcm-train-out"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    sample_every: int = 500             # 0 disables sample grids
-    sample_steps: list[int] = field(default_factory=lambda: [2, 4, 8])
+    checkpoint_every: int = setting(500, check=Check(lambda v: v >= 0, "must be >= 0 (0 = only at the end)"))
+    keep_checkpoints: int = setting(3, check=at_least(1))
+    sample_every: int = setting(500, check=Check(lambda v: v >= 0, "must be >= 0 (0 = off)"))
+    sample_steps: list[int] = setting(factory=lambda: [2, 4, 8], check=SAMPLE_STEPS)
     sample_seed: int = 0
-    log_every: int = 1
-    formats: list[str] = field(default_factory=lambda: ["kohya", "diffusers", "peft"])
-    save_dtype: str = "fp16"            # dtype of the exported LoRA files: fp16 | bf16 | fp32
+    log_every: int = setting(1, check=at_least(1))
+    formats: list[str] = setting(factory=lambda: list(FORMATS),
+                                 check=Check(lambda v: set(v) <= set(FORMATS), f"a subset of {FORMATS}"))
+    save_dtype: str = setting("fp16", check=one_of(SAVE_DTYPES))   # dtype of the exported LoRA files
 
 
 @dataclass
@@ -191,64 +250,28 @@ class Config:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> "Config":
-        """Range checks that the types alone cannot express; returns self."""
+        """Every field's declared rule, then the rules that relate several fields; returns self."""
+        for section in dataclasses.fields(self):
+            values = getattr(self, section.name)
+            for f in dataclasses.fields(values):
+                check, value = f.metadata.get("check"), getattr(values, f.name)
+                if check is not None and not check.test(value):
+                    raise ConfigError(f"{section.name}.{f.name}: {check.rule}, got {value!r}")
+
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
         need(bool(self.model.path), "model.path", "required (a local SDXL diffusers folder or .safetensors file)")
         need(bool(self.data.prompts), "data.prompts", "required (one or more .txt/.jsonl/.csv prompt files)")
-        need(self.lora.rank >= 1, "lora.rank", f"must be >= 1, got {self.lora.rank}")
-        need(self.lora.alpha > 0, "lora.alpha", f"must be > 0, got {self.lora.alpha}")
-        need(self.lora.target_modules is None or len(self.lora.target_modules) > 0, "lora.target_modules",
-             "must be null (TLCM targets) or a non-empty list")
-        need(1 <= self.distill.num_segments <= 100, "distill.num_segments", "must be in [1, 100]")
-        need(self.distill.guidance_scale >= 1.0, "distill.guidance_scale", "must be >= 1 (1 = no CFG)")
-        need(self.distill.distance in DISTANCES, "distill.distance", f"one of {DISTANCES}, got {self.distill.distance!r}")
-        need(self.distill.huber_c > 0, "distill.huber_c", "must be > 0")
         need(self.distill.distance != "latent_lpips" or bool(self.distill.lpips_weights), "distill.lpips_weights",
              "required when distill.distance=latent_lpips (train one with `python -m tlcm_train.lpips train`)")
         segment = 1000 // self.distill.num_segments
-        need(1 <= self.mlcd.skip < segment, "mlcd.skip", f"must be in [1, {segment}) (segment length)")
-        for name, steps in self.stage_steps():
-            need(steps >= 0, f"{name}.steps", "must be >= 0 (0 skips the stage)")
-            need(getattr(self, name).lr > 0, f"{name}.lr", "must be > 0")
+        need(self.mlcd.skip < segment, "mlcd.skip", f"must be in [1, {segment}) (segment length)")
         need(self.total_steps > 0, "mlcd/lcd/mps/dm.steps", "nothing to train: every stage has 0 steps")
-        need(self.mps.scorer == "mps" or bool(SCORER_PLUGIN.match(self.mps.scorer)), "mps.scorer",
-             f"'mps' or a scorer plugin 'module:OBJECT', got {self.mps.scorer!r}")
-        need(self.dm.fake_data in FAKE_DATA, "dm.fake_data", f"one of {FAKE_DATA}")
-        need(self.dm.gan_real in GAN_REAL, "dm.gan_real", f"one of {GAN_REAL}")
-        need(self.mps.scorer_dtype in SCORER_DTYPES, "mps.scorer_dtype", f"one of {SCORER_DTYPES}")
-        need(self.mps.decode_dtype in DECODE_DTYPES, "mps.decode_dtype", f"one of {DECODE_DTYPES}")
-        need(self.mps.decode_checkpoint in DECODE_CHECKPOINTS, "mps.decode_checkpoint", f"one of {DECODE_CHECKPOINTS}")
-        need(self.mps.decode_crop >= 0, "mps.decode_crop", "0 (whole image) or a latent window side")
-        need(self.mps.weight >= 0 and self.dm.dmd_weight >= 0 and self.dm.gan_weight >= 0, "mps.weight/dm.*_weight",
-             "must be >= 0 (0 = off)")
         need(not (self.mps.steps or self.dm.steps) or self.mps.weight == 0 or bool(self.mps.scorer_weights),
              "mps.scorer_weights", "required for the preference loss (stages mps and dm): a local MPS state dict "
-             "(see tlcm_train/preference/mps.py) or the scorer plugin's weights; or set mps.weight=0 / mps.steps=0 and dm.steps=0")
-        need(self.dm.fake_rank >= 1 and self.dm.fake_alpha > 0 and self.dm.fake_lr > 0 and self.dm.disc_lr > 0,
-             "dm.fake_rank/fake_alpha/fake_lr/disc_lr", "must be > 0")
-        need(self.dm.fake_updates >= 1, "dm.fake_updates", "must be >= 1")
-        need(self.dm.gan_teacher_steps >= 1, "dm.gan_teacher_steps", "must be >= 1")
-        need(self.lcd.student_steps >= 1, "lcd.student_steps", "must be >= 1")
-        need(self.lcd.teacher_steps >= 1, "lcd.teacher_steps", "must be >= 1")
-        need(0.0 <= self.lcd.rollout_eta <= 1.0, "lcd.rollout_eta", "must be in [0, 1]")
-        need(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
-        need(self.train.resolution >= 8 and self.train.resolution % 8 == 0, "train.resolution",
-             f"must be a positive multiple of 8, got {self.train.resolution}")
-        need(self.train.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"one of {MIXED_PRECISION}")
-        need(self.train.optimizer in OPTIMIZERS, "train.optimizer", f"one of {OPTIMIZERS}")
-        need(self.train.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = no clipping)")
-        need(self.train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        need(self.output.checkpoint_every >= 0, "output.checkpoint_every", "must be >= 0 (0 = only at the end)")
-        need(self.output.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1")
-        need(self.output.sample_every >= 0, "output.sample_every", "must be >= 0 (0 = off)")
-        need(all(MIN_STEPS <= s <= MAX_STEPS for s in self.output.sample_steps), "output.sample_steps",
-             f"each in {STEP_RANGE_TEXT}")
-        need(self.output.log_every >= 1, "output.log_every", "must be >= 1")
-        need(set(self.output.formats) <= {"kohya", "diffusers", "peft"}, "output.formats",
-             f"subset of kohya, diffusers, peft; got {self.output.formats}")
-        need(self.output.save_dtype in ("fp16", "bf16", "fp32"), "output.save_dtype", "one of fp16, bf16, fp32")
+             "(see tlcm_train/preference/mps.py) or the scorer plugin's weights; or set mps.weight=0 / mps.steps=0 "
+             "and dm.steps=0")
         return self
 
 
