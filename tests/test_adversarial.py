@@ -33,10 +33,10 @@ def full_forward_features(net: torch.nn.Module, den: Denoiser, z: torch.Tensor, 
     return features
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_student_gets_exactly_the_generator_gradient(checkpointing):
+@pytest.mark.parametrize("checkpointing, kind", [(False, "standard"), (True, "standard"), (False, "hinge")])
+def test_student_gets_exactly_the_generator_gradient(checkpointing, kind):
     den = student_denoiser()
-    adv = Adversarial(den, weight=0.3, head_width=16, t_min=10, t_max=400)
+    adv = Adversarial(den, weight=0.3, head_width=16, t_min=10, t_max=400, loss=kind)
     if checkpointing:
         checkpointed(den)
     batch = aux_batch(den)
@@ -52,7 +52,10 @@ def test_student_gets_exactly_the_generator_gradient(checkpointing):
     x0 = den.predict(batch.z_t, batch.t, batch.cond)[0]
     features = full_forward_features(base_net, den, den.add_noise(x0, noise, t), t, batch.cond)
     assert [f.shape[1] for f in features] == [32, 64, 64, 64]       # the kit's block_out_channels + mid
-    loss = -sum(head(f).mean() for head, f in zip(adv.heads, features)) / len(features)
+    if kind == "standard":      # Eq. 13's generator term −log D(z̃0), D = σ(logit): −log σ(l) = log(1 + e^−l)
+        loss = sum(torch.log1p(torch.exp(-head(f))).mean() for head, f in zip(adv.heads, features)) / len(features)
+    else:                       # hinge generator: −mean logit
+        loss = -sum(head(f).mean() for head, f in zip(adv.heads, features)) / len(features)
     expected = torch.autograd.grad(0.3 * loss, student_parameters(den.unet))
 
     assert relative_error(got, list(expected)) <= 1e-5
@@ -60,10 +63,11 @@ def test_student_gets_exactly_the_generator_gradient(checkpointing):
     require_student_active(den.unet)
 
 
-def _assert_one_hinge_step(adv: Adversarial, batch: AuxBatch, real: torch.Tensor) -> None:
+def _assert_one_discriminator_step(adv: Adversarial, batch: AuxBatch, real: torch.Tensor) -> None:
     """``adv.update(batch)`` against the step written out on copies: real and fake (the student's x̂0) re-noised
     with the same (t', noise) through the frozen base UNet's full forward, D = mean over heads and patches,
-    hinge losses, then one AdamW step from a fresh state."""
+    the standard log losses (−log σ(real) − log(1 − σ(fake))) or the hinge losses, then one AdamW step from a
+    fresh state."""
     den, lr = adv.denoiser, adv.optimizer.defaults["lr"]
     heads, base_net = copy.deepcopy(adv.heads), copy.deepcopy(den.unet)
     base_net.disable_adapters()
@@ -75,7 +79,11 @@ def _assert_one_hinge_step(adv: Adversarial, batch: AuxBatch, real: torch.Tensor
     with torch.no_grad():
         feats = [full_forward_features(base_net, den, den.add_noise(x, noise, t), t, batch.cond) for x in (real, fake)]
     pairs = [(head(r), head(f)) for head, r, f in zip(heads, *feats)]
-    d_loss = sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in pairs) / len(pairs)
+    if adv.loss == "standard":
+        d_loss = sum(-torch.log(torch.sigmoid(r)).mean() - torch.log(1 - torch.sigmoid(f)).mean()
+                     for r, f in pairs) / len(pairs)
+    else:
+        d_loss = sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in pairs) / len(pairs)
     d_loss.backward()
     decay = adv.optimizer.defaults["weight_decay"]      # AdamW's first step: p·(1 − lr·wd) − lr·g / (|g| + ε)
     stepped = {n: (p.detach() * (1 - lr * decay) - lr * p.grad / (p.grad.abs() + 1e-8), p.grad.abs() > 1e-6)
@@ -94,9 +102,10 @@ def _assert_one_hinge_step(adv: Adversarial, batch: AuxBatch, real: torch.Tensor
     assert moved > 0.9 * sum(v.numel() for v, _ in stepped.values())
 
 
-def test_discriminator_step_trains_only_the_heads_on_teacher_samples():
+@pytest.mark.parametrize("kind", ["standard", "hinge"])
+def test_discriminator_step_trains_only_the_heads_on_teacher_samples(kind):
     den = checkpointed(student_denoiser())
-    adv = Adversarial(den, teacher_steps=2, lr=1e-3)
+    adv = Adversarial(den, teacher_steps=2, lr=1e-3, loss=kind)
     batch = aux_batch(den)
 
     # real samples: 2 equal CFG-DDIM teacher steps 600 → 300, then the teacher's x̂0 at 300 (written out)
@@ -107,7 +116,7 @@ def test_discriminator_step_trains_only_the_heads_on_teacher_samples():
     torch.testing.assert_close(adv.real_samples(batch), expected, rtol=0, atol=0)
 
     unet_before = weights(den.unet)
-    _assert_one_hinge_step(adv, batch, expected)
+    _assert_one_discriminator_step(adv, batch, expected)
     assert all(torch.equal(v, den.unet.get_parameter(n)) for n, v in unet_before.items())
     assert all(p.grad is None for p in [*den.unet.parameters(), *adv.parameters()])
     require_student_active(den.unet)
@@ -140,11 +149,13 @@ def test_state_resumes_exactly_and_refuses_a_mismatch():
 def test_rollout_as_real_samples_is_eq_13_literally():
     den = student_denoiser()
     batch = aux_batch(den)
-    adv = Adversarial(den, real="rollout")
+    adv = Adversarial(den, real="rollout", loss="hinge")
     assert torch.equal(adv.real_samples(batch), batch.rollout)
-    _assert_one_hinge_step(adv, batch, batch.rollout)
+    _assert_one_discriminator_step(adv, batch, batch.rollout)
     without = AuxBatch(den, batch.cond, batch.prompts, batch.z_t, batch.t, batch.x0, torch.Generator())
     with pytest.raises(ValueError, match="needs the student rollout"):
         adv.real_samples(without)
     with pytest.raises(ValueError, match="real must be one of"):
         Adversarial(den, real="data")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Adversarial(den, loss="wasserstein")

@@ -322,6 +322,35 @@ def test_technique_contract_and_negatives():
         torch.testing.assert_close(loss, (16.0 - scorer(images, prompts)).clamp_min(0).mean())
 
 
+def test_batch_of_one_draws_its_negative_from_the_prompt_pool():
+    """At one sample per process (SDXL) the negative hinge stays active: the unrelated prompt comes from the
+    training prompts, drawn with the training generator (same draw on resume), never the sample's own."""
+    scorer = RecordingScorer()
+    pool = ["a", "b", "c", "d"]
+    technique = PreferenceTechnique(tiny_vae(), scorer, negative_pool=pool)
+    x0 = torch.randn(1, 4, 8, 8).abs() + 1.0           # scores well above 0: the negative hinge bites
+    drawn = []
+    for seed in range(12):
+        negatives = technique.negatives(["a"], torch.Generator().manual_seed(seed))
+        assert negatives[0] in pool[1:]
+        drawn.append(negatives[0])
+        assert technique.negatives(["a"], torch.Generator().manual_seed(seed)) == negatives    # reproducible
+    assert set(drawn) == {"b", "c", "d"}
+    assert technique.negatives(["a", "b"], torch.Generator()) == ["b", "a"]        # in-batch first, no draw
+    assert PreferenceTechnique(tiny_vae(), scorer).negatives(["a"], torch.Generator()) == [None]
+    assert PreferenceTechnique(tiny_vae(), scorer, negative_pool=["a"]).negatives(["a"], torch.Generator()) == [None]
+
+    batch = AuxBatch(None, None, ["a"], x0, torch.tensor([1]), x0, torch.Generator().manual_seed(0))
+    (term,) = technique.terms(batch)
+    loss = term.loss(x0)
+    (negative,) = scorer.seen[1:]
+    images = decode_latents(technique.vae, x0)
+    positive_score = float(scorer(images, ["a"])[0])
+    expected = max(16.0 - positive_score, 0.0) + max(positive_score, 0.0)     # the scorer ignores the text
+    assert negative in pool[1:] and positive_score > 0
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and float(loss) > max(16.0 - positive_score, 0.0)
+
+
 def test_student_lora_gets_exactly_the_one_graph_gradient(scorer):
     torch.manual_seed(0)
     unet = tiny_unet()

@@ -3,8 +3,11 @@
 D = the base UNet with adapters disabled, run only through conv_in, the down blocks and the mid block,
 plus one small trainable head per down/mid feature map giving patch logits (after PCM's SDXL
 discriminator, Apache-2.0, G-U-N/Phased-Consistency-Model, code/text_to_image_sdxl/discriminator_sdxl.py;
-own code). Hinge losses: D minimises relu(1 − D(real)) + relu(1 + D(fake)), the student −D(fake), each
-averaged over patches and heads. "Fake" is the student's one-step x̂0 (Eq. 13's z̃0); "real" are, by
+own code). Losses on the patch logits D, each averaged over patches and heads: by default the standard
+GAN loss of Eq. 13, log-sigmoid form: D minimises softplus(−D(real)) + softplus(D(fake)) (= −log σ(D(real))
+− log(1 − σ(D(fake)))), the student softplus(−D(fake)) (= −log σ(D(fake)), Eq. 13's −log D(z̃0) term, the
+non-saturating generator loss); with ``loss="hinge"`` PCM's hinge losses: D minimises relu(1 − D(real)) +
+relu(1 + D(fake)), the student −D(fake). "Fake" is the student's one-step x̂0 (Eq. 13's z̃0); "real" are, by
 default, teacher samples, CFG-DDIM from the same z_t (the issue's reading), or with ``real="rollout"``
 Eq. 13 taken literally: the student's own multi-step rollout ẑ0 that z_t diffuses. Both are re-noised
 to t' ~ U[t_min, t_max] before D (the paper does not give t'; PCM re-noises within a phase, TLCM's x̂0
@@ -21,7 +24,7 @@ from torch import nn
 
 from .adapters import adapter_state, teacher_mode
 from .aux_grad import AuxTerm
-from .config import GAN_REAL
+from .config import GAN_LOSSES, GAN_REAL
 from .consistency import randint, randn
 from .diffusion import Conditioning, Denoiser
 from .teacher import even_path, teacher_solve
@@ -88,7 +91,7 @@ class Adversarial:
 
     def __init__(self, denoiser: Denoiser, *, lr: float = 1e-4, weight: float = 1.0, guidance_scale: float = 8.0,
                  teacher_steps: int = 4, t_min: int = 0, t_max: int = 250, head_width: int | None = None,
-                 real: str = "teacher", sync: Sync | None = None):
+                 real: str = "teacher", loss: str = "standard", sync: Sync | None = None):
         """``head_width`` None: each head as wide as its feature map (PCM; ≈7.6 M parameters on SDXL)."""
         unet = denoiser.unet
         if not 0 <= t_min <= t_max < denoiser.num_train_timesteps:
@@ -97,7 +100,9 @@ class Adversarial:
             raise ValueError(f"gan teacher_steps must be >= 1, got {teacher_steps}")
         if real not in GAN_REAL:
             raise ValueError(f"gan real must be one of {GAN_REAL}, got {real!r}")
-        self.real = real
+        if loss not in GAN_LOSSES:
+            raise ValueError(f"gan loss must be one of {GAN_LOSSES}, got {loss!r}")
+        self.real, self.loss = real, loss
         if getattr(unet, "mid_block", None) is None:
             raise ValueError("the adversarial discriminator needs a UNet with a mid block")
         self.denoiser, self.weight, self.guidance_scale = denoiser, weight, guidance_scale
@@ -122,12 +127,23 @@ class Adversarial:
         t = randint(self.t_min, self.t_max, x0.shape[0], generator, x0.device)
         return randn(tuple(x0.shape), generator, x0), t
 
+    def generator_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """The student's loss on one head's patch logits of its own samples."""
+        return F.softplus(-logits).mean() if self.loss == "standard" else -logits.mean()
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The heads' loss on one head's patch logits of real and fake samples."""
+        if self.loss == "standard":
+            return F.softplus(-real).mean() + F.softplus(fake).mean()
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
     def terms(self, batch: AuxBatch) -> list[AuxTerm]:
-        """One term ``gan``: −mean D(x̂0) through the frozen backbone (adapters disabled), gradient wrt x̂0 only."""
+        """One term ``gan``: the generator loss of D(x̂0) through the frozen backbone (adapters disabled),
+        gradient wrt x̂0 only."""
         noise, t = self._renoise(batch.x0, batch.generator)
 
         def loss(x: torch.Tensor) -> torch.Tensor:
-            return -torch.stack([s.mean() for s in self.logits(x, noise, t, batch.cond)]).mean()
+            return torch.stack([self.generator_loss(s) for s in self.logits(x, noise, t, batch.cond)]).mean()
 
         return [AuxTerm("gan", loss, weight=self.weight, state=lambda: adapter_state(self.denoiser.unet, None))]
 
@@ -144,7 +160,7 @@ class Adversarial:
             return den.predict_cfg(z, path[:, -2], batch.cond, self.guidance_scale)[0]
 
     def update(self, batch: AuxBatch) -> dict[str, float]:
-        """One hinge step on the heads; real and fake share t' and noise (a paired comparison). The backbone
+        """One step on the heads; real and fake share t' and noise (a paired comparison). The backbone
         runs without grad (frozen, inputs detached), so only the heads' small graph is kept."""
         den, cond = self.denoiser, batch.cond
         real, fake = self.real_samples(batch), batch.x0.detach().float()
@@ -155,7 +171,7 @@ class Adversarial:
             features = encoder_features(den, den.add_noise(x, noise, t), t, both)
         with torch.enable_grad():
             pairs = [s.chunk(2) for s in self._score(features)]
-            loss = torch.stack([F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in pairs]).mean()
+            loss = torch.stack([self.discriminator_loss(r, f) for r, f in pairs]).mean()
             loss.backward()
         d_real = torch.stack([r.mean() for r, _ in pairs]).mean()
         d_fake = torch.stack([f.mean() for _, f in pairs]).mean()

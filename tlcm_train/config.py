@@ -46,6 +46,7 @@ DECODE_DTYPES = ("auto", "fp32", "bf16")
 DECODE_CHECKPOINTS = ("none", "unit")
 FAKE_DATA = ("rollout", "one_step")
 GAN_REAL = ("teacher", "rollout")
+GAN_LOSSES = ("standard", "hinge")
 
 
 class ConfigError(ValueError):
@@ -178,6 +179,8 @@ class DmConfig:
     # D's real samples: teacher (CFG-DDIM from z_t) | rollout (Eq. 13's ẑ0)
     gan_real: str = setting("teacher", check=one_of(GAN_REAL))
     gan_teacher_steps: int = setting(4, check=at_least(1))   # teacher CFG-DDIM steps that make the "real" samples
+    # standard: Eq. 13's log loss (D: −log σ(real) − log(1 − σ(fake)); student: −log σ(fake)) | hinge (PCM's)
+    gan_loss: str = setting("standard", check=one_of(GAN_LOSSES))
 
 
 @dataclass

@@ -164,7 +164,8 @@ class Trainer:
         self.latent_shape = (self.unet.config.in_channels, res // vae_scale, res // vae_scale)
         sync = (lambda params: average_gradients(params, lambda t: acc.reduce(t, reduction="mean"))
                 ) if acc.num_processes > 1 else None
-        self.techniques = build_techniques(config, self.denoiser, self.vae, self.latent_shape[-1], self.device, sync)
+        self.techniques = build_techniques(config, self.denoiser, self.vae, self.latent_shape[-1], self.device, sync,
+                                           self.prompts)
         self.stages: list[TrainingStage] = build_stages(config, self.latent_shape, self.denoiser.num_train_timesteps,
                                                         self.techniques)
         if not self.stages:

@@ -27,12 +27,13 @@ def needed(config: Config) -> list[str]:
 
 
 def build_techniques(config: Config, denoiser: Denoiser, vae, latent_side: int, device,
-                     sync: Sync | None) -> dict[str, Technique]:
-    """The needed techniques, each sharing ``denoiser.unet`` (the fake score is a second adapter on it)."""
+                     sync: Sync | None, prompts: list[str] | None = None) -> dict[str, Technique]:
+    """The needed techniques, each sharing ``denoiser.unet`` (the fake score is a second adapter on it);
+    ``prompts`` (the training prompt list) is the pool of the preference term's unrelated prompts."""
     built: dict[str, Technique] = {}
     for name in needed(config):
         if name == "mps":
-            built[name] = build_preference(config.mps, vae, latent_side, device)
+            built[name] = build_preference(config.mps, vae, latent_side, device, prompts)
         elif name == "dmd":
             from .dmd import DistributionMatching
             built[name] = DistributionMatching(denoiser, rank=config.dm.fake_rank, alpha=config.dm.fake_alpha,
@@ -46,6 +47,7 @@ def build_techniques(config: Config, denoiser: Denoiser, vae, latent_side: int, 
             built[name] = Adversarial(denoiser, lr=config.dm.disc_lr, weight=config.dm.gan_weight,
                                       guidance_scale=config.distill.guidance_scale,
                                       teacher_steps=config.dm.gan_teacher_steps, real=config.dm.gan_real,
+                                      loss=config.dm.gan_loss,
                                       sync=sync)
     return built
 
@@ -60,7 +62,8 @@ def preference_dtypes(mps: MpsConfig, device: torch.device | str) -> tuple[torch
     return scorer, decode
 
 
-def build_preference(mps: MpsConfig, vae, latent_side: int, device: torch.device | str):
+def build_preference(mps: MpsConfig, vae, latent_side: int, device: torch.device | str,
+                     negative_pool: list[str] | None = None):
     """The preference technique with the memory options of ``mps`` (tlcm_train/preference/decode.py)."""
     from .preference.scorer import build_scorer
     from .preference.technique import PreferenceTechnique
@@ -69,7 +72,8 @@ def build_preference(mps: MpsConfig, vae, latent_side: int, device: torch.device
     scorer_dtype, decode_dtype = preference_dtypes(mps, device)
     return PreferenceTechnique(vae, build_scorer(mps.scorer, mps.scorer_weights, device, scorer_dtype),
                                margin=mps.margin, weight=mps.weight, decode_checkpoint=mps.decode_checkpoint,
-                               decode_dtype=decode_dtype, decode_crop=mps.decode_crop)
+                               decode_dtype=decode_dtype, decode_crop=mps.decode_crop,
+                               negative_pool=negative_pool)
 
 
 def first_step_using(config: Config, name: str) -> int:
