@@ -647,6 +647,7 @@ def run_overrides(model: Path, prompts: Path, out: Path, stage: str, batch: int,
             "output.checkpoint_every=0", "train.gradient_checkpointing=true",
             "train.optimizer=adamw", f"train.resolution={RESOLUTION}", f"train.batch_size={batch}",
             f"lora.rank={rank}", f"dm.fake_rank={rank}", f"mps.scorer_weights={scorer_weights}",
+            "mps.batch_size=0", "dm.batch_size=0",      # one micro-batch per step: accumulation adds no peak
             *FAST_LOOPS, *[f"{s}.steps={n}" for s, n in steps.items()], *VARIANTS.get(variant, [])]
 
 

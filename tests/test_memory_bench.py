@@ -55,7 +55,8 @@ def test_stage_3_measures_its_scorer_term_and_update_through_the_trainer_hook(tm
                             f"output.dir={tmp_path / 'out'}", "output.sample_every=0", "output.checkpoint_every=0",
                             "lora.rank=4", "lora.target_modules=[to_q, to_k, to_v, to_out.0]",
                             "distill.num_segments=2", "train.resolution=64", "train.batch_size=2", "mlcd.steps=0",
-                            "lcd.steps=0", "mps.steps=3", "dm.steps=0", f"mps.scorer_weights={weights}"],
+                            "lcd.steps=0", "mps.steps=3", "dm.steps=0", "mps.batch_size=0",
+                            f"mps.scorer_weights={weights}"],
                            scorer_weights=str(weights), scorer_tokenizer=str(Path(paths.diffusers) / "tokenizer"),
                            steps=1, components=False)
     assert result["stage"] == "mps"

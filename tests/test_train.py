@@ -15,7 +15,7 @@ from tlcm.models import load_sdxl_pipeline
 from tlcm.testing.build import build_tiny_sdxl
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, SCHEDULER_CONFIG, TEXT_WIDTH_2, tiny_unet
 from tlcm_train.adapters import add_student, require_student_active, student_parameters, student_state_dict
-from tlcm_train.config import DistillConfig, LoraConfig, MlcdConfig, load_config
+from tlcm_train.config import ConfigError, DistillConfig, LoraConfig, MlcdConfig, load_config
 from tlcm_train.consistency import consistency_loss
 from tlcm_train.diffusion import Conditioning, Denoiser, sdxl_time_ids
 from tlcm_train.loop import Trainer
@@ -42,7 +42,8 @@ def tiny_config(kit, out, *overrides):
     return load_config(None, [
         f"model.path={paths.diffusers}", f"data.prompts=[{prompts}]", "data.sample_prompts=[a red cat, a blue dog]",
         "lora.rank=4", f"lora.alpha={ALPHA}", f"lora.target_modules={FAST_TARGETS}", "distill.num_segments=4",
-        "mlcd.steps=3", "lcd.steps=2", "mps.steps=0", "dm.steps=0", "mlcd.lr=1e-3", "lcd.lr=1e-3", "train.max_grad_norm=0",
+        "mlcd.steps=3", "lcd.steps=2", "mps.steps=0", "dm.steps=0", "mps.batch_size=0", "dm.batch_size=0",
+        "mlcd.lr=1e-3", "lcd.lr=1e-3", "train.max_grad_norm=0",
         "train.resolution=64", "train.batch_size=2", f"output.dir={out}", "output.sample_every=0",
         "output.checkpoint_every=0", "output.formats=[peft]", *overrides])
 
@@ -116,6 +117,38 @@ def eval_loss(trainer: Trainer, stage: str) -> float:
     with torch.no_grad():
         return sum(float(consistency_loss(stage_named(trainer, stage).pairs, trainer.denoiser, cond, trainer.distance, g))
                    for _ in range(2)) / 2
+
+
+def test_gradient_accumulation_steps_on_the_mean_of_its_micro_batches(kit, tmp_path):
+    """mlcd.batch_size=4 at train.batch_size=2 on one process: two micro-batches per optimizer step, the
+    student's gradient the mean of theirs, the logged loss their mean, four prompts consumed."""
+    trainer = Trainer(tiny_config(kit, tmp_path / "run", "mlcd.batch_size=4", "lcd.steps=0"))
+    assert [(s.name, s.accumulation) for s in trainer.stages] == [("mlcd", 2)]
+    stage, generator_state, position = trainer.stages[0], trainer.generator.get_state(), trainer.stream.position
+    losses = []
+    for _ in range(2):                  # the reference: both micro-batches from the same generator and prompts
+        indices = trainer.stream.next_batch()
+        outcome = stage.objective(trainer.denoiser, trainer.cache.batch(indices, trainer.device),
+                                  [trainer.prompts[i] for i in indices], trainer.distance, trainer.generator)
+        outcome.objective.backward()
+        losses.append(float(outcome.loss.detach()))
+    expected = [p.grad.clone() / 2 for p in trainer.params]
+    for p in trainer.params:
+        p.grad = None
+    trainer.generator.set_state(generator_state)
+    trainer.stream.position = position
+    seen = []
+    trainer.on_phase = lambda name: seen.append([p.grad.clone() for p in trainer.params]) if name == "backward" else None
+
+    loss = trainer.train_step()
+    assert len(seen) == 2 and trainer.stream.position == position + 4 and trainer.step == 1
+    assert any(not torch.equal(a, b) for a, b in zip(*seen))       # the second micro-batch added its part
+    for got, want in zip(seen[-1], expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    assert loss == pytest.approx(sum(losses) / 2, rel=1e-6) and losses[0] != losses[1]
+    assert trainer.values["loss/mlcd"] == pytest.approx(sum(losses) / 2, rel=1e-6)
+    with pytest.raises(ConfigError, match="mlcd.batch_size: 3 is not a multiple of train.batch_size x processes"):
+        Trainer(tiny_config(kit, tmp_path / "other", "mlcd.batch_size=3"))
 
 
 def test_distillation_lowers_loss_and_exports_loadable_lora(kit, tmp_path):

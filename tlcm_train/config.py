@@ -121,12 +121,16 @@ class DistillConfig:
 
 
 STAGE_STEPS = Check(lambda v: v >= 0, "must be >= 0 (0 skips the stage)")
+# A stage's batch: samples per optimizer step over all processes, reached by gradient accumulation of
+# train.batch_size per process; 0 = one micro-batch per process per step (no accumulation).
+STAGE_BATCH = Check(lambda v: v >= 0, "must be >= 0 (0 = train.batch_size per process, no accumulation)")
 
 
 @dataclass
 class MlcdConfig:
     steps: int = setting(12000, check=STAGE_STEPS)
     lr: float = setting(1e-4, check=above(0))
+    batch_size: int = setting(0, check=STAGE_BATCH)       # the paper gives none for stages 1-2
     skip: int = setting(20, check=at_least(1))      # t_n = t_m - skip (and < the segment length: validate)
 
 
@@ -134,6 +138,7 @@ class MlcdConfig:
 class LcdConfig:
     steps: int = setting(2000, check=STAGE_STEPS)
     lr: float = setting(1e-5, check=above(0))
+    batch_size: int = setting(0, check=STAGE_BATCH)
     student_steps: int = setting(4, check=at_least(1))    # q: uniform student rollout to ẑ0
     teacher_steps: int = setting(3, check=at_least(1))    # p: teacher CFG-DDIM steps over one segment
     rollout_eta: float = setting(1.0, check=between(0.0, 1.0))   # 1: official fresh-noise TLCM sampler, 0: deterministic
@@ -148,6 +153,7 @@ class MpsConfig:
     """Stage 3: the LCD loss plus the preference hinge loss of Eq. 11 on the decoded student x̂0."""
     steps: int = setting(500, check=STAGE_STEPS)
     lr: float = setting(1e-5, check=above(0))
+    batch_size: int = setting(8, check=STAGE_BATCH)       # TLCM §5.1: MPS at batch 8
     weight: float = setting(1.0, check=TERM_WEIGHT)   # of the preference term (0 = off); stays on in stage 4
     margin: float = 16.0                # s0 (positive prompt); unrelated prompts get margin 0
     scorer: str = setting("mps", check=SCORER)     # mps (Kwai-Kolors/MPS state dict) | module:OBJECT (a ScorerPlugin)
@@ -167,11 +173,12 @@ class DmConfig:
     """Stage 4: the LCD loss plus data-free distribution matching (Eq. 12) and the adversarial loss (Eq. 13)."""
     steps: int = setting(1000, check=STAGE_STEPS)
     lr: float = setting(1e-5, check=above(0))
+    batch_size: int = setting(4, check=STAGE_BATCH)       # TLCM §5.1: DMD + GAN at batch 4
     dmd_weight: float = setting(1.0, check=TERM_WEIGHT)
     fake_rank: int = setting(64, check=at_least(1))       # the fake-score LoRA on the same frozen base
     fake_alpha: float = setting(8.0, check=above(0))
     fake_lr: float = setting(1e-5, check=above(0))
-    fake_updates: int = setting(1, check=at_least(1))     # fake-score updates per student step
+    fake_updates: int = setting(1, check=at_least(1))     # fake-score updates per micro-batch (per student step at 0 accumulation)
     # fake score's ε-MSE data: rollout (the paper's ẑ0) | one_step (DMD2's x̂0)
     fake_data: str = setting("rollout", check=one_of(FAKE_DATA))
     gan_weight: float = setting(0.1, check=TERM_WEIGHT)   # PCM's adv_weight

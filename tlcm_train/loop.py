@@ -167,7 +167,7 @@ class Trainer:
         self.techniques = build_techniques(config, self.denoiser, self.vae, self.latent_shape[-1], self.device, sync,
                                            self.prompts)
         self.stages: list[TrainingStage] = build_stages(config, self.latent_shape, self.denoiser.num_train_timesteps,
-                                                        self.techniques)
+                                                        self.techniques, acc.num_processes)
         if not self.stages:
             raise ValueError("every stage has 0 steps: nothing to train (set mlcd.steps, lcd.steps, ...)")
         self.values: dict[str, float] = {}       # the last step's per-term values, for logging
@@ -189,18 +189,25 @@ class Trainer:
             self.on_phase(name)
 
     def train_step(self) -> float:
-        """One optimizer step of the current stage (the student's, then its techniques' own); returns this
-        process's consistency loss and keeps every term's value in ``self.values``."""
+        """One optimizer step of the current stage over its ``accumulation`` micro-batches (the student's
+        step on their mean objective, then the techniques' own steps on each micro-batch); returns this
+        process's mean consistency loss and keeps every term's mean value in ``self.values``."""
         stage = self.stage()
-        indices = self.stream.next_batch()
-        cond = self.cache.batch(indices, self.device)
-        with self.accelerator.autocast():
-            outcome = stage.objective(self.denoiser, cond, [self.prompts[i] for i in indices], self.distance,
-                                      self.generator, self.on_phase)
-        self.values = outcome.values
-        require_student_active(self.unet)
-        self.accelerator.backward(outcome.objective)
-        self._phase("backward")
+        losses, values, batches = [], {}, []
+        for _ in range(stage.accumulation):
+            indices = self.stream.next_batch()
+            cond = self.cache.batch(indices, self.device)
+            with self.accelerator.autocast():
+                outcome = stage.objective(self.denoiser, cond, [self.prompts[i] for i in indices], self.distance,
+                                          self.generator, self.on_phase)
+            require_student_active(self.unet)
+            self.accelerator.backward(outcome.objective / stage.accumulation)
+            self._phase("backward")
+            losses.append(float(outcome.loss.detach()))
+            for key, value in outcome.values.items():
+                values[key] = values.get(key, 0.0) + value / stage.accumulation
+            batches.append(outcome.batch)
+        self.values = values
         if self.accelerator.num_processes > 1:
             average_gradients(self.params, lambda t: self.accelerator.reduce(t, reduction="mean"))
         if self.config.train.max_grad_norm > 0:
@@ -209,10 +216,11 @@ class Trainer:
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._phase("optimizer")
-        self.values.update(stage.update_techniques(outcome.batch, self.on_phase))
+        for batch in batches:
+            self.values.update(stage.update_techniques(batch, self.on_phase))
         require_student_active(self.unet)
         self.step += 1
-        return float(outcome.loss.detach())
+        return sum(losses) / len(losses)
 
     def save(self) -> Path:
         acc = self.accelerator

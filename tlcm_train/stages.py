@@ -1,7 +1,7 @@
 """TLCM's recipe as a list of stages over one shared model (docs/trainer.md §1).
 
-A :class:`TrainingStage` is one stage of the schedule: its span of global steps, its learning rate, how it
-builds consistency pairs (stage 1: MLCD's segment targets; stages 2-4: LCD's rollout pairs) and the
+A :class:`TrainingStage` is one stage of the schedule: its span of global steps, its learning rate, its
+gradient accumulation (the stage's batch over ``train.batch_size`` × processes), how it builds consistency pairs (stage 1: MLCD's segment targets; stages 2-4: LCD's rollout pairs) and the
 techniques whose terms it adds (stage 3: preference; stage 4: preference, distribution matching,
 adversarial). Every stage trains the same student LoRA with the one student optimiser the trainer owns:
 the paper continues one LoRA from stage to stage, and one AdamW with an absolute per-stage learning rate
@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from .aux_grad import with_aux
-from .config import Config
+from .config import Config, ConfigError
 from .consistency import Stage as PairBuilder
 from .consistency import consistency_step
 from .diffusion import Conditioning, Denoiser
@@ -51,6 +51,7 @@ class TrainingStage:
     lr: float
     pairs: PairBuilder
     techniques: dict[str, Technique]
+    accumulation: int = 1               # micro-batches per optimizer step
 
     @property
     def end(self) -> int:
@@ -84,15 +85,28 @@ class TrainingStage:
         return values
 
 
+def accumulation(stage_batch: int, micro_batch: int, processes: int, key: str) -> int:
+    """Micro-batches per optimizer step that make ``stage_batch`` samples from ``micro_batch`` per process."""
+    if stage_batch == 0:
+        return 1
+    per_step = micro_batch * processes
+    if stage_batch % per_step:
+        raise ConfigError(f"{key}: {stage_batch} is not a multiple of train.batch_size x processes = "
+                          f"{micro_batch} x {processes}; pick a multiple, or 0 for no accumulation")
+    return stage_batch // per_step
+
+
 def build_stages(config: Config, latent_shape: tuple[int, int, int], num_train_timesteps: int,
-                 techniques: dict[str, Technique]) -> list[TrainingStage]:
+                 techniques: dict[str, Technique], processes: int = 1) -> list[TrainingStage]:
     """The stages with steps, in training order; stages 2-4 share one LCD pair builder, and a technique
     used by stages 3 and 4 is one object (its state carries over)."""
     lcd = LcdStage(config.distill, config.lcd, latent_shape, num_train_timesteps)
     pairs: dict[str, PairBuilder] = {"mlcd": MlcdStage(config.distill, config.mlcd, latent_shape, num_train_timesteps),
                                      "lcd": lcd, "mps": lcd, "dm": lcd}
     return [TrainingStage(name, start, steps, getattr(config, name).lr, pairs[name],
-                          {t: techniques[t] for t in STAGE_TECHNIQUES[name] if t in techniques})
+                          {t: techniques[t] for t in STAGE_TECHNIQUES[name] if t in techniques},
+                          accumulation(getattr(config, name).batch_size, config.train.batch_size, processes,
+                                       f"{name}.batch_size"))
             for name, start, steps in config.stage_spans() if steps]
 
 
