@@ -3,7 +3,8 @@
 Files live in two model folders registered here (``folder_paths.add_model_folder_path``, so
 ``extra_model_paths.yaml`` entries work too): ``models/chinese_clip/<folder>/`` holds a transformers Chinese-CLIP
 folder (HF ``OFA-Sys/chinese-clip-vit-huge-patch14``: config.json, pytorch_model.bin, vocab.txt) and
-``models/pea_adapters/`` the adapter file (HF ``OPPOer/PEA-Diffusion`` ``pytorch_model.bin``, renamed as you like).
+``models/pea_adapters/`` the adapter file (HF ``OPPOer/PEA-Diffusion`` ``pytorch_model.bin``; the example workflow
+expects ``PEA-Diffusion/pytorch_model.bin`` there, any name works).
 The encode node returns ComfyUI's SDXL conditioning layout (as ``CLIPTextEncodeSDXL``): cond (B, 52, 2048) (52 =
 cn_clip's context length, see ``tlcm.chinese.encoder``) with ``pooled_output`` (B, 1280) and explicit size/crop
 fields (SDXL's adm defaults them to 768 otherwise), so KSampler, SamplerCustom and ControlNet apply nodes take it
@@ -18,11 +19,25 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..tlcm.chinese import ADAPTER_DOWNLOAD_HINT, TEXT_MODEL_DOWNLOAD_HINT, ChineseTextEncoder
+from ..tlcm.chinese import ADAPTER_DOWNLOAD_HINT, CN_CLIP_CONTEXT_LENGTH, TEXT_MODEL_DOWNLOAD_HINT, ChineseTextEncoder
 
 TEXT_MODEL_FOLDER = "chinese_clip"
 ADAPTER_FOLDER = "pea_adapters"
 ChineseEncoderType = io.Custom("TLCM_CHINESE_TEXT_ENCODER")
+ENCODE_TOOLTIPS = {
+    "encoder": "Chinese CLIP text tower + PEA adapter, from TLCM Chinese Text Encoder Loader.",
+    "text": f"Chinese prompt. cn_clip reads at most {CN_CLIP_CONTEXT_LENGTH - 2} tokens (one per Chinese character); "
+            "the rest is cut off. Used as the negative prompt it has no effect at CFG 1.",
+    "width": "SDXL size conditioning: the size of the original image the model is told it is making. Use the "
+             "output size in pixels (1024 for SDXL); smaller values ask for a low-resolution look.",
+    "height": "SDXL size conditioning: original image height; normally the output height (1024 for SDXL).",
+    "crop_w": "SDXL crop conditioning: how far from the left the model is told the image was cropped. 0 = "
+              "uncropped, centred subjects; larger values tend to cut subjects at the left edge.",
+    "crop_h": "SDXL crop conditioning: how far from the top the model is told the image was cropped. 0 = "
+              "uncropped; larger values tend to cut subjects at the top edge.",
+    "target_width": "SDXL target-size conditioning: normally the output width, the same as width.",
+    "target_height": "SDXL target-size conditioning: normally the output height, the same as height.",
+}
 
 for _name in (TEXT_MODEL_FOLDER, ADAPTER_FOLDER):
     folder_paths.add_model_folder_path(_name, os.path.join(folder_paths.models_dir, _name))
@@ -87,14 +102,11 @@ class TLCMChineseTextEncode(io.ComfyNode):
             category="conditioning/tlcm",
             description="Encode a Chinese prompt into SDXL CONDITIONING (cross-attention tokens + pooled + sizes).",
             inputs=[
-                ChineseEncoderType.Input("encoder"),
-                io.String.Input("text", multiline=True, dynamic_prompts=True),
-                io.Int.Input("width", default=1024, **size),
-                io.Int.Input("height", default=1024, **size),
-                io.Int.Input("crop_w", default=0, **size),
-                io.Int.Input("crop_h", default=0, **size),
-                io.Int.Input("target_width", default=1024, **size),
-                io.Int.Input("target_height", default=1024, **size),
+                ChineseEncoderType.Input("encoder", tooltip=ENCODE_TOOLTIPS["encoder"]),
+                io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip=ENCODE_TOOLTIPS["text"]),
+                *(io.Int.Input(name, default=default, tooltip=ENCODE_TOOLTIPS[name], **size)
+                  for name, default in (("width", 1024), ("height", 1024), ("crop_w", 0), ("crop_h", 0),
+                                        ("target_width", 1024), ("target_height", 1024))),
             ],
             outputs=[io.Conditioning.Output()],
         )

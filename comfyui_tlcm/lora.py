@@ -58,7 +58,11 @@ def _patch_clip(clip, path: Path, lora: LoraFile, strength: float) -> tuple[obje
 
 
 def apply_tlcm_lora(model, clip, path: str | Path, strength: float) -> AppliedLora:
-    """Patch ``model`` (and ``clip`` if the file has text-encoder keys); raises ``LoraMatchError`` on no fit."""
+    """Patch ``model`` (and ``clip`` if the file has text-encoder keys); raises ``LoraMatchError`` on no fit.
+
+    The errors raised here leave the file unnamed: the node prefixes the name the user picked
+    (``errors.user_errors``).
+    """
     path = Path(path)
     lora = load_lora(path)
     weights = model.model_state_dict()
@@ -70,7 +74,7 @@ def apply_tlcm_lora(model, clip, path: str | Path, strength: float) -> AppliedLo
     new_model = model.clone()
     patched = new_model.add_patches(patches, strength)
     if not patched:
-        raise LoraMatchError(f"{path.name}: ComfyUI patched 0 of {len(report.matched)} matched modules")
+        raise LoraMatchError(f"ComfyUI patched 0 of {len(report.matched)} matched modules")
     new_clip, clip_patched = _patch_clip(clip, path, lora, strength)
     scales = sorted({f"{m.scale:g}" for m in lora.modules.values()})
     lines = [f"{path.name}: {lora.source_format} LoRA, {len(patched)}/{len(lora.modules)} modules patched in "

@@ -4,10 +4,19 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..tlcm.schedules import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, SCHEDULES, STEP_RANGE_TEXT
+from ..tlcm.schedules import (DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, SCHEDULES, STEP_RANGE_TEXT,
+                              schedule_timesteps)
 from .sampling import sample_tlcm, tlcm_sigmas
 
 CATEGORY = "sampling/tlcm"
+_EXAMPLE_STEPS = 4
+STEPS_TOOLTIP = (f"Steps, one model call each: {STEP_RANGE_TEXT}. With schedule tlcm each count runs a fixed set "
+                 f"of the milestones the LoRA was distilled on ({_EXAMPLE_STEPS} steps: t = "
+                 f"{', '.join(map(str, schedule_timesteps(_EXAMPLE_STEPS)))}).")
+DENOISE_TOOLTIP = ("1 = start from pure noise (text to image). Below 1 (img2img, hires pass) the "
+                   "int(steps/denoise)-step schedule is built and only its last `steps` milestones run, as in "
+                   f"KSampler: {_EXAMPLE_STEPS} steps at 0.5 run t = "
+                   f"{', '.join(map(str, schedule_timesteps(_EXAMPLE_STEPS, denoise=0.5)))}.")
 
 
 class TLCMSampler(io.ComfyNode):
@@ -46,8 +55,8 @@ class TLCMScheduler(io.ComfyNode):
                         "KSampler does.",
             inputs=[
                 io.Model.Input("model"),
-                io.Int.Input("steps", default=DEFAULT_STEPS, min=MIN_STEPS, max=MAX_STEPS, tooltip=STEP_RANGE_TEXT),
-                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=MIN_STEPS, max=MAX_STEPS, tooltip=STEPS_TOOLTIP),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01, tooltip=DENOISE_TOOLTIP),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default="tlcm",
                                tooltip="tlcm: the official milestone table; uniform: the paper's q-step grid."),
             ],

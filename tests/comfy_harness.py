@@ -9,6 +9,7 @@ server. When the tree or its requirements cannot be had, ``unavailable_reason()`
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hashlib
 import importlib
@@ -187,6 +188,30 @@ LORAS = {   # file under models/loras -> what it exercises
     "wrong_arch_sd15_kohya.safetensors": "kohya LoRA of an SD1.5-layout UNet (wrong architecture)",
 }
 OFFICIAL_ALPHA = 8.0   # what the official TLCM loader applies (PEFT's default lora_alpha)
+OFFICIAL_LORA = "tiny_tlcm_official/adapter_model.safetensors"
+# The example workflows select the files README tells users to download; in tests those names point at the
+# kit (the Chinese files are written under their real names, see tlcm.testing.chinese), latents at 64 px.
+KIT_FILES = {
+    "sd_xl_base_1.0.safetensors": CHECKPOINT,
+    "TLCMSDXL/adapter_model.safetensors": OFFICIAL_LORA,
+    "controlnet-canny-sdxl-1.0.safetensors": CONTROLNET,
+    "control_canny.png": INPUT_IMAGE,
+    "img2img_source.png": INPUT_IMAGE,
+}
+KIT_SIZE = 64
+
+
+def on_tiny_kit(prompt: dict) -> dict:
+    """A copy of an API-format example with its file names and latent size moved to the kit."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for key, value in inputs.items():
+            if isinstance(value, str) and value in KIT_FILES:
+                inputs[key] = KIT_FILES[value]
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=KIT_SIZE, height=KIT_SIZE)
+    return prompt
 
 
 def tiny_tlcm_lora(unet, seed: int = 0):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_harness import CHECKPOINT, CONTROLNET, comfy_base, comfy_nodes, comfy_server  # noqa: F401 (fixtures)
+from comfy_harness import (CHECKPOINT, CONTROLNET, comfy_base, comfy_nodes, comfy_server,  # noqa: F401 (fixtures)
+                           on_tiny_kit)
 from tlcm.testing.chinese import COMFY_ADAPTER, COMFY_TEXT_MODEL
 from tlcm.testing.tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2
 
@@ -111,14 +112,13 @@ def test_example_workflow_runs_in_the_server(comfy_server, comfy_base, comfy_nod
     (at the workflow's 1024 px size conditioning), the TLCM LoRA on the model, 4 TLCM steps, VAE decode."""
     import numpy as np
     from PIL import Image
-    prompt = json.loads(WORKFLOW_API.read_text(encoding="utf-8"))
-    for node in prompt.values():   # shipped at SDXL's 1024 px; the kit runs it at 64 px to stay fast on CPU
-        if node["class_type"] == "EmptyLatentImage":
-            node["inputs"].update(width=SIZE, height=SIZE)
+    shipped = json.loads(WORKFLOW_API.read_text(encoding="utf-8"))
+    assert shipped["3"]["inputs"] == {"text_model": COMFY_TEXT_MODEL, "adapter": COMFY_ADAPTER}   # as shipped
+    prompt = on_tiny_kit(shipped)   # SDXL base and the official LoRA -> the kit's; 1024 px -> 64 px on CPU
     entry = comfy_server.run_prompt(prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
     [images] = [out["images"] for out in entry["outputs"].values() if "images" in out]
-    assert len(images) == 1 and images[0]["filename"].startswith("tlcm_chinese")
+    assert len(images) == 1 and images[0]["subfolder"] == "tlcm" and images[0]["filename"].startswith("chinese_prompt")
     with Image.open(Path(comfy_base) / "output" / images[0]["subfolder"] / images[0]["filename"]) as image:
         served = np.asarray(image.convert("RGB"), dtype=np.float64)
 

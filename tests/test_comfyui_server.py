@@ -2,7 +2,7 @@
 
 The shipped API-format examples name real files (SDXL base, the official TLCM LoRA, an SDXL ControlNet,
 1024² latents); here they run unchanged except for those file names and the latent size, which point at
-the tiny kit.
+the tiny kit (``comfy_harness.on_tiny_kit``).
 """
 from __future__ import annotations
 
@@ -14,33 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_harness import (CHECKPOINT, CONTROLNET, INPUT_IMAGE, REPO, PromptRejected,  # noqa: F401 (fixtures)
-                           comfy_base, comfy_nodes, comfy_server)
+from comfy_harness import (KIT_SIZE, OFFICIAL_LORA, REPO, PromptRejected,  # noqa: F401 (fixtures)
+                           comfy_base, comfy_nodes, comfy_server, on_tiny_kit)
 
 EXAMPLES = REPO / "example_workflows"
 API_EXAMPLES = sorted((EXAMPLES / "api").glob("*.json"))
-OFFICIAL_LORA = "tiny_tlcm_official/adapter_model.safetensors"
-TINY_FILES = {
-    "sd_xl_base_1.0.safetensors": CHECKPOINT,
-    "TLCMSDXL/adapter_model.safetensors": OFFICIAL_LORA,
-    "controlnet-canny-sdxl-1.0.safetensors": CONTROLNET,
-    "control_canny.png": INPUT_IMAGE,
-    "img2img_source.png": INPUT_IMAGE,
-}
-TINY_SIZE = 64
 TLCM_NODES = ("TLCMSampler", "TLCMScheduler", "TLCMLoraLoader", "TLCMLoraSave")
-
-
-def _on_tiny_kit(prompt: dict) -> dict:
-    prompt = copy.deepcopy(prompt)
-    for node in prompt.values():
-        inputs = node["inputs"]
-        for key, value in inputs.items():
-            if isinstance(value, str) and value in TINY_FILES:
-                inputs[key] = TINY_FILES[value]
-        if node["class_type"] == "EmptyLatentImage":
-            inputs.update(width=TINY_SIZE, height=TINY_SIZE)
-    return prompt
 
 
 def _load(name: str) -> dict:
@@ -102,7 +81,7 @@ def _run_image(server, base, prompt: dict) -> np.ndarray:
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert len(images) == 1 and images[0]["type"] == "output"
     with Image.open(Path(base) / "output" / images[0]["subfolder"] / images[0]["filename"]) as image:
-        assert image.size == (TINY_SIZE, TINY_SIZE)
+        assert image.size == (KIT_SIZE, KIT_SIZE)
         return np.asarray(image.convert("RGB"), dtype=np.float64)
 
 
@@ -121,14 +100,14 @@ DIFFERS_FROM_KSAMPLER = {"tlcm_controlnet": 5.0, "tlcm_img2img": 10.0, "tlcm_chi
 
 @pytest.mark.parametrize("example", [p.stem for p in API_EXAMPLES])
 def test_example_workflow_saves_an_image(comfy_server, comfy_base, example):
-    prompt = _on_tiny_kit(_load(example))
+    prompt = on_tiny_kit(_load(example))
     image = _run_image(comfy_server, comfy_base, prompt)
     assert image.std() > 5.0                                      # not a blank/NaN image
     plain = _run_image(comfy_server, comfy_base, _without_lora(prompt))
     assert np.abs(image - plain).mean() > 5.0, "the TLCM LoRA did not change the image"
     if example == "tlcm_ksampler":
         return
-    ksampler = _run_image(comfy_server, comfy_base, _on_tiny_kit(_load("tlcm_ksampler")))
+    ksampler = _run_image(comfy_server, comfy_base, on_tiny_kit(_load("tlcm_ksampler")))
     if example == "tlcm_sampler_custom_advanced":
         assert np.array_equal(image, ksampler)
     else:
@@ -140,7 +119,7 @@ def _node_id(prompt: dict, class_type: str) -> str:
 
 
 def test_invalid_inputs_give_errors_and_the_server_survives(comfy_server):
-    prompt = _on_tiny_kit(_load("tlcm_sampler_custom_advanced"))
+    prompt = on_tiny_kit(_load("tlcm_sampler_custom_advanced"))
     scheduler, loader = _node_id(prompt, "TLCMScheduler"), _node_id(prompt, "TLCMLoraLoader")
 
     too_many = copy.deepcopy(prompt)

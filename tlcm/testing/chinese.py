@@ -18,9 +18,10 @@ from .tiny import CROSS_ATTENTION_DIM, TEXT_WIDTH_2
 SPECIAL_TOKENS = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CJK_UNIFIED = range(0x4E00, 0x9FA6)   # the block BERT-Chinese's vocab covers
 TEXT_WIDTH = 16
-# File names the ComfyUI example workflow uses: those of the real downloads, so it runs as shipped.
+# Paths under ComfyUI's model folders that the README tells users to download to and the Chinese example
+# workflow selects: the kit's stand-ins take the same names, so the workflow's Chinese files run as shipped.
 COMFY_TEXT_MODEL = "chinese-clip-vit-huge-patch14"
-COMFY_ADAPTER = "pea_diffusion_sdxl.bin"
+COMFY_ADAPTER = "PEA-Diffusion/pytorch_model.bin"
 
 
 def chinese_vocab() -> list[str]:
