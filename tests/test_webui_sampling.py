@@ -109,6 +109,36 @@ def test_txt2img_visits_999_749_499_124_and_matches_the_reference_loop(webui_une
     assert (deterministic - reference).abs().max() > 1e-2
 
 
+def unet_batches(model) -> list[int]:
+    """The batch size of each UNet call."""
+    return [len(call) for call in model.timesteps]
+
+
+@pytest.mark.parametrize("saved", [None, 0.25])
+def test_cfg_1_runs_one_unet_batch_per_step_and_leaves_the_setting_as_it_was(webui, saved):
+    """A1111 1.10's wrapper (the stand-in copies its skip rule) evaluates cond + uncond even at CFG 1; the
+    TLCM sampler lets it skip the uncond pass there: one batch of 2 images per step instead of 4, the same
+    images, and the user's ``skip_early_cond`` (unset, or their own value) untouched afterwards."""
+    opts, model = webui.shared.opts, webui.shared.sd_model
+    if saved is not None:
+        opts.skip_early_cond = saved
+    p = make_p(webui, seeds=[SEED, SEED + 1])
+    samples, info = webui.processing.process_images(p)
+    assert unet_batches(model) == [2, 2, 2, 2]
+    assert opts.data.get("skip_early_cond") == saved and ("skip_early_cond" in opts.data) == (saved is not None)
+    assert ("Skip Early CFG: 0.25" in info) == (saved is not None) and "Skip Early CFG: 1.0" not in info
+    with torch.no_grad():
+        reference = txt2img_reference(model, [SEED, SEED + 1], p.cond, README_TABLE[4])
+    torch.testing.assert_close(samples, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_cfg_above_1_keeps_the_negative_prompt_pass(webui):
+    """The TLCM sampler picked by hand at CFG 7: the negative prompt matters, both passes run."""
+    model = webui.shared.sd_model
+    webui.processing.process_images(make_p(webui, cfg_scale=7.0))
+    assert unet_batches(model) == [2, 2, 2, 2] and "skip_early_cond" not in webui.shared.opts.data
+
+
 def test_seed_reproduces_and_does_not_depend_on_the_batch(webui_unet):
     webui = webui_unet
     single, _ = webui.processing.process_images(make_p(webui))

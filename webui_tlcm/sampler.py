@@ -14,10 +14,18 @@ ControlNet, masks, interrupts and previews. Three things are TLCM-specific and d
 * **Partial denoise**: img2img always passes ``steps`` to the host, so the host takes its "fix steps"
   branch (schedule for ``int(steps/denoise)``, keep the last ``steps``) — the core's rule, identical to
   hires fix, ComfyUI and ``tlcm.generate``; 4 steps at 0.5 visit 499, 374, 249, 124.
+* **No negative-prompt pass at CFG 1**: A1111's CFG wrapper runs the UNet on cond and uncond even at CFG
+  1, where the uncond output cannot change the result (uncond + (cond − uncond)·1 = cond): twice the UNet
+  work of ComfyUI and Forge, which skip it. A1111 >= 1.10 skips it for the steps its ``skip_early_cond``
+  setting covers, so while a TLCM sampling at CFG 1 runs that setting reads 1.0 (every step), set in
+  ``opts.data`` and restored exactly afterwards (the user's saved settings never change), and the
+  "Skip Early CFG" entry it leaves in the infotext is the user's own value again (or gone), so pasting
+  the infotext back never turns the skip on for other generations.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -38,6 +46,40 @@ def host_noise_sampler(model: Any, x: torch.Tensor) -> NoiseSampler:
     return lambda sigma, sigma_next: rng.next().to(device=x.device, dtype=x.dtype)
 
 
+SKIP_UNCOND_SETTING = "skip_early_cond"
+SKIP_UNCOND_INFOTEXT = "Skip Early CFG"      # what A1111 writes into the infotext when that setting acts
+
+
+@contextmanager
+def uncond_pass_skipped(opts: Any, p: Any, cfg_scale: float) -> Iterator[None]:
+    """At CFG 1, and where the host has the setting (A1111 >= 1.10), ``opts.skip_early_cond`` reads 1.0
+    inside; afterwards the setting and the infotext say what the user's own value says."""
+    data = getattr(opts, "data", None)
+    if cfg_scale != 1 or not isinstance(data, dict) or SKIP_UNCOND_SETTING not in getattr(opts, "data_labels", {}):
+        yield
+        return
+    had, before = SKIP_UNCOND_SETTING in data, data.get(SKIP_UNCOND_SETTING)
+    users = getattr(opts, SKIP_UNCOND_SETTING)
+    data[SKIP_UNCOND_SETTING] = 1.0
+    try:
+        yield
+    finally:
+        if had:
+            data[SKIP_UNCOND_SETTING] = before
+        else:
+            data.pop(SKIP_UNCOND_SETTING, None)
+        params = getattr(p, "extra_generation_params", {})
+        if users:
+            params[SKIP_UNCOND_INFOTEXT] = users
+        else:
+            params.pop(SKIP_UNCOND_INFOTEXT, None)
+
+
+def pass_cfg(p: Any) -> float:
+    """The CFG scale of the pass being sampled (Forge gives the hires pass its own ``hr_cfg``)."""
+    return getattr(p, "hr_cfg", p.cfg_scale) if getattr(p, "is_hr_pass", False) else p.cfg_scale
+
+
 def build_sampler_class(base: type, opts: Any) -> type:
     """A subclass of the host's ``KDiffusionSampler`` running TLCM (``opts`` = ``shared.opts``, read live)."""
 
@@ -51,14 +93,16 @@ def build_sampler_class(base: type, opts: Any) -> type:
         def sample(self, p: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             self.rescale_start_noise = not getattr(opts, "sgm_noise_multiplier", False)
             try:
-                return super().sample(p, x, *args, **kwargs)
+                with uncond_pass_skipped(opts, p, pass_cfg(p)):
+                    return super().sample(p, x, *args, **kwargs)
             finally:
                 self.rescale_start_noise = False
 
         def sample_img2img(self, p: Any, x: torch.Tensor, noise: torch.Tensor, conditioning: Any,
                            unconditional_conditioning: Any, steps: int | None = None, **kwargs: Any) -> torch.Tensor:
-            return super().sample_img2img(p, x, noise, conditioning, unconditional_conditioning,
-                                          steps=steps or p.steps, **kwargs)
+            with uncond_pass_skipped(opts, p, pass_cfg(p)):
+                return super().sample_img2img(p, x, noise, conditioning, unconditional_conditioning,
+                                              steps=steps or p.steps, **kwargs)
 
         def sample_tlcm(self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
                         extra_args: dict | None = None, callback: Callable[[dict], None] | None = None,
