@@ -197,6 +197,7 @@ class TrainConfig:
                                                 "must be a positive multiple of 8"))     # pixels (square)
     mixed_precision: str = setting("no", check=one_of(MIXED_PRECISION))
     gradient_checkpointing: bool = True
+    allow_tf32: bool = True             # on CUDA: TF32 matmuls/convolutions for the fp32 parts (Ampere and newer)
     optimizer: str = setting("adamw", check=one_of(OPTIMIZERS))
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
