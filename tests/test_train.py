@@ -281,3 +281,19 @@ def test_missing_paths_fail_clearly(kit, tmp_path):
     except ImportError:
         with pytest.raises(ImportError, match="needs bitsandbytes"):
             Trainer(tiny_config(kit, tmp_path, "train.optimizer=adamw8bit"))
+
+
+def test_sample_grid_images_decode_one_at_a_time_like_a_batched_decode():
+    """The grids decode image by image (bounded memory at 1024²); the pixels are those of one batched decode."""
+    import numpy as np
+    from tlcm.testing.tiny import tiny_vae
+    from tlcm_train.samples import decode
+    vae = tiny_vae()
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    images = decode(vae, latents, torch.device("cpu"))
+    with torch.no_grad():
+        batched = vae.decode(latents / vae.config.scaling_factor).sample
+    expected = ((batched.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    got = np.stack([np.asarray(image, dtype=np.float64) for image in images])
+    assert got.shape == (3, 64, 64, 3) and np.abs(got - expected).max() <= 1
+    assert len({image.tobytes() for image in images}) == 3

@@ -1,7 +1,8 @@
 """Sample grids during training: the student at 2/4/8 steps with ``TLCMScheduler`` (official sampler).
 
 Rows are sample prompts, columns step counts; seeds are fixed so grids of successive steps compare. The
-VAE lives on the CPU between grids and visits the device only to decode (it is unneeded for training).
+VAE lives on the CPU between grids and visits the device only to decode (it is unneeded for training), one
+image at a time: at 1024² a batched fp32 decode would add gigabytes to the peak the training just reached.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from tlcm.files import atomic_write
 from tlcm.scheduler import TLCMScheduler
 
 from .diffusion import Conditioning, Denoiser
@@ -32,14 +34,15 @@ def sample_latents(denoiser: Denoiser, scheduler: TLCMScheduler, cond: Condition
 
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor, device: torch.device) -> list[Image.Image]:
-    """Latents -> PIL images, moving the VAE to ``device`` only for the call."""
+    """Latents -> PIL images, one at a time, moving the VAE to ``device`` only for the call."""
     vae.to(device)
     try:
-        images = vae.decode(latents.to(device, vae.dtype) / vae.config.scaling_factor).sample
+        images = [vae.decode(latent[None].to(device, vae.dtype) / vae.config.scaling_factor).sample[0].cpu()
+                  for latent in latents]
     finally:
         vae.to("cpu")
-    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(image) for image in images]
+    return [Image.fromarray(((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+            for image in images]
 
 
 def save_grid(denoiser: Denoiser, scheduler: TLCMScheduler, vae, cond: Conditioning, steps: Sequence[int],
@@ -53,5 +56,4 @@ def save_grid(denoiser: Denoiser, scheduler: TLCMScheduler, vae, cond: Condition
         for row, image in enumerate(images):
             grid.paste(image, (col * width, row * height))
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    return atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
