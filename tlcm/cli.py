@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "tlcm.lora.cli",
     "tlcm.testing.cli",
     "tlcm.demo",
+    "tlcm.evaluation.cli",
 )
 USER_ERROR = 2
 # What a user can fix (a path, a damaged or foreign file, a setting, NaN from a model or LoRA: NonFiniteError

@@ -1,0 +1,309 @@
+"""`tlcm eval` end to end on the tiny SDXL kit: prompts, samplers, resume, CLIP score and FID.
+
+Every metric is recomputed here from the written PNGs by an independent route: the CLIP score through
+``CLIPModel.forward``'s normalised embeddings with the preprocessing written out in numpy, the FID with
+``scipy.linalg.sqrtm`` of ``S1 @ S2`` (the pytorch-fid formula) on features computed here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlcm.cli import main
+from tlcm.evaluation.fid import frechet_distance
+from tlcm.evaluation.prompts import PROMPT_FILE, derive_coco_prompts, load_coco_prompts, prompts_sha256
+
+COCO_5K_SHA256 = "2209843982e718a837749ed72cecfaee94e728bc5d057230f483a1063cd31fb9"
+CLIP_IMAGE_SIZE = 32
+FEATURE_DIM = 6
+
+# The FID stand-in: a fixed projection of 8x8 thumbnails, read from a safetensors file (--fid-weights).
+PLUGIN_SOURCE = '''
+import numpy as np
+from safetensors.numpy import load_file
+
+class Thumbnails:
+    def __init__(self, weights):
+        self.projection = load_file(weights)["projection"]
+        self.name = "test thumbnails 8x8 -> %d" % self.projection.shape[1]
+
+    def __call__(self, images):
+        rows = [np.asarray(im.convert("RGB").resize((8, 8), 2), dtype=np.float64).ravel() / 255.0 for im in images]
+        return np.stack(rows) @ self.projection
+
+def factory(weights, device):
+    return Thumbnails(weights)
+'''
+
+
+def thumbnail_features(paths, projection):
+    rows = []
+    for path in paths:
+        with Image.open(path) as image:
+            rows.append(np.asarray(image.convert("RGB").resize((8, 8), Image.BILINEAR), np.float64).ravel() / 255.0)
+    return np.stack(rows) @ projection
+
+
+def written_out_fid(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+# --- prompts -------------------------------------------------------------------------------------------
+
+def test_shipped_prompt_file_is_the_coco_5k_list():
+    text = PROMPT_FILE.read_text(encoding="utf-8")
+    assert text.endswith("\n") and not text.endswith("\n\n")
+    lines = text[:-1].split("\n")
+    assert len(lines) == 5000
+    assert hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest() == COCO_5K_SHA256
+    assert lines[0] == "A woman stands in the dining area at the table."   # image 139, annotation 370509
+    assert all(line == line.strip() and line for line in lines)
+    assert load_coco_prompts() == lines
+    notice = PROMPT_FILE.with_name("coco2017_val_5k.NOTICE.md").read_text(encoding="utf-8")
+    assert "Creative Commons Attribution 4.0" in notice and "COCO Consortium" in notice
+
+
+def test_a_changed_prompt_file_is_refused(tmp_path):
+    lines = PROMPT_FILE.read_text(encoding="utf-8").split("\n")
+    lines[3] = lines[3] + " "
+    bad = tmp_path / "prompts.txt"
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ValueError, match="not the MSCOCO-2017 5K list"):
+        load_coco_prompts(bad)
+
+
+def test_prompt_rule_smallest_annotation_id_per_image_in_image_order(tmp_path):
+    data = {"images": [{"id": 30}, {"id": 4}, {"id": 12}],
+            "annotations": [{"image_id": 30, "id": 9, "caption": " late\n"}, {"image_id": 4, "id": 50, "caption": "b"},
+                            {"image_id": 4, "id": 7, "caption": "  first of four "},
+                            {"image_id": 12, "id": 8, "caption": "twelve"}, {"image_id": 30, "id": 2, "caption": "thirty"}]}
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert derive_coco_prompts(path) == ["first of four", "twelve", "thirty"]
+    assert prompts_sha256(["a", "b"]) == hashlib.sha256(b"a\nb").hexdigest()
+
+
+# --- Fréchet distance ----------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_frechet_distance_matches_the_written_out_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(60, 5))
+    b = rng.normal(size=(40, 5)) @ rng.normal(size=(5, 5)) + 0.7
+    mine = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert mine == pytest.approx(written_out_fid(a, b), rel=1e-9)
+    assert frechet_distance(a.mean(0), np.cov(a, rowvar=False), a.mean(0), np.cov(a, rowvar=False)) == pytest.approx(0, abs=1e-9)
+
+
+# --- samplers ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, evals", [("tlcm:2", 2), ("ddim:3:4", 6), ("ddim:2:1", 2), ("lcm:2", 2)])
+def test_samplers_count_unet_evaluations(tiny_pipe, one_thread, tmp_path, spec, evals):
+    from tlcm.evaluation.generation import generate_set
+    from tlcm.evaluation.samplers import parse_sampler
+    scheduler = tiny_pipe.scheduler
+    try:
+        records, made = generate_set(tiny_pipe, ["a red cube"], parse_sampler(spec), out_dir=tmp_path, base_seed=5,
+                                     width=64, height=64, run={"sampler": spec}, progress=False)
+    finally:
+        tiny_pipe.scheduler = scheduler
+    assert made == [0] and records[0].unet_evals == evals and records[0].seed == 5
+    assert Image.open(tmp_path / "00000.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("bad", ["tlcm", "tlcm:0", "ddim:25", "lcm:4:2", "euler:4", "ddim:4:0.5", "tlcm:x"])
+def test_bad_sampler_specs_are_refused(bad):
+    from tlcm.evaluation.samplers import parse_sampler
+    with pytest.raises(ValueError):
+        parse_sampler(bad)
+
+
+# --- end to end ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    from tlcm.testing.build import build_tiny_sdxl
+    return build_tiny_sdxl(tmp_path_factory.mktemp("eval_kit"))
+
+
+@pytest.fixture(scope="module")
+def metric_weights(tmp_path_factory, kit):
+    """A tiny CLIP folder (real CLIP tokenizer, random narrow towers), the FID plugin and its weights,
+    and a folder of reference images."""
+    from safetensors.numpy import save_file
+    from transformers import CLIPConfig, CLIPModel
+    root = tmp_path_factory.mktemp("eval_metrics")
+    torch.manual_seed(7)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=CLIP_IMAGE_SIZE, patch_size=8), projection_dim=8)
+    clip_dir = root / "tiny-clip"
+    CLIPModel(config).eval().save_pretrained(clip_dir, safe_serialization=True)
+    for f in (kit.diffusers / "tokenizer").iterdir():
+        (clip_dir / f.name).write_bytes(f.read_bytes())
+    plugin_dir = root / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "eval_test_features.py").write_text(PLUGIN_SOURCE, encoding="utf-8")
+    projection = np.random.default_rng(3).normal(size=(8 * 8 * 3, FEATURE_DIM))
+    save_file({"projection": projection}, str(root / "features.safetensors"))
+    ref = root / "reference"
+    ref.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(ref / f"ref{i}.jpg")
+    return {"clip": clip_dir, "plugin": plugin_dir, "features": root / "features.safetensors",
+            "projection": projection, "reference": ref}
+
+
+def _eval(capsys, *args) -> tuple[int, str, str]:
+    code = main(["eval", "--no-progress", "--device", "cpu", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, kit, metric_weights):
+    """A teacher run (DDIM + CFG) and a TLCM run scored with CS, FID and FID-to-teacher, 3 prompts each."""
+    root = tmp_path_factory.mktemp("eval_runs")
+    sys.path.insert(0, str(metric_weights["plugin"]))
+    try:
+        torch.set_num_threads(1)
+        teacher, student = root / "teacher", root / "student"
+        assert main(["eval", "--no-progress", "--device", "cpu", "--model", str(kit.diffusers), "--sampler",
+                     "ddim:2:3", "--limit", "3", "--seed", "10", "--out", str(teacher)]) == 0
+        student_args = ["eval", "--no-progress", "--device", "cpu", "--model", str(kit.diffusers), "--sampler",
+                        "tlcm:2", "--limit", "3", "--seed", "10", "--out", str(student),
+                        "--clip-model", str(metric_weights["clip"]), "--clip-pretrained", "tiny-test",
+                        "--fid-reference", str(metric_weights["reference"]), "--fid-teacher", str(teacher),
+                        "--fid-features", "eval_test_features:factory", "--fid-weights", str(metric_weights["features"])]
+        assert main(student_args) == 0
+    finally:
+        sys.path.remove(str(metric_weights["plugin"]))
+    return {"teacher": teacher, "student": student, "student_args": student_args}
+
+
+def test_end_to_end_result_files(runs, kit):
+    result = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    assert result["sampler"]["spec"] == "tlcm:2" and result["sampler"]["steps"] == 2
+    assert result["prompts"]["list_sha256"] == COCO_5K_SHA256 and result["prompts"]["count"] == 3
+    assert result["prompts"]["selected_sha256"] == prompts_sha256(load_coco_prompts()[:3])
+    assert result["seeds"]["base"] == 10 and result["seeds"]["last"] == 12
+    unet = kit.diffusers / "unet" / "diffusion_pytorch_model.safetensors"
+    assert result["model"]["sha256"]["unet/diffusion_pytorch_model.safetensors"] == \
+        hashlib.sha256(unet.read_bytes()).hexdigest()
+    assert result["timing"]["median_unet_evals_per_image"] == 2
+    assert len(result["timing"]["seconds_per_image"]) == 3
+    assert result["metrics"]["clip_score"]["variant"]["pretrained_tag"] == "tiny-test"
+    assert result["metrics"]["aesthetic_score"]["value"] is None
+    assert "not computed" in (runs["student"] / "eval.md").read_text(encoding="utf-8")
+    teacher = json.loads((runs["teacher"] / "eval.json").read_text(encoding="utf-8"))
+    assert teacher["timing"]["median_unet_evals_per_image"] == 4     # 2 steps x CFG
+    for i, prompt in enumerate(load_coco_prompts()[:3]):
+        with Image.open(runs["student"] / "images" / f"{i:05d}.png") as image:
+            record = json.loads(image.text["tlcm_eval"])
+        assert record["prompt"] == prompt and record["seed"] == 10 + i
+
+
+def test_table_has_the_paper_rows_and_this_run(runs):
+    table = (runs["student"] / "eval.md").read_text(encoding="utf-8")
+    assert "| Method | N | Time | FID | CS | AS | IR |" in table
+    for row in ("| DDIM (paper) | 25 | 3.29 | 23.29 | 33.97 | 5.87 | 0.82 |",
+                "| LCM (paper) | 4 | 0.71 | 27.09 | 32.53 | 5.85 | 0.51 |",
+                "| TLCM (paper) | 3 | 0.65 | 29.12 | 33.68 | 5.97 | 1.00 |",
+                "| TLCM (paper) | 8 | 0.99 | 32.40 | 33.53 | 6.08 | 1.02 |"):
+        assert row in table
+    result = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    ours = [line for line in table.splitlines() if line.startswith("| TLCM (this run, tlcm:2) | 2 |")]
+    assert len(ours) == 1
+    assert f"| {result['metrics']['fid']['value']:.2f} | {result['metrics']['clip_score']['value']:.2f} | – | – |" in ours[0]
+
+
+def test_clip_score_equals_an_independent_computation(runs, metric_weights):
+    from transformers import CLIPModel, CLIPTokenizer
+    result = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    model = CLIPModel.from_pretrained(metric_weights["clip"]).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(metric_weights["clip"])
+    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+    prompts = load_coco_prompts()[:3]
+    expected = []
+    for i, prompt in enumerate(prompts):
+        with Image.open(runs["student"] / "images" / f"{i:05d}.png") as image:
+            assert image.size == (64, 64)       # square: the resize is the whole transform, no crop
+            small = image.convert("RGB").resize((CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE), Image.BICUBIC)
+        pixels = ((np.asarray(small, np.float64) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+        tokens = tokenizer([prompt], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                        pixel_values=torch.tensor(pixels, dtype=torch.float32))
+        expected.append(100.0 * float((out.image_embeds * out.text_embeds).sum()))
+    assert result["metrics"]["clip_score"]["per_image"] == pytest.approx(expected, abs=1e-4)
+    assert result["metrics"]["clip_score"]["value"] == pytest.approx(np.mean(expected), abs=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")   # 3 images: singular covariances
+def test_fid_and_fid_to_teacher_equal_an_independent_computation(runs, metric_weights):
+    result = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    projection = metric_weights["projection"]
+    own = thumbnail_features([runs["student"] / "images" / f"{i:05d}.png" for i in range(3)], projection)
+    ref = thumbnail_features(sorted(metric_weights["reference"].glob("*.jpg")), projection)
+    teacher = thumbnail_features([runs["teacher"] / "images" / f"{i:05d}.png" for i in range(3)], projection)
+    fid, to_teacher = result["metrics"]["fid"], result["metrics"]["fid_to_teacher"]
+    assert fid["label"] == "FID" and to_teacher["label"] == "FID-to-teacher"
+    assert fid["value"] == pytest.approx(written_out_fid(own, ref), rel=1e-6, abs=1e-6)
+    assert to_teacher["value"] == pytest.approx(written_out_fid(own, teacher), rel=1e-6, abs=1e-6)
+    assert fid["features"].startswith("test thumbnails")
+    assert result["weights_sha256"]["fid_features"] == {
+        "features.safetensors": hashlib.sha256(metric_weights["features"].read_bytes()).hexdigest()}
+
+
+def test_resume_regenerates_only_the_missing_image(runs, metric_weights):
+    images = runs["student"] / "images"
+    before = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    pixels = np.asarray(Image.open(images / "00001.png"))
+    stamps = {i: (images / f"{i:05d}.png").stat().st_mtime_ns for i in (0, 2)}
+    (images / "00001.png").unlink()
+    sys.path.insert(0, str(metric_weights["plugin"]))
+    try:
+        assert main(runs["student_args"]) == 0
+    finally:
+        sys.path.remove(str(metric_weights["plugin"]))
+    after = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    assert after["images"]["generated_this_run"] == 1 and after["images"]["reused"] == 2
+    assert {i: (images / f"{i:05d}.png").stat().st_mtime_ns for i in (0, 2)} == stamps
+    assert np.array_equal(np.asarray(Image.open(images / "00001.png")), pixels)
+    for key in ("clip_score", "fid", "fid_to_teacher"):
+        assert after["metrics"][key]["value"] == before["metrics"][key]["value"]
+
+
+def test_a_folder_of_another_run_is_refused(runs, kit, capsys):
+    code, _, err = _eval(capsys, "--model", kit.diffusers, "--sampler", "tlcm:3", "--limit", "3", "--seed", "10",
+                         "--out", runs["student"])
+    assert code == 2 and "made by another run" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("which", ["model", "lora", "clip", "fid"])
+def test_a_missing_weight_is_a_one_line_error_naming_it(tmp_path, kit, metric_weights, capsys, which):
+    missing = tmp_path / f"missing-{which}"
+    args = ["--model", kit.diffusers, "--sampler", "tlcm:2", "--limit", "2", "--out", tmp_path / "out"]
+    args = {"model": ["--model", missing, "--sampler", "tlcm:2", "--limit", "2", "--out", tmp_path / "out"],
+            "lora": args + ["--lora", f"{missing}.safetensors:0.5"],
+            "clip": args + ["--clip-model", missing],
+            "fid": args + ["--fid-reference", metric_weights["reference"], "--fid-features", "x:y",
+                           "--fid-weights", missing]}[which]
+    code, out, err = _eval(capsys, *args)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tlcm: ") and str(missing) in err
+    assert not (tmp_path / "out" / "images").exists()      # refused before any image was made

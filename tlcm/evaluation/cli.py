@@ -1,0 +1,67 @@
+"""``tlcm eval``: sample the MSCOCO-2017 5K prompts with one sampler setting and score the images.
+
+Writes ``OUT/images/NNNNN.png`` (resumable: a rerun makes only the missing images), ``OUT/eval.json``
+(every setting, hash and number) and ``OUT/eval.md`` (the run as a row of the paper's Table 1, beside the
+paper's rows). Nothing is downloaded: every model and metric weight is a local path.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .samplers import SPEC_HELP
+
+
+def _parse_lora(text: str) -> tuple[str, float]:
+    from ..generate_cli import parse_lora
+    return parse_lora(text)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="MSCOCO-2017 5K evaluation: generate, then CLIP score and FID",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="SDXL diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--config", help="diffusers folder whose configs describe a single-file checkpoint")
+    p.add_argument("--lora", action="append", type=_parse_lora, default=[], metavar="PATH[:STRENGTH]",
+                   help="LoRA (official TLCM PEFT folder, diffusers or kohya; an LCM-LoRA for lcm:N); repeatable")
+    p.add_argument("--lora-alpha", type=float, help="override the LoRA alpha")
+    p.add_argument("--sampler", required=True, help=SPEC_HELP)
+    p.add_argument("--limit", type=int, metavar="K", help="only the first K prompts (default: all 5,000)")
+    p.add_argument("--seed", type=int, default=0, help="base seed: prompt i uses seed + i (default 0)")
+    p.add_argument("--width", type=int, help="default: the model's native width (SDXL: 1024)")
+    p.add_argument("--height", type=int, help="default: the model's native height")
+    p.add_argument("--device", help="cuda / mps / cpu (default: best available)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: bf16/fp16 on GPU, fp32 on CPU")
+    p.add_argument("--clip-model", metavar="DIR",
+                   help="CLIP score: a transformers CLIP folder (e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K)")
+    p.add_argument("--clip-pretrained", default="", metavar="TAG",
+                   help="the pretrained tag of those weights, recorded with the score (e.g. laion2b_s12b_b42k)")
+    p.add_argument("--fid-reference", metavar="DIR", help="FID against this folder of reference images (COCO val2017)")
+    p.add_argument("--fid-teacher", metavar="DIR",
+                   help="FID-to-teacher against another `tlcm eval` output folder (same --limit and --seed)")
+    p.add_argument("--fid-features", metavar="MODULE:FACTORY",
+                   help="FID feature extractor plugin: FACTORY(weights, device) returns an object with .name and "
+                        "__call__(list of PIL images) -> (n, d) array (the FID convention: 2048-d Inception pool "
+                        "features)")
+    p.add_argument("--fid-weights", metavar="FILE", help="weight file handed to the FID feature extractor")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder (rerun with the same settings to resume)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, run_evaluation
+    from .report import table_row
+    config = EvalConfig(
+        model=args.model, model_config=args.config, loras=args.lora, lora_alpha=args.lora_alpha,
+        sampler=args.sampler, out=args.out, limit=args.limit, seed=args.seed, width=args.width, height=args.height,
+        device=args.device, dtype=args.dtype, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+        fid_reference=args.fid_reference, fid_teacher=args.fid_teacher, fid_features=args.fid_features,
+        fid_weights=args.fid_weights, progress=not args.no_progress)
+    result = run_evaluation(config)
+    print(table_row(result))
+    for entry in result["metrics"].values():
+        if entry["value"] is None:
+            print(f"{entry['label']}: not computed: {entry['not_computed']}")
+    print(f"results: {args.out}/eval.json, {args.out}/eval.md")
+    return 0

@@ -1,0 +1,116 @@
+"""CLIP score (CS): 100 × cos(image embedding, text embedding) per image, averaged, from a local CLIP.
+
+The backbone sets the scale (docs/eval.md §1: OpenCLIP ViT-g/14 is the convention of the range TLCM's
+33.68 falls in), so the result records the model, the weights' hashes, the pretrained tag the user names
+and the preprocessing. The model is a transformers ``CLIPModel`` folder (``config.json``, safetensors
+weights, tokenizer files): open_clip would be the usual loader, but importing it needs torchvision, which
+the diffusers stack here does not carry, and the LAION checkpoints on the Hugging Face Hub ship the
+transformers layout beside the open_clip one. No per-sample clamp at 0 is applied.
+
+Preprocessing is done here rather than by a transformers image processor, so it is the same on every
+transformers version: shortest side resized to the model's input size (PIL bicubic), centre crop, scaled to
+[0, 1], normalised with the folder's ``image_mean``/``image_std`` (OpenAI CLIP's by default). That is the
+open_clip / CLIP evaluation transform.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_HINT = ("a transformers CLIP folder (config.json, model.safetensors, tokenizer files), e.g. the files of "
+             "laion/CLIP-ViT-g-14-laion2B-s12B-b42K from huggingface.co")
+
+
+def check_clip_folder(folder: str | Path) -> Path:
+    """``FileNotFoundError`` naming the missing file when ``folder`` is not a usable local CLIP."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"CLIP model not found: {folder / 'config.json'} is missing; pass {CLIP_HINT}")
+    if not list(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"CLIP weights not found: no *.safetensors in {folder}; pass {CLIP_HINT} "
+                                "(pickled .bin weights are not loaded)")
+    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
+        raise FileNotFoundError(f"CLIP tokenizer not found: {folder / 'vocab.json'} (or tokenizer.json) is "
+                                f"missing; pass {CLIP_HINT}")
+    return folder
+
+
+def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+@dataclass
+class ClipScorer:
+    model: object
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    variant: dict
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, pretrained_tag: str = "", device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "ClipScorer":
+        from transformers import AutoTokenizer, CLIPModel
+        folder = check_clip_folder(folder)
+        model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True, dtype=dtype)
+        model = model.to(device).eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        image_size = int(model.config.vision_config.image_size)
+        mean, std = OPENAI_MEAN, OPENAI_STD
+        pre = folder / "preprocessor_config.json"
+        if pre.is_file():
+            config = json.loads(pre.read_text(encoding="utf-8"))
+            mean, std = tuple(config.get("image_mean", mean)), tuple(config.get("image_std", std))
+        variant = {
+            "loader": "transformers.CLIPModel (open_clip needs torchvision)",
+            "model": folder.name, "pretrained_tag": pretrained_tag, "dtype": str(dtype).replace("torch.", ""),
+            "preprocessing": (f"shortest side to {image_size} (PIL bicubic), centre crop {image_size}, "
+                              f"[0, 1], normalise mean {list(mean)} std {list(std)}"),
+            "text": f"tokenizer of the folder, truncated to {model.config.text_config.max_position_embeddings} tokens",
+            "score": "100 * cos(image, text) per image, mean over images, no clamp at 0",
+        }
+        return cls(model, tokenizer, image_size, mean, std, torch.device(device), variant)
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        size = self.image_size
+        batch = []
+        for image in images:
+            image = image.convert("RGB")
+            w, h = image.size
+            scale = size / min(w, h)
+            image = image.resize((max(size, int(round(w * scale))), max(size, int(round(h * scale)))),
+                                 Image.Resampling.BICUBIC)
+            image = image.crop(center_crop_box(*image.size, size))
+            array = np.asarray(image, dtype=np.float32) / 255.0
+            batch.append((array - np.array(self.mean, np.float32)) / np.array(self.std, np.float32))
+        return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def scores(self, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 16) -> list[float]:
+        """100 × cos per (image, prompt) pair."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        model, dtype = self.model, next(self.model.parameters()).dtype
+        out = []
+        for start in range(0, len(images), batch_size):
+            pixels = self.pixel_values(images[start:start + batch_size]).to(self.device, dtype)
+            tokens = self.tokenizer(list(prompts[start:start + batch_size]), padding=True, truncation=True,
+                                    max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
+            image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+            text = model.text_projection(model.text_model(input_ids=tokens["input_ids"].to(self.device),
+                                                          attention_mask=tokens["attention_mask"].to(self.device)
+                                                          ).pooler_output)
+            cos = torch.nn.functional.cosine_similarity(image.float(), text.float(), dim=-1)
+            out += (100.0 * cos).tolist()
+        return out

@@ -1,0 +1,210 @@
+"""One evaluation run: check every input, generate (or resume) the images, score them, write the results.
+
+Every weight a metric needs is checked before the first image is made, so a missing file is a one-line
+error in seconds rather than after hours of sampling. Generation and scoring run in sequence on one device;
+the pipeline is dropped before the metric models load.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .fid import FeatureExtractor, fid_from_features, folder_features, image_files, load_feature_extractor
+from .generation import check_folder, generate_set, image_path, load_images
+from .prompts import PROMPT_RULE, PROMPT_SET, PROMPTS_SHA256, load_coco_prompts, prompts_sha256
+from .report import write_results
+from .samplers import Sampler, parse_sampler
+from .weights import weights_sha256
+
+RESULT_FORMAT = 1
+IMAGES_FOLDER = "images"
+MODEL_HINT = ("pass a local SDXL model: download stabilityai/stable-diffusion-xl-base-1.0 (diffusers folder) or "
+              "sd_xl_base_1.0.safetensors from huggingface.co")
+LORA_HINT = "pass a local TLCM LoRA: download OPPOer/TLCMSDXL (adapter_model.safetensors + adapter_config.json)"
+CLIP_WEIGHTS_HINT = "pass a transformers CLIP folder, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
+FID_WEIGHTS_HINT = "pass the feature extractor's weight file"
+NOT_COMPUTED = {
+    "aesthetic_score": ("AS", "the LAION improved aesthetic predictor (an MLP on CLIP ViT-L/14 image embeddings, "
+                              "docs/eval.md §1) is not part of this harness yet"),
+    "image_reward": ("IR", "ImageReward (BLIP-based reward model with its own dependency set, docs/eval.md §3) "
+                           "is not part of this harness yet"),
+}
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    sampler: str
+    out: str
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    lora_alpha: float | None = None
+    model_config: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    width: int | None = None
+    height: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    clip_model: str | None = None
+    clip_pretrained: str = ""
+    fid_reference: str | None = None
+    fid_teacher: str | None = None
+    fid_features: str | None = None
+    fid_weights: str | None = None
+    progress: bool = True
+    extractor: FeatureExtractor | None = None      # an already built extractor (API use), instead of fid_features
+
+
+def _select_prompts(limit: int | None) -> list[str]:
+    prompts = load_coco_prompts()
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        prompts = prompts[:limit]
+    return prompts
+
+
+def _teacher_folder(path: str) -> Path:
+    """A generated folder: an eval output (its ``images/``) or the images folder itself."""
+    folder = Path(path)
+    if (folder / IMAGES_FOLDER).is_dir():
+        folder = folder / IMAGES_FOLDER
+    if not folder.is_dir():
+        raise FileNotFoundError(f"teacher image folder not found: {path} (an output folder of `tlcm eval`)")
+    return folder
+
+
+def _check_inputs(config: EvalConfig, count: int) -> tuple[dict, FeatureExtractor | None]:
+    """Hash every weight and build the FID extractor before any image is made."""
+    weights = {"model": weights_sha256(config.model, MODEL_HINT),
+               "loras": [weights_sha256(path, LORA_HINT) for path, _ in config.loras]}
+    if config.clip_model:
+        from .clip_score import check_clip_folder
+        check_clip_folder(config.clip_model)
+        weights["clip"] = weights_sha256(config.clip_model, CLIP_WEIGHTS_HINT)
+    extractor = config.extractor
+    if config.fid_reference or config.fid_teacher:
+        if config.fid_reference:
+            image_files(config.fid_reference)
+        if config.fid_teacher:
+            teacher = _teacher_folder(config.fid_teacher)
+            missing = [image_path(teacher, i) for i in range(count) if not image_path(teacher, i).is_file()]
+            if missing:
+                raise FileNotFoundError(f"teacher image {missing[0]} not found ({len(missing)} of {count} missing): "
+                                        "generate the teacher folder with the same --limit first")
+        if extractor is None:
+            if not config.fid_features:
+                raise ValueError("FID needs a feature extractor: pass --fid-features MODULE:FACTORY "
+                                 "(and --fid-weights FILE), see `tlcm eval --help`")
+            if config.fid_weights:
+                weights["fid_features"] = weights_sha256(config.fid_weights, FID_WEIGHTS_HINT)
+            extractor = load_feature_extractor(config.fid_features, config.fid_weights,
+                                               config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return weights, extractor
+
+
+def _load_pipeline(config: EvalConfig):
+    from ..generate import apply_loras, native_size
+    from ..models import load_sdxl_pipeline
+    from ..models.device import DTYPE_NAMES
+    dtype = DTYPE_NAMES[config.dtype] if config.dtype else None
+    pipe = load_sdxl_pipeline(config.model, device=config.device, dtype=dtype, config=config.model_config)
+    apply_loras(pipe, config.loras, alpha=config.lora_alpha)
+    pipe.set_progress_bar_config(disable=True)
+    width, height = native_size(pipe)
+    return pipe, config.width or width, config.height or height
+
+
+def _clip_metric(config: EvalConfig, images, prompts, device) -> dict:
+    from .clip_score import ClipScorer
+    scorer = ClipScorer.from_folder(config.clip_model, pretrained_tag=config.clip_pretrained, device=device)
+    scores = scorer.scores(images, prompts)
+    variant = scorer.variant
+    del scorer
+    return {"label": "CS", "value": statistics.fmean(scores), "per_image": scores, "variant": variant,
+            "variant_text": f"{variant['model']} {variant['pretrained_tag']}".strip() + ", " + variant["score"]}
+
+
+def _fid_metric(label: str, against: str, extractor, own, other_files) -> dict:
+    value = fid_from_features(own, folder_features(extractor, other_files))
+    return {"label": label, "value": value, "against": against, "reference_images": len(other_files),
+            "features": extractor.name, "variant_text": f"{extractor.name}, against {against}, "
+                                                         f"{len(own)} vs {len(other_files)} images"}
+
+
+def run_evaluation(config: EvalConfig) -> dict:
+    """Run the whole evaluation; returns the result written to ``<out>/eval.json``."""
+    sampler: Sampler = parse_sampler(config.sampler)
+    prompts = _select_prompts(config.limit)
+    weights, extractor = _check_inputs(config, len(prompts))
+    out = Path(config.out)
+    known = {"sampler": sampler.spec, "model_sha256": weights["model"],
+             "loras": [{"sha256": h, "strength": s} for h, (_, s) in zip(weights["loras"], config.loras)]}
+    known.update({k: v for k, v in (("width", config.width), ("height", config.height)) if v is not None})
+    check_folder(out / IMAGES_FOLDER, prompts, config.seed, known)
+    pipe, width, height = _load_pipeline(config)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    run = {**known, "width": width, "height": height, "dtype": str(dtype).replace("torch.", "")}
+    records, generated = generate_set(pipe, prompts, sampler, out_dir=out / IMAGES_FOLDER, base_seed=config.seed,
+                                      width=width, height=height, run=run, progress=config.progress)
+    del pipe
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    images = load_images(out / IMAGES_FOLDER, len(prompts))
+    metrics: dict[str, dict] = {}
+    if config.clip_model:
+        metrics["clip_score"] = _clip_metric(config, images, prompts, device)
+    else:
+        metrics["clip_score"] = {"label": "CS", "value": None, "not_computed": "no --clip-model given"}
+    own_features = None
+    if extractor is not None:
+        own_features = folder_features(extractor, [image_path(out / IMAGES_FOLDER, i) for i in range(len(prompts))])
+    if config.fid_reference:
+        metrics["fid"] = _fid_metric("FID", f"reference images in {Path(config.fid_reference).name}", extractor,
+                                     own_features, image_files(config.fid_reference))
+    else:
+        metrics["fid"] = {"label": "FID", "value": None, "not_computed": "no --fid-reference folder given"}
+    if config.fid_teacher:
+        teacher = _teacher_folder(config.fid_teacher)
+        metrics["fid_to_teacher"] = _fid_metric("FID-to-teacher", f"generated images in {config.fid_teacher}",
+                                                extractor, own_features,
+                                                [image_path(teacher, i) for i in range(len(prompts))])
+    else:
+        metrics["fid_to_teacher"] = {"label": "FID-to-teacher", "value": None,
+                                     "not_computed": "no --fid-teacher folder given"}
+    for key, (label, why) in NOT_COMPUTED.items():
+        metrics[key] = {"label": label, "value": None, "not_computed": why}
+
+    seconds = [r.seconds for r in records]
+    evals = [r.unet_evals for r in records]
+    result = {
+        "format": RESULT_FORMAT, "tool": "tlcm eval",
+        "model": {"path": str(config.model), "name": Path(config.model).name, "sha256": weights["model"],
+                  "config": config.model_config},
+        "loras": [{"path": str(p), "name": Path(p).name, "strength": s, "sha256": h}
+                  for (p, s), h in zip(config.loras, weights["loras"])],
+        "lora_alpha": config.lora_alpha,
+        "sampler": {**sampler.describe(), "label": sampler.label},
+        "prompts": {"set": PROMPT_SET, "rule": PROMPT_RULE, "list_sha256": PROMPTS_SHA256, "count": len(prompts),
+                    "limit": config.limit, "selected_sha256": prompts_sha256(prompts)},
+        "seeds": {"base": config.seed, "rule": "prompt index i uses seed base + i",
+                  "first": config.seed, "last": config.seed + len(prompts) - 1},
+        "size": {"width": width, "height": height},
+        "timing": {"device": str(device), "dtype": run["dtype"], "median_seconds_per_image": statistics.median(seconds),
+                   "mean_seconds_per_image": statistics.fmean(seconds), "seconds_per_image": seconds,
+                   "median_unet_evals_per_image": statistics.median(evals), "unet_evals_total": sum(evals),
+                   "note": "per image: text encoding + sampling + VAE decode, batch 1; resumed images keep the "
+                           "time of the run that made them"},
+        "images": {"folder": IMAGES_FOLDER, "count": len(records), "generated_this_run": len(generated),
+                   "reused": len(records) - len(generated)},
+        "weights_sha256": {k: v for k, v in weights.items() if k not in ("model", "loras")},
+        "metrics": metrics,
+    }
+    write_results(out, result)
+    return result
