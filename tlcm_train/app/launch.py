@@ -4,6 +4,9 @@ The app starts processes and reads files with the user's rights, so it listens o
 ``--host`` says otherwise; on any other address it requires a password (Gradio auth, from
 ``--password`` or ``$TLCM_TRAINER_PASSWORD``) or ``--no-auth``, which prints a loud warning and shows a
 red banner on every page. Gradio's public share links are never used.
+
+The app's own packages (Gradio and the rest of the ``app`` extra) are imported only once the options
+are read, so ``--help`` works without them and a missing one is one line naming the install command.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
     from .presets import Preset
 
 LOOPBACK_NAMES = ("localhost",)
+INSTALL_HINT = 'pip install "tlcm-suite[app]"'
 NO_AUTH_WARNING = ("WARNING: the TLCM trainer is reachable on {host} WITHOUT A PASSWORD. Anyone who can reach "
                    "this address can start processes and read files as your user. Use --password instead.")
 
@@ -57,7 +61,14 @@ def main(argv: list[str] | None = None, presets: dict[str, Preset] | None = None
         banner = NO_AUTH_WARNING.format(host=args.host)
         print("\n" + "!" * 100 + f"\n{banner}\n" + "!" * 100 + "\n", file=sys.stderr, flush=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # a local tool: no usage pings
-    from .app import CSS, build_app
+    try:
+        from .app import CSS, build_app
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").split(".")[0]
+        if missing in ("", "tlcm", "tlcm_train"):         # this project's own module: a real bug, not an install
+            raise
+        print(f"tlcm-trainer: the app needs {missing}, which is not installed: {INSTALL_HINT}", file=sys.stderr)
+        return 2
     build_app(banner=banner, presets=presets).launch(server_name=args.host, server_port=args.port, auth=auth,
                                     share=False, css=CSS, show_error=True)
     return 0
