@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 
 import pytest
 
@@ -314,3 +315,121 @@ def test_a_lock_counts_only_while_its_process_lives(tmp_path):
     assert JobManager().info(tmp_path).alive and lock.exists()
     lock.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 100}))   # a recycled pid
     assert not JobManager().info(tmp_path).alive and not lock.exists()                     # stale: cleared
+
+
+def test_signed_terms_are_drawn_on_a_linear_axis_with_the_legend_beside_the_plot():
+    import re
+    rows = [{"step": s, "series": "dm", "loss": 0.1 * s} for s in (1, 2, 3)]
+    rows += [{"step": s, "series": "gan", "loss": v} for s, v in ((1, 0.4), (2, -0.3), (3, -1.2))]
+    rows += [{"step": 3, "series": "odd", "loss": -2.0}]            # any term gone negative moves there too
+    svg = loss_svg(rows)
+    assert "data-series='dm gan odd'" in svg and "data-linear='gan odd'" in svg
+    log_panel, linear_panel = svg.split("<svg")[1:]
+    assert "log scale" in log_panel and "loss-dm" in log_panel and "loss-gan" not in log_panel
+    assert "linear scale" in linear_panel and "loss-gan" in linear_panel and "class='zero'" in linear_panel
+    assert ">-1.5<" in linear_panel or ">-2<" in linear_panel                  # the axis reaches below zero
+    for panel in (log_panel, linear_panel):                           # legend right of every curve point
+        xs = [float(x) for pts in re.findall(r"points='([^']*)'", panel) for x in re.findall(r"([\d.]+),", pts)]
+        legend = [float(x) for x in re.findall(r"class='legend' x='([\d.]+)'", panel)]
+        assert legend and min(legend) > max(xs)
+    assert "data-linear=''" in loss_svg([{"step": 1, "series": "mlcd", "loss": 0.5}])
+
+
+def test_the_log_shows_one_line_per_step_and_the_progress_bar_is_no_failure_reason():
+    from tlcm_train.app.progress import one_line_per_step
+    bar = "tlcm-train:  17%|█▋        | 1/6 [00:01<00:05,  1.17s/it"
+    lines = [bar + "]", bar + ", loss=3.4e-05, stage=mlcd]", "INFO tlcm_train.loop: something",
+             "tlcm-train:  33%|███▎      | 2/6 [00:02<00:03,  1.05it/s, loss=3.4e-05, stage=mlcd]",
+             "tlcm-train:  33%|███▎      | 2/6 [00:02<00:03,  1.05it/s, loss=4.1e-05, stage=mlcd]"]
+    assert one_line_per_step(lines) == [lines[1], lines[2], lines[4]]
+    assert failure_reason([lines[4], "RuntimeError: boom"], 1) == "RuntimeError: boom"
+
+
+def test_a_resumed_run_shows_the_step_it_continues_from_before_its_first_status(tmp_path):
+    from tlcm_train.app.jobs import latest_checkpoint_step
+    for step in (4, 12):
+        (tmp_path / f"checkpoints/checkpoint-{step:08d}").mkdir(parents=True)
+    assert latest_checkpoint_step(tmp_path) == 12 and latest_checkpoint_step(tmp_path / "none") is None
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs/trainer-app.log"
+    log.write_text("=== tlcm-trainer: accelerate launch ...\n")
+    record = RunRecord(pid=1, create_time=0.0, argv=["x"], log_offset=0, started=0.0, resume=True, resume_step=12)
+    save_config(load_config(None, ["model.path=m", "data.prompts=[p.txt]", "mlcd.steps=20", "lcd.steps=4",
+                                   "mps.steps=0", "dm.steps=0"]), tmp_path / "config.yaml")
+    view = read_run(JobInfo(tmp_path, alive=True, record=record))          # loading: no status.json yet
+    assert (view.state, view.step, view.total, view.resumed_from) == ("starting", 12, 24, 12)
+    log.write_text(log.read_text() + "INFO tlcm_train.loop: resumed from /x/checkpoint-00000008 at step 8\n")
+    assert read_run(JobInfo(tmp_path, alive=True, record=record)).step == 8     # the trainer's own word wins
+    (tmp_path / "status.json").write_text(json.dumps({"state": "running", "step": 9, "total_steps": 24}))
+    view = read_run(JobInfo(tmp_path, alive=True, record=record))
+    assert (view.step, view.resumed_from) == (9, 8)
+    fresh = RunRecord(pid=1, create_time=0.0, argv=["x"], log_offset=0, started=0.0)
+    assert read_run(JobInfo(tmp_path, alive=True, record=fresh)).resumed_from is None
+
+
+def test_gpu_memory_is_the_trainers_processes_else_the_whole_gpu():
+    from tlcm_train.app.gpu import GpuMemory, GpuWatch, memory_text, parse_apps, parse_gpus, read_gpu_memory
+    apps, gpus = "4242, 7000\n99, 100\n4243, 1000\n", "0, 9000, 81559\n1, 500, 81559\n"
+    assert parse_apps(apps) == {4242: 7000 * 2**20, 99: 100 * 2**20, 4243: 1000 * 2**20}
+    assert parse_gpus(gpus) == [(9000 * 2**20, 81559 * 2**20), (500 * 2**20, 81559 * 2**20)]
+
+    def smi(args):
+        return apps if "--query-compute-apps=pid,used_memory" in args else gpus
+    assert read_gpu_memory({4242, 4243}, smi) == GpuMemory(8000 * 2**20, 2 * 81559 * 2**20, "trainer processes")
+    assert read_gpu_memory({1}, smi).scope == "whole GPU"                 # pids of another namespace
+    assert read_gpu_memory({1}, lambda args: "") is None                  # no GPU answered
+    readings = iter([GpuMemory(5 * 2**30, 80 * 2**30, "trainer processes"),
+                     GpuMemory(3 * 2**30, 80 * 2**30, "trainer processes")])
+    watch = GpuWatch(lambda pids: next(readings), interval=0.0)
+    watch.reading("run", {1}, True)
+    now = watch.reading("run", {1}, True)
+    assert memory_text(now, True) == ("GPU memory (trainer processes): 3.0 GiB now · peak 5.0 GiB seen · of "
+                                      "80.0 GiB")
+    assert watch.reading("run", {1}, False) == now                       # ended: no further query
+    assert memory_text(None, True) == ""
+
+
+@pytest.mark.optional_layer
+def test_gpu_memory_of_a_cuda_process_is_read(tmp_path):
+    """On a machine with an NVIDIA GPU: a process holding 256 MiB is seen (by pid, or in the whole GPU's use)."""
+    import shutil
+    import subprocess
+    import sys
+    import torch
+    from tlcm_train.app.gpu import read_gpu_memory
+    if shutil.which("nvidia-smi") is None or not torch.cuda.is_available():
+        pytest.skip("no NVIDIA GPU here")
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time, torch\n"
+                               "x = torch.empty(256 * 2**20, dtype=torch.uint8, device='cuda')\n"
+                               f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the CUDA process did not start"
+            time.sleep(0.2)
+        reading = read_gpu_memory({holder.pid})
+        assert reading is not None and reading.used >= 256 * 2**20 and reading.total > reading.used
+        assert reading.scope in ("trainer processes", "whole GPU")
+    finally:
+        holder.kill()
+
+
+def test_sample_grids_are_labelled_whole_and_the_first_one_is_announced(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from tlcm_train.app.sample_grids import CELL, HEADER, first_sample_step, labelled, note
+    grid = np.zeros((64, 128, 3), np.uint8)
+    grid[:, 32:64] = 255                                              # column 2 white
+    Image.fromarray(grid).save(tmp_path / "step-00000010.png")
+    image, caption = labelled(tmp_path / "step-00000010.png", (1, 2, 4, 8), 2)
+    assert caption == "step 10 · columns: 1 / 2 / 4 / 8 sampling steps"
+    assert image.size == (4 * CELL, HEADER + 2 * CELL)
+    cells = np.asarray(image)[HEADER:]
+    assert cells[:, CELL:2 * CELL].min() == 255 and cells[:, :CELL].max() == 0     # every cell whole, in place
+    assert np.asarray(image)[:HEADER].min() < 128                                    # the labels are drawn
+    assert labelled(tmp_path / "step-00000010.png", (2, 4, 8), 2)[1] == "step 10"    # does not fit: as it is
+    assert first_sample_step(0, 10, 44) == 10 and first_sample_step(13, 10, 44) == 20
+    assert first_sample_step(0, 100, 44) == 44 and first_sample_step(5, 0, 44) is None
+    assert "first samples at step 20" in note(False, 10, (2, 4), 13, 44, 2)
+    assert "newest first" in note(True, 10, (2, 4), 13, 44, 2) and "off" in note(False, 0, (2, 4), 0, 44, 2)

@@ -9,7 +9,9 @@ where this run's part of the log starts, whether Stop was pressed and the exit c
 
 A fresh run over an earlier run's outputs starts only after the user confirmed it ("Start over", passed
 on as ``--overwrite``); otherwise resuming is offered. The trainer's own one-line refusals (its folder
-lock, say) become the failed run's reason. Resuming reads no checkpoint here: the trainer does.
+lock, say) become the failed run's reason. Resuming reads no checkpoint here: the trainer does; the app
+only notes the step in the newest checkpoint folder's name, so the page shows where the run picks up
+while the trainer is still loading.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import psutil
 
+from tlcm_train.checkpoint import CHECKPOINT_RE, checkpoint_dirs
 from tlcm_train.config import Config
 from tlcm_train.run_folder import earlier_run_outputs
 
@@ -51,6 +54,7 @@ class RunRecord:
     resume: bool = False
     stop_requested: bool = False
     returncode: int | None = None
+    resume_step: int | None = None      # the newest checkpoint's step when a resume started
 
     @classmethod
     def read(cls, output_dir: Path) -> "RunRecord | None":
@@ -113,6 +117,13 @@ def _write_owner(output_dir: Path, pid: int, create_time: float, *, exclusive: b
 
 def has_checkpoint(output_dir: Path) -> bool:
     return any((output_dir / "checkpoints").glob("checkpoint-*[0-9]"))
+
+
+def latest_checkpoint_step(output_dir: Path) -> int | None:
+    """The step in the name of the newest checkpoint folder (what ``--resume latest`` continues unless
+    that one is damaged), read from the name alone."""
+    found = checkpoint_dirs(output_dir / "checkpoints")
+    return int(CHECKPOINT_RE.match(found[-1].name).group(1)) if found else None
 
 
 def refuse_fresh_over(output_dir: Path) -> None:
@@ -182,7 +193,8 @@ class JobManager:
             log.flush()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True)
-        record = RunRecord(proc.pid, psutil.Process(proc.pid).create_time(), argv, offset, time.time(), resume)
+        record = RunRecord(proc.pid, psutil.Process(proc.pid).create_time(), argv, offset, time.time(), resume,
+                           resume_step=latest_checkpoint_step(output_dir) if resume else None)
         record.write(output_dir)
         threading.Thread(target=self._reap, args=(proc, output_dir), daemon=True).start()
         return record
@@ -198,6 +210,16 @@ class JobManager:
             owner = _lock_owner(output_dir)
             if owner is None or owner.pid == proc.pid:      # never release a lock a newer run holds
                 (output_dir / LOCK_NAME).unlink(missing_ok=True)
+
+    def process_ids(self, info: JobInfo) -> set[int]:
+        """The launcher's pid and its children's (the trainer processes) while the run lives."""
+        launcher = _process(info.record.pid, info.record.create_time) if info.alive and info.record else None
+        if launcher is None:
+            return set()
+        try:
+            return {launcher.pid, *(p.pid for p in launcher.children(recursive=True))}
+        except psutil.Error:
+            return {launcher.pid}
 
     def stop(self, output_dir: Path) -> str:
         """Ask the run to save and exit (SIGINT to the trainer processes); again = kill."""

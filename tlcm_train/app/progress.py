@@ -1,9 +1,14 @@
 """What a run folder says about its run: state, step, it/s, ETA, loss curves, log tail, samples, LoRA.
 
-Read only from the trainer's own files (``status.json``, ``logs/metrics.jsonl``, ``samples/``, ``lora/``)
-plus the app's run record and log, each confined to the output folder (``paths.inside``). A run that
-ended without a final status — crash, kill, config error — is "failed", with the reason taken from its
-last error line.
+Read only from the trainer's own files (``status.json``, ``config.yaml``, ``logs/metrics.jsonl``,
+``logs/tensorboard``, ``samples/``, ``lora/``) plus the app's run record and log, each confined to the
+output folder (``paths.inside``). A run that ended without a final status — crash, kill, config error —
+is "failed", with the reason taken from its last error line.
+
+A resumed run has no ``status.json`` until its first logged step (the app removes the old one at launch,
+so a stale "finished" never shows), so until then its step is the one it resumes from: the trainer's
+"resumed from ... at step N" log line, else the newest checkpoint's step the app noted at launch. The
+trainer's progress bar redraws a step more than once; the log tail keeps the last redraw of each.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlcm_train.config import Config, ConfigError, load_config
 from tlcm_train.export import EXPORT_NAMES
 
 from .jobs import LOG_NAME, JobInfo
@@ -24,6 +30,9 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")      # tqdm's cursor moves
 OOM_HINT = (" — the GPU ran out of memory: pick a smaller VRAM preset (8-bit AdamW, fp16, rank 32), keep "
             "gradient checkpointing on, batch 1, or sample less often")
 LAUNCHER_ERROR = "subprocess.CalledProcessError"
+PROGRESS_LINE = re.compile(r"^(?P<desc>[^|]*?):?\s+\d+%\|[^|]*\|\s*(?P<count>\d+/\d+)")    # a tqdm redraw
+RESUMED_LINE = re.compile(r"resumed from \S+ at step (\d+)")
+TENSORBOARD_DIR = "logs/tensorboard"      # tlcm_train.tracking writes it when tensorboard is installed
 
 
 @dataclass
@@ -40,6 +49,9 @@ class RunView:
     samples: list[Path] = field(default_factory=list)
     lora_files: dict[str, Path] = field(default_factory=dict)
     losses: list[dict[str, Any]] = field(default_factory=list)    # {"step", "series", "loss"} rows
+    resumed_from: int | None = None         # the step this run continues from (a resumed run)
+    config: Config | None = None            # the run's config snapshot (``config.yaml``), once written
+    tensorboard: Path | None = None         # the TensorBoard log folder, when the trainer writes one
 
     @property
     def active(self) -> bool:
@@ -66,13 +78,25 @@ def log_tail(path: Path | None, offset: int, lines: int = LOG_TAIL_LINES) -> lis
     except OSError:
         return []
     parts = [p.rstrip() for p in re.split(r"[\r\n]+", ANSI_ESCAPE.sub("", text))]
-    return [p for p in parts if p][-lines:]
+    return one_line_per_step([p for p in parts if p])[-lines:]
+
+
+def one_line_per_step(lines: list[str]) -> list[str]:
+    """Progress-bar redraws collapsed to the last one of each count (the trainer's bar redraws when a step
+    ends, again with its loss, and once more when it closes), so the log shows one line per step."""
+    last = {}
+    for i, line in enumerate(lines):
+        match = PROGRESS_LINE.match(line)
+        if match:
+            last[match.group("desc", "count")] = i
+    return [line for i, line in enumerate(lines)
+            if not (match := PROGRESS_LINE.match(line)) or last[match.group("desc", "count")] == i]
 
 
 def failure_reason(tail: list[str], returncode: int | None) -> str:
     """The most telling line of a failed run: the trainer's own message, else its last exception (not the
     launcher's ``CalledProcessError``, which only repeats the command)."""
-    own = [line for line in tail if line.startswith("tlcm-train: ")]
+    own = [line for line in tail if line.startswith("tlcm-train: ") and not PROGRESS_LINE.match(line)]
     errors = [line for line in tail if ERROR_LINE.match(line) and not line.startswith(LAUNCHER_ERROR)]
     if own or errors:
         reason = (own or errors)[-1]
@@ -101,6 +125,36 @@ def losses(path: Path | None) -> tuple[list[dict[str, Any]], float | None]:
     return rows, (recent[len(recent) // 2] if recent else None)
 
 
+_SNAPSHOTS: dict[tuple[str, int, int], Config | None] = {}
+
+
+def snapshot(path: Path | None) -> Config | None:
+    """The run's ``config.yaml`` (None while missing or unreadable), parsed once per version of the file."""
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _SNAPSHOTS:
+        try:
+            _SNAPSHOTS[key] = load_config(path)
+        except (ConfigError, OSError, ValueError):
+            _SNAPSHOTS[key] = None
+        while len(_SNAPSHOTS) > 64:
+            _SNAPSHOTS.pop(next(iter(_SNAPSHOTS)))
+    return _SNAPSHOTS[key]
+
+
+def resumed_step(tail: list[str], record: Any) -> int | None:
+    """The step a resumed run continues from: the trainer's own line, else the app's note at launch."""
+    if record is None or not record.resume:
+        return None
+    found = [int(m.group(1)) for line in tail if (m := RESUMED_LINE.search(line))]
+    return found[-1] if found else record.resume_step
+
+
 def read_run(info: JobInfo) -> RunView:
     """Combine the process state with the trainer's files into one view."""
     root, record = info.output_dir, info.record
@@ -118,9 +172,15 @@ def read_run(info: JobInfo) -> RunView:
         state = "stopped"               # stopped while loading, before the first step
     else:
         state = "failed"
-    view = RunView(state, int(status.get("step", 0)), int(status.get("total_steps", 0)), speed,
+    config = snapshot(inside(root, "config.yaml"))
+    resumed = resumed_step(tail, record)
+    step = status.get("step", resumed or 0)
+    total = status.get("total_steps") or (config.total_steps if config else 0)
+    board = inside(root, TENSORBOARD_DIR)
+    view = RunView(state, int(step), int(total), speed,
                    status.get("eta_s") if state in ("running", "stopping") else None, log_tail=tail,
-                   samples=files_inside(root, "samples/step-*.png"), losses=rows)
+                   samples=files_inside(root, "samples/step-*.png"), losses=rows, resumed_from=resumed,
+                   config=config, tensorboard=board if board is not None and board.is_dir() else None)
     if state == "failed":
         view.reason = failure_reason(tail, record.returncode if record else None)
     found = {fmt: inside(root, Path("lora") / name) for fmt, name in EXPORT_NAMES.items()}
