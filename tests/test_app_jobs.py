@@ -141,6 +141,34 @@ def test_try_it_generates_with_a_lora_and_exports_every_format(toy_config, tmp_p
         export(str(tmp_path / "missing.safetensors"), "kohya")
 
 
+def test_teacher_baseline_is_the_plain_model_from_the_lora_runs_noise(toy_config, tmp_path):
+    """The baseline is the base model without the LoRA, sampled with DDIM and CFG from exactly the noise
+    ``tlcm.generate`` starts from for the same seed and size (the core's rule: a generator per image on the
+    UNet's device, seeded seed + i)."""
+    from diffusers import DDIMScheduler
+    unet = UNet2DConditionModel.from_pretrained(Path(toy_config.model.path) / "unet")
+    torch.manual_seed(3)
+    add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v"]))
+    state = {k: 3 * torch.randn_like(v) if "lora_B" in k else v for k, v in student_state_dict(unet).items()}
+    lora = str(export_lora(state, 4.0, tmp_path / "lora", ["kohya"])["kohya"])
+    sampler, settings = Sampler(), GenerationSettings("a red circle at the top", steps=4, seed=7, width=32, height=32)
+    [baseline] = sampler.teacher(toy_config.model.path, settings, "DDIM", 10, 3.0)
+    [with_lora] = sampler.generate(toy_config.model.path, lora, 1.0, settings)
+    [again] = sampler.teacher(toy_config.model.path, settings, "DDIM", 10, 3.0)      # after the LoRA was merged
+    pipe = load_sdxl_pipeline(toy_config.model.path, device="cpu")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    side = 32 // pipe.vae_scale_factor
+    noise = torch.randn((1, pipe.unet.config.in_channels, side, side), generator=torch.Generator("cpu").manual_seed(7))
+    [expected] = pipe(prompt="a red circle at the top", latents=noise, num_inference_steps=10, guidance_scale=3.0,
+                      height=32, width=32).images
+    as_array = lambda image: np.asarray(image, dtype=float)        # noqa: E731
+    assert baseline.size == (32, 32) and np.abs(as_array(baseline) - as_array(expected)).max() <= 1.0
+    assert np.array_equal(as_array(baseline), as_array(again))                  # the LoRA never reaches it
+    assert np.abs(as_array(baseline) - as_array(with_lora)).mean() > 1.0
+    [euler] = sampler.teacher(toy_config.model.path, settings, "Euler", 10, 3.0)
+    assert np.abs(as_array(euler) - as_array(baseline)).mean() > 0.1          # the sampler choice is used
+
+
 def test_failed_run_shows_the_reason_and_releases_the_folder(toy_config, tmp_path):
     config = copy_config(toy_config, model={"path": str(tmp_path / "no-such-model")},
                          output={"dir": str(tmp_path / "run")})

@@ -25,7 +25,7 @@ from tlcm_train.app.jobs import JobError, JobManager  # noqa: E402
 from tlcm_train.app.limits import LimitError  # noqa: E402
 from tlcm_train.app.paths import PathError, check_lora  # noqa: E402
 from tlcm_train.app.progress import read_run  # noqa: E402
-from tlcm_train.app.try_it import generate_images  # noqa: E402
+from tlcm_train.app.try_it import generate_images, teacher_images  # noqa: E402
 from tlcm_train.config import Config, load_config  # noqa: E402
 
 
@@ -91,6 +91,8 @@ class NoSampler:
     def generate(self, *args, **kwargs):
         raise AssertionError("a refused request reached the model")
 
+    teacher = generate
+
 
 TRY_IT = dict(model="/models/sdxl", lora="/loras/tlcm.safetensors", prompt="a cat", steps=4, strength=1.0, seed=0,
               width=1024, height=1024)
@@ -110,6 +112,23 @@ TRY_IT = dict(model="/models/sdxl", lora="/loras/tlcm.safetensors", prompt="a ca
 def test_try_it_refuses_requests_beyond_the_limits(field, value, message):
     with pytest.raises(LimitError, match=message):
         generate_images(NoSampler(), **{**TRY_IT, field: value})
+
+
+TEACHER = dict(model="/models/sdxl", prompt="a cat", seed=0, width=1024, height=1024, name="DDIM", steps=25,
+               guidance=8.0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 101, "Teacher steps: a whole number from 1 to 100 in the app, got 101"),
+    ("steps", 2.5, "Teacher steps: a whole number"),
+    ("guidance", 31.0, "Teacher CFG: a number from 1 to 30 in the app"),
+    ("guidance", 0.5, "Teacher CFG: a number from 1 to 30"),
+    ("name", "PLMS", "Teacher sampler: one of DDIM, Euler"),
+    ("seed", -1, "Seed: a whole number from 0"),
+])
+def test_the_teacher_baseline_refuses_requests_beyond_the_limits(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        teacher_images(NoSampler(), **{**TEACHER, field: value})
 
 
 def test_try_it_passes_requests_at_the_limits():
