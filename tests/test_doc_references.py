@@ -48,7 +48,7 @@ SECTION = re.compile(r"`?\s*§\s*(\d+(?:\.\d+)*)(?:\s*[-–]\s*(\d+(?:\.\d+)*))?
 NOTES_FOLDER = "sha" + "red"     # spelled apart so that this file itself never points at that folder
 OUTSIDE_NOTES = re.compile(rf"(?<![\w.-])(?:\.\./)+{NOTES_FOLDER}(?![\w-])|/work/{NOTES_FOLDER}(?![\w-])")
 NUMBERED_HEADING = re.compile(r"#{1,6}\s+(\d+(?:\.\d+)*)\.?\s")
-WRITTEN_FILES = frozenset({"metrics.md"})     # files the suite writes at run time (outputs/demo/), named in prose
+WRITTEN_FILES = frozenset({"metrics.md", "table1.md"})   # files the suite writes at run time (outputs/demo/, tlcm eval), named in prose
 
 
 @dataclass(frozen=True)

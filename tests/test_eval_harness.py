@@ -208,7 +208,7 @@ def test_end_to_end_result_files(runs, kit):
     assert len(result["timing"]["seconds_per_image"]) == 3
     assert result["metrics"]["clip_score"]["variant"]["pretrained_tag"] == "tiny-test"
     assert result["metrics"]["aesthetic_score"]["value"] is None
-    assert "not computed" in (runs["student"] / "eval.md").read_text(encoding="utf-8")
+    assert "not computed" in (runs["student"] / "table1.md").read_text(encoding="utf-8")
     teacher = json.loads((runs["teacher"] / "eval.json").read_text(encoding="utf-8"))
     assert teacher["timing"]["median_unet_evals_per_image"] == 4     # 2 steps x CFG
     for i, prompt in enumerate(load_coco_prompts()[:3]):
@@ -218,7 +218,7 @@ def test_end_to_end_result_files(runs, kit):
 
 
 def test_table_has_the_paper_rows_and_this_run(runs):
-    table = (runs["student"] / "eval.md").read_text(encoding="utf-8")
+    table = (runs["student"] / "table1.md").read_text(encoding="utf-8")
     assert "| Method | N | Time | FID | CS | AS | IR |" in table
     for row in ("| DDIM (paper) | 25 | 3.29 | 23.29 | 33.97 | 5.87 | 0.82 |",
                 "| LCM (paper) | 4 | 0.71 | 27.09 | 32.53 | 5.85 | 0.51 |",

@@ -1,8 +1,8 @@
 """``tlcm eval``: sample the MSCOCO-2017 5K prompts with one sampler setting and score the images.
 
-Writes ``OUT/images/NNNNN.png`` (resumable: a rerun makes only the missing images), ``OUT/eval.json``
-(every setting, hash and number) and ``OUT/eval.md`` (the run as a row of the paper's Table 1, beside the
-paper's rows). Nothing is downloaded: every model and metric weight is a local path.
+Writes into the ``--out`` folder ``images/NNNNN.png`` (resumable: a rerun makes only the missing images),
+``eval.json`` (every setting, hash and number) and ``table1.md`` (the run as a row of the paper's Table 1,
+beside the paper's rows). Nothing is downloaded: every model and metric weight is a local path.
 """
 from __future__ import annotations
 
@@ -63,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
     for entry in result["metrics"].values():
         if entry["value"] is None:
             print(f"{entry['label']}: not computed: {entry['not_computed']}")
-    print(f"results: {args.out}/eval.json, {args.out}/eval.md")
+    print(f"results in {args.out}: eval.json, table1.md")
     return 0

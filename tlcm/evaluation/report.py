@@ -68,8 +68,8 @@ def markdown_table(result: dict) -> str:
 
 
 def write_results(out_dir: str | Path, result: dict) -> tuple[Path, Path]:
-    """``eval.json`` and ``eval.md`` in ``out_dir``, each written atomically."""
+    """``eval.json`` and ``table1.md`` in ``out_dir``, each written atomically."""
     out_dir = Path(out_dir)
     json_path = atomic_write_text(out_dir / "eval.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
-    md_path = atomic_write_text(out_dir / "eval.md", "# TLCM evaluation\n\n" + markdown_table(result))
+    md_path = atomic_write_text(out_dir / "table1.md", "# TLCM evaluation\n\n" + markdown_table(result))
     return json_path, md_path
