@@ -22,6 +22,10 @@ class Conditioning:
     pooled: torch.Tensor        # (B, P)
     time_ids: torch.Tensor      # (B, 6)
 
+    def rows(self, index: torch.Tensor) -> "Conditioning":
+        """The conditioning of the samples at ``index``."""
+        return Conditioning(self.embeds[index], self.pooled[index], self.time_ids[index])
+
     def with_uncond(self) -> "Conditioning":
         """(cond, uncond) stacked to 2B; the unconditional embedding is **zeros** (prompt and pooled),
         as in the diffusers LCM-LoRA script, PCM and DMD2 (docs/trainer.md §1)."""
