@@ -9,6 +9,8 @@ the next milestone with *fresh* noise (``DDPMScheduler.add_noise``) and finally 
 η = 1 is the official sampler (k-diffusion/ComfyUI ``lcm``), η = 0 the paper's deterministic DDIM jump
 g_θ to the next milestone (k-diffusion ``euler``); values between interpolate like an ancestral step with
 σ_up = η·σ_next. In VP space z = √ᾱ · x_VE, so the same function serves both.
+
+Flow-matching models (FLUX) have their own step and loop, :func:`renoise_flow` and :func:`sample_tlcm_flow`.
 """
 from __future__ import annotations
 
@@ -80,6 +82,21 @@ def tlcm_step(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: to
     return alpha_prod_next.sqrt() * renoise(x0, eps, sigma_next, noise, eta), x0
 
 
+def renoise_flow(denoised: torch.Tensor, sigma_next: torch.Tensor | float,
+                 noise: torch.Tensor | None) -> torch.Tensor:
+    """The TLCM step for flow-matching models (FLUX), x_σ = (1 − σ)·x0 + σ·ε: move x̂0 to ``sigma_next``
+    with fresh noise, x_next = (1 − σ_next)·x̂0 + σ_next·ξ. ``sigma_next == 0`` returns x̂0 itself.
+
+    Not :func:`renoise`: in flow space the clean latent is scaled by (1 − σ) and σ ends at 1, so the VE step
+    does not carry over. A k-diffusion flow host's denoiser already returns x̂0 = x − σ·v.
+    """
+    if float(sigma_next) == 0.0:
+        return denoised
+    if noise is None:
+        raise ValueError("noise is required when sigma_next > 0")
+    return (1.0 - sigma_next) * denoised + sigma_next * noise
+
+
 def default_noise_sampler(x: torch.Tensor, generator: torch.Generator | None = None) -> NoiseSampler:
     """k-diffusion noise-sampler contract: ``f(sigma, sigma_next) -> N(0, I)`` shaped like ``x``."""
     def sample_noise(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
@@ -110,5 +127,27 @@ def sample_tlcm(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: tor
         eps = (x - denoised) / sigma if eta < 1.0 else None
         noise = noise_sampler(sigma, sigma_next) if eta > 0.0 and sigma_next > 0 else None
         x = renoise(denoised, eps, sigma_next, noise, eta)
+        check_finite(x, f"the latent after TLCM step {i + 1} of {len(sigmas) - 1}", SAMPLING_HINT)
+    return x
+
+
+@torch.no_grad()
+def sample_tlcm_flow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
+                     extra_args: dict[str, Any] | None = None, callback: Callable[[dict], None] | None = None,
+                     disable: bool | None = None, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """:func:`sample_tlcm` for flow-matching models (FLUX): ``model(x, sigma)`` returns x̂0, ``sigmas`` run
+    from about 1 to 0, ``x`` starts as the host scaled it (pure noise at σ = 1). Each step is
+    :func:`renoise_flow`; the result is the last x̂0, as in the official FLUX scheduler.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        noise = noise_sampler(sigma, sigma_next) if sigma_next > 0 else None
+        x = renoise_flow(denoised, sigma_next, noise)
         check_finite(x, f"the latent after TLCM step {i + 1} of {len(sigmas) - 1}", SAMPLING_HINT)
     return x
