@@ -116,6 +116,8 @@ def test_samplers_count_unet_evaluations(tiny_pipe, one_thread, tmp_path, spec, 
     try:
         records, made = generate_set(tiny_pipe, ["a red cube"], parse_sampler(spec), out_dir=tmp_path, base_seed=5,
                                      width=64, height=64, run={"sampler": spec}, progress=False)
+        if spec.startswith("ddim"):      # trailing spacing, round(1000 - 1000 k / N) - 1: pure noise first (docs/eval.md §6)
+            assert tiny_pipe.scheduler.timesteps.tolist() == {"ddim:3:4": [999, 666, 332], "ddim:2:1": [999, 499]}[spec]
     finally:
         tiny_pipe.scheduler = scheduler
     assert made == [0] and records[0].unet_evals == evals and records[0].seed == 5

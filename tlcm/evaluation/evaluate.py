@@ -119,10 +119,14 @@ def _load_pipeline(config: EvalConfig):
     return pipe, config.width or width, config.height or height
 
 
-def _clip_metric(config: EvalConfig, images, prompts, device) -> dict:
+def _clip_metric(config: EvalConfig, folder: Path, prompts, device, batch_size: int = 32) -> dict:
+    """Scored batch by batch from disk: 5,000 decoded 1024² images would hold about 15 GB."""
     from .clip_score import ClipScorer
     scorer = ClipScorer.from_folder(config.clip_model, pretrained_tag=config.clip_pretrained, device=device)
-    scores = scorer.scores(images, prompts)
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        scores += scorer.scores(load_images(folder, range(start, start + len(batch))), batch, batch_size)
     variant = scorer.variant
     del scorer
     return {"label": "CS", "value": statistics.fmean(scores), "per_image": scores, "variant": variant,
@@ -156,10 +160,9 @@ def run_evaluation(config: EvalConfig) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    images = load_images(out / IMAGES_FOLDER, len(prompts))
     metrics: dict[str, dict] = {}
     if config.clip_model:
-        metrics["clip_score"] = _clip_metric(config, images, prompts, device)
+        metrics["clip_score"] = _clip_metric(config, out / IMAGES_FOLDER, prompts, device)
     else:
         metrics["clip_score"] = {"label": "CS", "value": None, "not_computed": "no --clip-model given"}
     own_features = None

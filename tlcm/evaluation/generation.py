@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image, PngImagePlugin
@@ -128,10 +128,10 @@ def generate_set(pipe, prompts: Sequence[str], sampler: Sampler, *, out_dir: str
     return [records[i] for i in range(len(prompts))], todo
 
 
-def load_images(out_dir: str | Path, count: int) -> list[Image.Image]:
-    """The first ``count`` images of a generated folder, in index order, as RGB."""
+def load_images(out_dir: str | Path, indices: Iterable[int]) -> list[Image.Image]:
+    """The images of ``indices`` from a generated folder, in that order, as RGB."""
     images = []
-    for index in range(count):
+    for index in indices:
         with Image.open(image_path(Path(out_dir), index)) as image:
             images.append(image.convert("RGB"))
     return images
