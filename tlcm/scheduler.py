@@ -9,6 +9,12 @@ Each ``step`` turns the model output into x̂0 and re-noises it to the next mile
 (``eta=1``, the official loop) or with the model's own ε̂ (``eta=0``, deterministic DDIM jump); the last
 step returns x̂0 itself, which the pipeline decodes. The math is :func:`tlcm.sampling.tlcm_step`.
 
+Zero terminal SNR (``rescale_betas_zero_snr``, v-prediction finetunes): ᾱ = 0 at t = 999, the first
+milestone. There x̂0 = −v for a v-prediction model (√ᾱ·z − √(1−ᾱ)·v at ᾱ = 0) and the step is well
+defined; an ε-prediction model cannot give x̂0 there (it divides by √ᾱ), which is an error naming the
+fix. ``timestep_spacing`` and ``steps_offset`` of the config handed over are ignored: TLCM's timesteps
+are its milestone table, whatever spacing the base model's scheduler used.
+
 ``eta`` is a config value, not a ``step`` argument, on purpose: diffusers pipelines pass their own
 ``eta=0.0`` to any scheduler whose ``step`` accepts one, which would silently turn TLCM deterministic.
 
@@ -46,8 +52,9 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
     """Multistep latent consistency sampling on TLCM's milestone grid (see module docstring).
 
     Args:
-        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas: the base model's DDPM
-            noise schedule (SDXL's by default; read from the pipeline's scheduler config by ``from_config``).
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr:
+            the base model's DDPM noise schedule (SDXL's by default; read from the pipeline's scheduler
+            config by ``from_config``).
         prediction_type: ``epsilon`` (SDXL), ``v_prediction`` or ``sample``.
         schedule: ``tlcm`` (official milestone subsets) or ``uniform`` (the paper's Alg. 2 grid).
         num_segments: milestones grid size M (8 for the released LoRA).
@@ -61,15 +68,17 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = SDXL_BETA_START,
                  beta_end: float = SDXL_BETA_END, beta_schedule: str = SDXL_BETA_SCHEDULE, trained_betas: Sequence[float] | None = None,
                  prediction_type: str = "epsilon", schedule: str = "tlcm",
-                 num_segments: int = OFFICIAL_NUM_SEGMENTS, eta: float = 1.0):
+                 num_segments: int = OFFICIAL_NUM_SEGMENTS, eta: float = 1.0, rescale_betas_zero_snr: bool = False):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta!r}")
-        self.alphas_cumprod = make_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule,
-                                                  trained_betas).to(torch.float32)
+        alphas_cumprod = make_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                                             rescale_betas_zero_snr)
+        self.betas = (1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])).to(torch.float32)
+        self.alphas_cumprod = alphas_cumprod.to(torch.float32)
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)   # until set_timesteps, as diffusers
@@ -112,6 +121,11 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._begin_index = None
 
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep the step from ``timestep`` lands on (-1 after the last one), as diffusers schedulers."""
+        index = self.index_for_timestep(timestep)
+        return self.timesteps[index + 1] if index + 1 < len(self.timesteps) else torch.tensor(-1)
+
     def index_for_timestep(self, timestep: int | torch.Tensor) -> int:
         matches = (self.timesteps == timestep).nonzero()
         if len(matches) == 0:
@@ -135,6 +149,10 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"step called {i + 1} times for {len(self.timesteps)} timesteps")
         alphas = self.alphas_cumprod.to(device=sample.device)
         alpha_t = alphas[self.timesteps[i]].to(sample.dtype)
+        if float(alpha_t) == 0.0 and self.config.prediction_type == "epsilon":
+            raise ValueError(f"timestep {int(self.timesteps[i])} has ᾱ = 0 (zero terminal SNR schedule), where an "
+                             "epsilon-prediction model cannot give x̂0; zero-SNR schedules need a v-prediction "
+                             "model (prediction_type='v_prediction'), or drop rescale_betas_zero_snr")
         is_last = i == len(self.timesteps) - 1
         alpha_next = None if is_last else alphas[self.timesteps[i + 1]].to(sample.dtype)
         noise = None

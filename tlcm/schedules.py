@@ -143,8 +143,13 @@ SDXL_BETA_START, SDXL_BETA_END, SDXL_BETA_SCHEDULE = 0.00085, 0.012, "scaled_lin
 
 def make_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = SDXL_BETA_START,
                         beta_end: float = SDXL_BETA_END, beta_schedule: str = SDXL_BETA_SCHEDULE,
-                        trained_betas: Sequence[float] | None = None) -> torch.Tensor:
-    """ᾱ_t of a DDPM beta schedule in float64 (SD/SDXL ``scaled_linear`` by default); callers cast as needed."""
+                        trained_betas: Sequence[float] | None = None,
+                        rescale_betas_zero_snr: bool = False) -> torch.Tensor:
+    """ᾱ_t of a DDPM beta schedule in float64 (SD/SDXL ``scaled_linear`` by default); callers cast as needed.
+
+    ``rescale_betas_zero_snr`` (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
+    flawed", Alg. 1; the key v-prediction finetunes such as NoobAI-XL set): √ᾱ shifted so that the last
+    step is pure noise (ᾱ_T = 0, zero terminal SNR) and scaled so that the first keeps its value."""
     if trained_betas is not None:
         betas = torch.as_tensor(trained_betas, dtype=torch.float64)
     elif beta_schedule == "scaled_linear":
@@ -154,14 +159,20 @@ def make_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_sta
     else:
         raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)} (or pass trained_betas), "
                          f"got {beta_schedule!r}")
-    return torch.cumprod(1.0 - betas, dim=0)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    if not rescale_betas_zero_snr:
+        return alphas_cumprod
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    return ((root - last) * first / (first - last)) ** 2
 
 
 def alphas_cumprod_from_config(config: Mapping[str, Any]) -> torch.Tensor:
     """ᾱ_t of a diffusers scheduler config (its keys, SDXL's values where it is silent), float64."""
     return make_alphas_cumprod(config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS),
                                config.get("beta_start", SDXL_BETA_START), config.get("beta_end", SDXL_BETA_END),
-                               config.get("beta_schedule", SDXL_BETA_SCHEDULE), config.get("trained_betas"))
+                               config.get("beta_schedule", SDXL_BETA_SCHEDULE), config.get("trained_betas"),
+                               bool(config.get("rescale_betas_zero_snr", False)))
 
 
 def timesteps_to_sigmas(timesteps: Sequence[int], alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
