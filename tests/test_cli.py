@@ -3,7 +3,12 @@
 Each option is checked by what it does to the image or the conditioning, against an expectation computed
 here by hand (a LoRA merged by hand, a VAE round trip, the PEA adapter formula on the raw weights).
 """
+import importlib.util
+import logging
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +48,60 @@ def test_generate_from_folder_and_single_file(kit, tmp_path, capsys):
     assert len(a) == len(b) == 1 and str(a[0]) in capsys.readouterr().out
     assert list(Image.open(a[0]).getdata()) == list(Image.open(b[0]).getdata())   # same weights, same image
     assert "Steps: 2, Sampler: TLCM, Schedule type: TLCM, CFG scale: 1, Seed: 4, Size: 64x64" in png_params(a[0])
+
+
+def test_generate_defaults_to_the_native_size_and_warns_far_from_it(kit, tmp_path, capsys):
+    """The tiny kit's native size is 64² (UNet sample_size 8 x VAE downscale 8): that is the default, silently;
+    a side over twice the native one gets a one-line warning (and is still generated)."""
+    common = ["--prompt", "a red circle", "--steps", "1", "--seed", "4"]
+    assert main(["generate", "--model", str(kit.diffusers), "--out", str(tmp_path / "native"), *common]) == 0
+    [native] = (tmp_path / "native").glob("*.png")
+    assert Image.open(native).size == (64, 64) and "Size: 64x64" in png_params(native)
+    assert "warning" not in capsys.readouterr().err
+    assert main(["generate", "--model", str(kit.diffusers), "--out", str(tmp_path / "wide"), *common,
+                 "--width", "256"]) == 0
+    [wide] = (tmp_path / "wide").glob("*.png")
+    assert Image.open(wide).size == (256, 64)                     # an unset side stays native
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == ["tlcm: warning: 256x64 is far from this model's native size 64x64 (more than 2x on a "
+                        "side): expect slow sampling and noisy or broken images"]
+
+
+def test_size_warning_bounds():
+    from tlcm.generate import size_warning
+    assert size_warning(2048, 512, (1024, 1024)) is None          # 2x and 1/2 are still near
+    assert size_warning(2056, 1024, (1024, 1024)) and size_warning(1024, 504, (1024, 1024))
+
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHVISION_NOTICE = "requires torchvision (not installed)"
+
+
+def test_commands_print_no_torchvision_fallback_notice(tmp_path):
+    """transformers >= 5 without torchvision logs a fallback notice when diffusers' SDXL pipeline is imported
+    (seen here by importing it alone); ``python -m tlcm kit build`` imports and saves one, and prints none."""
+    run = dict(cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "tlcm", "kit", "build", str(tmp_path / "kit")], **run)
+    assert done.returncode == 0, done.stderr
+    assert TORCHVISION_NOTICE not in done.stdout + done.stderr
+    import transformers
+    if importlib.util.find_spec("torchvision") is None and int(transformers.__version__.split(".")[0]) >= 5:
+        bare = subprocess.run([sys.executable, "-c", "from diffusers import StableDiffusionXLPipeline"], **run)
+        assert TORCHVISION_NOTICE in bare.stderr                  # the check above is not vacuous here
+
+
+def test_the_notice_filter_drops_only_that_notice():
+    from tlcm.cli import TORCHVISION_FALLBACK_LOGGER, _DropTorchvisionFallbackNotice, silence_torchvision_fallback_notice
+    silence_torchvision_fallback_notice()
+    silence_torchvision_fallback_notice()                         # idempotent: one filter
+    logger = logging.getLogger(TORCHVISION_FALLBACK_LOGGER)
+    assert sum(isinstance(f, _DropTorchvisionFallbackNotice) for f in logger.filters) == 1
+
+    def shown(message):
+        return logger.filter(logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, (), None))
+    assert not shown("`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
+    assert shown("torchvision is not available - cannot save videos")
+    assert shown("`Foo` requires the PIL library but it was not found")
 
 
 LORA_TARGETS = ("down_blocks.1.attentions.0.proj_in", "up_blocks.1.attentions.2.proj_out")   # 64 -> 64 Linears

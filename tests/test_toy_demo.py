@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlcm_toy.demo import GRID_ROWS, GRID_STEPS, SCALE, main
+from tlcm_toy.demo import GRID_ROWS, GRID_STEPS, SCALE, DemoProgress, main
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -36,6 +36,12 @@ def test_demo_distils_and_writes_lora_grid_and_metrics(tmp_path, capsys):
     assert record["rows"]["TLCM-2"]["fd"] < 0.9 * record["rows"]["teacher DDIM-2 + CFG"]["fd"]
     table = (tmp_path / "metrics.md").read_text()
     assert all(f"| {label} |" in table for label in labels)
+    assert "the toy teacher does not learn positions (bench/results/toy_teacher.md)" in table
+    stages = [line.split(":")[0] for line in printed.splitlines() if line.startswith("[demo] step ")]
+    assert list(dict.fromkeys(stages)) == [f"[demo] step {k}/4 of the demo" for k in (1, 2, 3, 4)]
+    assert stages == sorted(stages)                                 # in order; training may add lines of its own
+    assert "ETA ~" in printed and "[demo] done in " in printed
+    assert set(record["stage_seconds"]) == {"setup", "training", "export", "evaluation"}
     grid = Image.open(tmp_path / "comparison.png")
     assert grid.size == (32 * SCALE * len(labels), 14 + 32 * SCALE * GRID_ROWS)
     lora = tmp_path / "run" / "lora"
@@ -43,3 +49,31 @@ def test_demo_distils_and_writes_lora_grid_and_metrics(tmp_path, capsys):
                  "tlcm_lora_peft/adapter_model.safetensors"):
         assert (lora / name).is_file(), name
     assert str(lora) in printed and str(tmp_path / "comparison.png") in printed and str(tmp_path / "metrics.md") in printed
+
+
+def test_demo_progress_eta_follows_the_trainers_steps():
+    """The whole-demo ETA: before training, the reference durations; during it, the measured time per step for
+    the steps left plus the later stages scaled by the same speed; a line every tenth of training."""
+    now, lines = [0.0], []
+    progress = DemoProgress(total_steps=100, batch=32, n=250, clock=lambda: now[0], echo=lines.append)
+    progress.enter(0)
+    assert lines[-1].startswith("[demo] step 1/4 of the demo: setup") and lines[-1].endswith("ETA ~4:45")  # 10+210+5+60 s
+    now[0] = 10.0
+    progress.enter(1)
+    for _ in range(10):
+        now[0] += 4.2                                 # twice the reference's 2.1 s per step
+        progress.on_phase("backward")                 # other phases do not count
+        progress.on_phase("optimizer")
+    assert lines[-1] == "[demo] step 2/4 of the demo: training step 10/100, elapsed 0:52, ETA ~8:28"  # 90*4.2+2*(5+60)
+    for _ in range(90):
+        now[0] += 4.2
+        progress.on_phase("optimizer")
+    assert lines[-1].startswith("[demo] step 3/4 of the demo: export") and lines[-1].endswith("ETA ~2:10")
+    assert len(lines) == 12                           # setup, training start, 9 tenths, export
+    progress.enter(2)                                 # the demo's own call after the run: already there
+    now[0] += 10.0
+    progress.enter(3, samplers=8)
+    assert "8 samplers x 250 prompts" in lines[-1] and lines[-1].endswith("ETA ~2:00")
+    now[0] += 100.0
+    assert progress.finish() == {"setup": 10.0, "training": 420.0, "export": 10.0, "evaluation": 100.0}
+    assert lines[-1] == "[demo] done in 9:00 (setup 0:10, training 7:00, export 0:10, evaluation 1:40)"

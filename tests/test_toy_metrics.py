@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlcm_toy.metrics import attribute_accuracy, frechet_distance, kernel_inception_distance
+from tlcm_toy.metrics import _clamp_rounding, attribute_accuracy, frechet_distance, kernel_inception_distance
 
 
 def _gauss(n: int, seed: int, shift: float = 0.0, scale: float = 1.0, d: int = 16) -> np.ndarray:
@@ -18,6 +18,18 @@ def test_fd_of_a_set_with_itself_is_zero_and_matches_the_closed_form():
     assert frechet_distance(x + 0.5, x) == pytest.approx(16 * 0.25, rel=1e-6)
     # Isotropic Gaussians N(0, a²I) vs N(0, b²I): FD = d·(a − b)², estimated from samples.
     assert frechet_distance(_gauss(4000, 1, scale=2.0), _gauss(4000, 2)) == pytest.approx(16.0, rel=0.1)
+
+
+def test_fd_rounding_below_zero_reads_zero_and_a_real_negative_stays():
+    """A rank-deficient set (40-d features embedded in 128-d, N = 250, like evaluator features of a narrow
+    sampler) against itself: the unclamped sum is negative rounding noise (measured -2.1e-3, the covariances'
+    traces 9e4); the demo's fd_teacher25 of the teacher's DDIM-25 row, a set against itself, is this case."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(250, 40)) @ rng.normal(size=(40, 128)) * 3 + 5
+    assert frechet_distance(x, x) == 0.0
+    assert frechet_distance(x + 0.1, x) == pytest.approx(128 * 0.01, rel=0.01)     # a small real distance stays
+    assert _clamp_rounding(-1e-3, 1e4) == 0.0 and _clamp_rounding(-1.0, 1e4) == -1.0    # 1e-6 of the traces
+    assert _clamp_rounding(2.5, 1e4) == 2.5
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift():

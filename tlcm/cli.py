@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from .errors import one_line
@@ -26,6 +27,26 @@ USER_ERRORS = (ValueError, OSError)
 EXTRA_MODULES = {"diffusers", "transformers", "PIL", "peft", "accelerate"}
 
 
+# transformers >= 5 logs this (once per class) when diffusers' SDXL pipelines import CLIPImageProcessor /
+# SiglipImageProcessor without torchvision installed: those classes serve the safety checker and IP-Adapter
+# image inputs, which no command here uses, so the notice only adds noise to every command's output.
+TORCHVISION_FALLBACK_NOTICE = "requires torchvision (not installed); falling back to"
+TORCHVISION_FALLBACK_LOGGER = "transformers.utils.import_utils"
+
+
+class _DropTorchvisionFallbackNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return TORCHVISION_FALLBACK_NOTICE not in record.getMessage()
+
+
+def silence_torchvision_fallback_notice() -> None:
+    """Drop exactly that notice (a logging record, not a ``warnings`` warning) for the process; every other
+    transformers message still shows. Needs no transformers import and is idempotent."""
+    logger = logging.getLogger(TORCHVISION_FALLBACK_LOGGER)
+    if not any(isinstance(f, _DropTorchvisionFallbackNotice) for f in logger.filters):
+        logger.addFilter(_DropTorchvisionFallbackNotice())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlcm", description="TLCM: SDXL in 2-8 steps with a TLCM LoRA.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; a user error prints ``tlcm: <message>`` on stderr and returns 2."""
+    silence_torchvision_fallback_notice()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

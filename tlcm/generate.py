@@ -76,6 +76,30 @@ class GenerationSettings:
         return "\n".join(lines + [", ".join(fields)])
 
 
+# A size further than this factor from the model's native one, on either side, is outside what it was trained on.
+SIZE_WARNING_FACTOR = 2.0
+
+
+def native_size(pipe) -> tuple[int, int]:
+    """(width, height) the model was trained at: its UNet's latent ``sample_size`` times the VAE's downscale
+    factor, the size diffusers' SDXL pipelines fall back to (``default_sample_size × vae_scale_factor``):
+    1024² for SDXL, the model's own for a tiny or toy one."""
+    sample = pipe.unet.config.sample_size
+    height, width = (sample, sample) if isinstance(sample, int) else sample
+    return width * pipe.vae_scale_factor, height * pipe.vae_scale_factor
+
+
+def size_warning(width: int, height: int, native: tuple[int, int]) -> str | None:
+    """One line when a side is under 1/2 or over 2× the native one (else None): the model then samples at
+    a scale it never saw, slowly for a large size, and mostly gives noise or broken composition."""
+    far = [(side, own) for side, own in zip((width, height), native)
+           if not own / SIZE_WARNING_FACTOR <= side <= own * SIZE_WARNING_FACTOR]
+    if not far:
+        return None
+    return (f"{width}x{height} is far from this model's native size {native[0]}x{native[1]} (more than "
+            f"{SIZE_WARNING_FACTOR:g}x on a side): expect slow sampling and noisy or broken images")
+
+
 def apply_loras(pipe, loras: Sequence[tuple[str, float]], *, alpha: float | None = None) -> list:
     """Merge each (path, strength) LoRA into ``pipe.unet``; returns the match reports (errors if none match)."""
     from .lora import load_lora, merge_lora

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from PIL import Image
 
-from .generate import GenerationSettings, apply_loras, generate, save_images
+from .generate import GenerationSettings, apply_loras, generate, native_size, save_images, size_warning
 from .schedules import DEFAULT_STEPS, STEP_RANGE_TEXT
 
 
@@ -37,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--chinese-adapter", metavar="FILE", help="PEA-Diffusion adapter (OPPOer/PEA-Diffusion)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=STEP_RANGE_TEXT)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, help="default: the model's native width (SDXL: 1024), read from its configs")
+    p.add_argument("--height", type=int, help="default: the model's native height (SDXL: 1024)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--cfg", type=float, default=1.0, help="CFG scale; 1 = off, as the official sampler")
     p.add_argument("--eta", type=float, default=1.0, help="stochasticity: 1 = official fresh noise, 0 = deterministic")
@@ -56,11 +57,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .models import load_sdxl_pipeline
+    # An unset size is the model's native one, known only once it is loaded; the settings' valid default stands
+    # in for it meanwhile, so that every other setting is checked before the (slow) model load.
+    given_size = {name: value for name, value in (("width", args.width), ("height", args.height)) if value is not None}
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, seed=args.seed,
-        width=args.width, height=args.height, batch_size=args.batch, guidance_scale=args.cfg, eta=args.eta,
-        schedule=args.schedule, strength=args.strength, loras=args.lora, model=args.model)
-    settings.validate()                      # before the (slow) model load
+        batch_size=args.batch, guidance_scale=args.cfg, eta=args.eta, schedule=args.schedule,
+        strength=args.strength, loras=args.lora, model=args.model, **given_size)
+    settings.validate()
     init_image = None
     if args.init_image:
         if not Path(args.init_image).is_file():
@@ -70,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.chinese_text_model) != bool(args.chinese_adapter):
         raise ValueError("Chinese prompts need both --chinese-text-model and --chinese-adapter")
     pipe = load_sdxl_pipeline(args.model, device=args.device, dtype=dtype, config=args.config)
+    native = native_size(pipe)
+    settings.width, settings.height = given_size.get("width", native[0]), given_size.get("height", native[1])
+    warning = size_warning(settings.width, settings.height, native)
+    if warning:
+        print(f"tlcm: warning: {warning}", file=sys.stderr, flush=True)
     apply_loras(pipe, settings.loras, alpha=args.lora_alpha)
     embeds = {}
     if args.chinese_text_model:
