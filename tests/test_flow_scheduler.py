@@ -2,8 +2,8 @@
 
 The reference is the official ``scheduling_flow_match_tlcm.py`` loop written out here (it imports nothing of
 ``tlcm``): sigmas = linspace(1, 1/n, n), shifted e^mu / (e^mu + 1/σ − 1) with mu linear in the image token
-count (256 → 0.5, 4096 → 1.15), then 0; x̂0 = x − σ·v; next = σ_next·ξ + (1 − σ_next)·x̂0 with ξ drawn in
-the packed latent's shape at every step; the last x̂0 is the result.
+count (256 → 0.5, 4096 → 1.15), then 0; x̂0 = x − σ·v; next = σ_next·ξ + (1 − σ_next)·x̂0 with ξ drawn
+in the packed latent's shape at every step; the last x̂0 is the result.
 """
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def test_scale_noise_at_the_begin_index():
 # -- the k-diffusion flow step --------------------------------------------------------------------------------
 
 def test_sample_tlcm_flow_is_the_official_loop():
-    """A host's denoiser returns x̂0 = x − σ·v; the loop must be the official one in packed-free layout."""
+    """A host's denoiser returns x̂0 = x − σ·v; the loop is the official one, here on an unpacked (B, C, H, W) latent."""
     weight = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
 
     def velocity(x, sigma):

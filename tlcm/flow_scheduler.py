@@ -119,7 +119,8 @@ class TLCMFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         schedule_timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
         matches = (schedule_timesteps == timestep).nonzero()
         if len(matches) == 0:
-            raise ValueError(f"timestep {float(timestep)} is not in this scheduler's timesteps; call set_timesteps first")
+            raise ValueError(f"timestep {float(timestep)} is not in this scheduler's timesteps; "
+                             "call set_timesteps first")
         return int(matches[1 if len(matches) > 1 else 0])
 
     def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -156,8 +157,9 @@ class TLCMFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         sigmas = self.sigmas.to(model_output.device)
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = sample.to(torch.float32) - sigma * model_output
-        noise = randn_tensor(model_output.shape, generator=generator if generator is not None else self._noise_generator,
-                             device=model_output.device, dtype=model_output.dtype)
+        generator = generator if generator is not None else self._noise_generator
+        noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                             dtype=model_output.dtype)
         prev_sample = renoise_flow(denoised, sigma_next, noise).to(model_output.dtype)
         denoised = denoised.to(model_output.dtype)
         check_finite(prev_sample, f"the latent after TLCM step {i + 1} of {self.num_inference_steps}", SAMPLING_HINT)
