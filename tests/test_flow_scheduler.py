@@ -132,7 +132,7 @@ def test_scale_noise_at_the_begin_index():
 # -- the k-diffusion flow step --------------------------------------------------------------------------------
 
 def test_sample_tlcm_flow_is_the_official_loop():
-    """A host's denoiser returns x̂0 = x − σ·v; the loop is the official one, here on an unpacked (B, C, H, W) latent."""
+    """A host's denoiser returns x̂0 = x − σ·v; the loop is the official one, on an unpacked latent."""
     weight = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
 
     def velocity(x, sigma):
