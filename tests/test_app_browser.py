@@ -1,9 +1,14 @@
-"""End to end in real headless Chromium: open the app, see stage 4 without scorer weights refused before
-launch, train the CPU toy preset (the toy teacher; 44 steps at batch 2 on 64 toy prompts, set in the form),
-reload the page mid-run and see it reattach, stop (saves), resume to the end, see the gallery, the curves
-and the finished state, check the LoRA files on disk, generate with the LoRA and export it (Try it), save
-screenshots. Debian's chromium is driven by Playwright's Python API (no downloaded browser). About 1.5 min
-on 2 idle CPU cores; nearer 3 when they are shared."""
+"""End to end in real headless Chromium. The Setup tab alone: a bad value is refused next to its field (and
+named by its label in the message), also inside the closed Advanced section; path fields are checked when
+they lose focus; the command box follows a preset change and every field. Then a run: stage 4 without
+scorer weights refused before launch, train the CPU toy preset from the Setup tab's Train button (the toy
+teacher; 44 steps at batch 2 on 64 toy prompts, set in the form; 48 with the toy scorer), reload the page
+mid-run and see it reattach, stop (saves), resume and see the status keep the resumed step, run to the
+end, see the labelled sample grids, the curves, one log line per step and the finished state, check the
+LoRA files on disk, generate with the LoRA beside the teacher baseline and export it (Try it), save
+screenshots (``TLCM_DOCS_IMAGES=docs/images`` refreshes the README's). Debian's chromium is driven by
+Playwright's Python API (no downloaded browser). About 2 min on 2 idle CPU cores; nearer 4 when they are
+shared."""
 from __future__ import annotations
 
 import io
@@ -125,7 +130,7 @@ def _wait(page, done, timeout: float, what: str) -> tuple[str, int]:
 
 
 def _message(page, text: str) -> None:
-    page.wait_for_function(f"document.querySelector('#message').innerText.includes({text!r})", timeout=15_000)
+    page.wait_for_function(f"document.querySelector('#message').innerText.includes({text!r})", timeout=60_000)
 
 
 def _check(page, elem_id: str, on: bool) -> None:
@@ -138,6 +143,36 @@ def _set(page, elem_id: str, value: str) -> None:
     field = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
     field.fill(value)
     field.press("Tab")
+
+
+def _command(page, text: str) -> str:
+    """The command box once it contains ``text``."""
+    page.wait_for_function(f"document.querySelector('#command').innerText.includes({text!r})", timeout=60_000)
+    return page.locator("#command").inner_text()
+
+
+def _note(page, elem_id: str, text: str) -> None:
+    """Wait until the field ``elem_id`` shows ``text`` under its label."""
+    page.wait_for_function(f"document.querySelector('#{elem_id}').innerText.includes({text!r})", timeout=60_000)
+
+
+def _flagged(page, elem_id: str) -> bool:
+    return "tlcm-invalid" in (page.locator(f"#{elem_id}").get_attribute("class") or "").split()
+
+
+def _preset(page, name: str) -> None:
+    page.locator("#preset input").click()
+    page.locator(f"li[aria-label='{name}']").click()
+    _message(page, f"Preset {name} applied")
+
+
+def _docs_png(source: Path, target: Path, clip_height: int) -> Path:
+    """A README screenshot: the top ``clip_height`` pixels, 1000 px wide, in 128 colours (PNG, under 100 KB)."""
+    with Image.open(source) as shot:
+        top = shot.convert("RGB").crop((0, 0, shot.width, min(clip_height, shot.height)))
+    top = top.resize((1000, round(top.height * 1000 / top.width)), Image.Resampling.LANCZOS)
+    top.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(target, optimize=True)
+    return target
 
 
 def _product(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
@@ -202,6 +237,74 @@ def _core_image(model: str, loras: list, settings: dict) -> np.ndarray:
         return np.asarray(served.convert("RGB"), dtype=np.float64)
 
 
+def _teacher_image(model: str, prompt: str, seed: int, size: int, steps: int, guidance: float) -> np.ndarray:
+    """The teacher baseline written out with diffusers (outside the app): the base model, trailing DDIM,
+    CFG, from the noise the core's generator gives ``seed``; through the gallery's WebP."""
+    from diffusers import DDIMScheduler
+    from tlcm.models import load_sdxl_pipeline
+    pipe = load_sdxl_pipeline(model, device="cpu")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    side = size // pipe.vae_scale_factor
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((1, pipe.unet.config.in_channels, side, side), generator=generator)
+    [image] = pipe(prompt=prompt, latents=noise, num_inference_steps=steps, guidance_scale=guidance, height=size,
+                   width=size).images
+    buffer = io.BytesIO()
+    image.save(buffer, "webp")
+    with Image.open(buffer) as served:
+        return np.asarray(served.convert("RGB"), dtype=np.float64)
+
+
+def test_setup_points_at_bad_fields_and_the_command_follows_the_form(app_url, page, tmp_path):
+    page.goto(app_url)
+    page.get_by_role("tab", name="Setup").click()
+    assert "train.resolution=32" in _command(page, "accelerate launch")          # the toy preset, from the start
+    assert "--host 0.0.0.0 --password" in page.locator("#footer").inner_text()
+    assert "CPU toy" in page.locator("#advanced").inner_text()
+
+    _set(page, "f-train-batch_size", "2.5")                 # never rounded to 2: refused, naming the field
+    assert "batch size: expected a whole number, got 2.5" in _command(page, "Train would refuse")
+    page.locator("#setup-train").click()
+    _message(page, "Error in batch size")
+    assert "expected a whole number, got 2.5" in page.locator("#message").inner_text()
+    _note(page, "f-train-batch_size", "⚠ expected a whole number, got 2.5")
+    assert _flagged(page, "f-train-batch_size") and page.locator("#f-train-batch_size").is_visible()   # Setup stays
+    _set(page, "f-train-batch_size", "2")
+    assert "train.batch_size=2" in _command(page, "accelerate launch")
+
+    page.locator("#advanced").get_by_text("Advanced:").first.click()           # a field inside Advanced
+    _set(page, "f-mlcd-lr", "0")
+    page.locator("#advanced").get_by_text("Advanced:").first.click()           # ... closed again
+    page.wait_for_timeout(500)
+    assert not page.locator("#f-mlcd-lr").is_visible()
+    page.locator("#check-paths").click()
+    _message(page, "Error in Advanced › mlcd › lr")
+    _note(page, "f-mlcd-lr", "⚠ must be > 0")
+    assert _flagged(page, "f-mlcd-lr") and page.locator("#f-mlcd-lr").is_visible()   # opened to show it
+    assert not _flagged(page, "f-train-batch_size")          # the earlier error is gone with its value
+    _set(page, "f-mlcd-lr", "0.0005")
+
+    model = page.locator("#f-model-path textarea").input_value()
+    _set(page, "f-model-path", str(tmp_path / "no-model"))                      # checked when it loses focus
+    _note(page, "f-model-path", "does not exist")
+    assert _flagged(page, "f-model-path")
+    _set(page, "f-model-path", model)
+    _note(page, "f-model-path", "✓ diffusers model folder found")
+    assert not _flagged(page, "f-model-path")
+    _set(page, "f-output-dir", str(tmp_path / "new-run"))
+    _note(page, "f-output-dir", "✓ a new folder")
+
+    _preset(page, "24 GB GPU")                   # the command follows the preset: stages 3-4 want MPS weights
+    assert "Scorer weights (stages 3-4): required" in _command(page, "Train would refuse")
+    assert "24 GB GPU" in page.locator("#advanced").inner_text()
+    _check(page, "f-mps-enabled", False)
+    _check(page, "f-dm-enabled", False)
+    command = _command(page, "--mixed_precision bf16")
+    assert "train.resolution" not in command and "mps.steps=0" in command and "dm.steps=0" in command
+    _preset(page, "CPU toy")
+    assert "train.resolution=32" in _command(page, "train.resolution=32")
+
+
 def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     out = tmp_path / "run"
     page.goto(app_url)
@@ -224,7 +327,8 @@ def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     if not scorer:        # stage 4 on with the preference term and no scorer weights: refused before launch
         _check(page, "f-dm-enabled", True)
         page.locator("#show-command").click()
-        _message(page, "mps.scorer_weights: required")
+        _message(page, "Error in Scorer weights (stages 3-4) (mps.scorer_weights)")
+        assert _flagged(page, "f-mps-scorer_weights")
         _check(page, "f-dm-enabled", False)
     _set(page, "f-mlcd-steps", "40")                             # enough to reload and stop mid-run
     _set(page, "f-lcd-steps", "4")
@@ -241,10 +345,13 @@ def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     assert ("dm.steps=2" in command) == scorer and ("dm.steps=0" in command) != scorer
     page.screenshot(path=str(tmp_path / "tlcm-trainer-setup.png"), full_page=True)
 
-    page.get_by_role("tab", name="Run").click()
-    page.locator("#train").click()
+    page.locator("#setup-train").click()                           # Train on Setup: starts, opens the Run tab
     _message(page, "Started in")
+    page.locator("#stop").wait_for(state="visible", timeout=10_000)
+    page.wait_for_function("document.querySelector('#samples-note').innerText"
+                           ".includes('first samples at step 10')", timeout=20_000)
     _wait(page, lambda state, step: state == "running" and step >= 2, 240, "the run to start")
+    assert "ETA" in page.locator("#run-state").inner_text()
 
     page.reload()                                   # the run survives the reload and the page reattaches
     page.get_by_role("tab", name="Run").click()
@@ -255,9 +362,23 @@ def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     assert 2 <= stopped_at < total and (out / f"checkpoints/checkpoint-{stopped_at:08d}").is_dir()
 
     page.locator("#resume").click()
+    _message(page, "Resumed in")
+    seen = []                               # the step never falls back to 0 while the trainer loads
+    _wait(page, lambda state, step: seen.append((state, step)) or state == "running", 240, "the resumed run")
+    assert seen and all(step >= stopped_at for _, step in seen), seen
+    assert f"resumed from step {stopped_at}" in page.locator("#run-resumed").inner_text()
     _wait(page, lambda state, step: state == "finished" and step == total, 240, "the resumed run to finish")
     page.wait_for_function("document.querySelectorAll('#samples img').length >= 2")
     assert f"{total}/{total}" in page.locator("#run-state").inner_text()
+    from tlcm_train.config import load_config
+    columns = " / ".join(str(n) for n in load_config(out / "config.yaml").output.sample_steps)   # the run's
+    captions = page.locator("#samples .caption-label").all_inner_texts()          # newest first, each labelled
+    grids = sorted((int(p.stem.split("-")[1]) for p in (out / "samples").glob("step-*.png")), reverse=True)
+    assert captions == [f"step {n} · columns: {columns} sampling steps" for n in grids] and grids[0] == total
+    assert "newest first" in page.locator("#samples-note").inner_text()
+    log = page.locator("#log").inner_text().splitlines()
+    counts = [line.split("|")[2].split()[0] for line in log if line.startswith("tlcm-train:") and "%|" in line]
+    assert counts and len(counts) == len(set(counts)), log                          # one line per step
     series = set(page.locator("#loss-plot").get_attribute("data-series").split())     # every stage's curves
     assert series == ({"mlcd", "lcd", "mps", "preference", "dm", "dmd", "gan"} if scorer else {"mlcd", "lcd"})
     assert "tlcm_lora_kohya.safetensors" in page.locator("#lora-files").inner_text()
@@ -266,18 +387,30 @@ def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
         _assert_same_deltas(deltas[fmt], deltas["kohya"], fmt)
     assert sum(float(d.abs().sum()) > 0 for d in deltas["kohya"].values()) > 0.9 * len(deltas["kohya"])  # B != 0
 
+    page.get_by_role("tab", name="Run").click()
+    run_shot = tmp_path / "tlcm-trainer-run.png"
+    page.screenshot(path=str(run_shot), full_page=True)
+
     page.get_by_role("tab", name="Try it").click()            # the trained LoRA is filled in; generate, then export
     kohya = out / "lora" / "tlcm_lora_kohya.safetensors"
     assert page.locator("#try-lora textarea").input_value() == str(kohya)
+    _check(page, "try-teacher", True)                         # the teacher baseline beside the LoRA
     page.locator("#generate").click()
-    page.wait_for_function("document.querySelectorAll('#generated img').length >= 1", timeout=60_000)
-    shown = _fetched_image(app_url, page.locator("#generated img").first.get_attribute("src"))
+    page.wait_for_function("document.querySelectorAll('#generated img').length >= 2", timeout=120_000)
+    captions = page.locator("#generated .caption-label").all_inner_texts()
+    assert captions[0].startswith("TLCM LoRA · ")
+    assert captions[1] == "teacher baseline (no LoRA) · DDIM 25 steps · CFG 3"
+    shown, baseline = (_fetched_image(app_url, img.get_attribute("src"))
+                       for img in page.locator("#generated img").all()[:2])
     settings = dict(prompt=page.locator("#try-prompt textarea").input_value(), seed=0, width=32, height=32,
                     steps=int(page.locator("#try-steps input[type=number]").input_value()))
     with_lora, plain = (_core_image(model, loras, settings) for loras in ([(str(kohya), 1.0)], []))
-    assert shown.shape == with_lora.shape == (32, 32, 3)
+    assert shown.shape == with_lora.shape == baseline.shape == (32, 32, 3)
     off = {name: float(np.abs(shown - image).max()) for name, image in (("lora", with_lora), ("plain", plain))}
     assert off["lora"] <= 2.0 and off["plain"] > 10.0, off       # measured 0 and 56 (mean 3.0) grey levels
+    teacher = _teacher_image(model, settings["prompt"], seed=0, size=32, steps=25, guidance=3.0)
+    assert float(np.abs(baseline - teacher).max()) <= 2.0        # the base model, DDIM 25 + CFG 3, same noise
+    assert float(np.abs(baseline - shown).mean()) > 1.0
     page.get_by_role("radio", name="peft").check()
     page.locator("#export").click()
     _message(page, "Exported as peft")
@@ -295,8 +428,18 @@ def test_train_reload_stop_resume_finish_in_chromium(app_url, page, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     with Image.open(shot) as image:
         assert image.width == 1280 and np.asarray(image.convert("L"), dtype=np.float64).std() > 5   # not blank
+    docs = {"trainer-setup.png": (tmp_path / "tlcm-trainer-setup.png", 1450),
+            "trainer-run.png": (run_shot, 1500)}
+    small = tmp_path / "docs"
+    small.mkdir()
+    for name, (source, height) in docs.items():
+        made = _docs_png(source, small / name, height)
+        assert made.stat().st_size < 150_000, (name, made.stat().st_size)
+    if os.environ.get("TLCM_DOCS_IMAGES"):                     # refresh the README's screenshots
+        for name in docs:
+            shutil.copy(small / name, Path(os.environ["TLCM_DOCS_IMAGES"]) / name)
     if os.environ.get("TLCM_ARTIFACTS"):
         target = Path(os.environ["TLCM_ARTIFACTS"])
         target.mkdir(parents=True, exist_ok=True)
-        for name in (shot.name, "tlcm-trainer-setup.png", "tlcm-trainer-try-it.png"):
+        for name in (shot.name, "tlcm-trainer-setup.png", "tlcm-trainer-try-it.png", run_shot.name):
             shutil.copy(tmp_path / name, target / name)

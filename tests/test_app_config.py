@@ -363,6 +363,9 @@ def test_a_resumed_run_shows_the_step_it_continues_from_before_its_first_status(
     (tmp_path / "status.json").write_text(json.dumps({"state": "running", "step": 9, "total_steps": 24}))
     view = read_run(JobInfo(tmp_path, alive=True, record=record))
     assert (view.step, view.resumed_from) == (9, 8)
+    from tlcm_train.app.app import status_html
+    html = status_html(view, tmp_path)
+    assert "<span id='run-step'>9</span>/24" in html and "resumed from step 8" in html and "id='run-eta'" in html
     fresh = RunRecord(pid=1, create_time=0.0, argv=["x"], log_offset=0, started=0.0)
     assert read_run(JobInfo(tmp_path, alive=True, record=fresh)).resumed_from is None
 
@@ -389,6 +392,93 @@ def test_gpu_memory_is_the_trainers_processes_else_the_whole_gpu():
     assert memory_text(None, True) == ""
 
 
+def test_sample_grids_are_labelled_whole_and_the_first_one_is_announced(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from tlcm_train.app.sample_grids import CELL, HEADER, first_sample_step, labelled, note
+    grid = np.zeros((64, 128, 3), np.uint8)
+    grid[:, 32:64] = 255                                              # column 2 white
+    Image.fromarray(grid).save(tmp_path / "step-00000010.png")
+    image, caption = labelled(tmp_path / "step-00000010.png", (1, 2, 4, 8), 2)
+    assert caption == "step 10 · columns: 1 / 2 / 4 / 8 sampling steps"
+    assert image.size == (4 * CELL, HEADER + 2 * CELL)
+    cells = np.asarray(image)[HEADER:]
+    assert cells[:, CELL:2 * CELL].min() == 255 and cells[:, :CELL].max() == 0     # every cell whole, in place
+    assert np.asarray(image)[:HEADER].min() < 128                                    # the labels are drawn
+    assert labelled(tmp_path / "step-00000010.png", (2, 4, 8), 2)[1] == "step 10"    # does not fit: as it is
+    assert first_sample_step(0, 10, 44) == 10 and first_sample_step(13, 10, 44) == 20
+    assert first_sample_step(0, 100, 44) == 44 and first_sample_step(5, 0, 44) is None
+    assert "first samples at step 20" in note(False, 10, (2, 4), 13, 44, 2)
+    assert "newest first" in note(True, 10, (2, 4), 13, 44, 2) and "off" in note(False, 0, (2, 4), 0, 44, 2)
+
+
+def test_errors_point_at_the_field_by_its_label(unusual, tmp_path):
+    from tlcm_train.app.app import setup_spots, try_spots
+    from tlcm_train.app.form import FIELDS
+    from tlcm_train.app.limits import LimitError
+    spots = setup_spots({f.key: f for f in FIELDS})
+
+    def located(values=None, launch=None):
+        shown = {**to_form(unusual), "mps.scorer_weights": str(toy_scorer_file(tmp_path / "s.safetensors")),
+                 **(values or {})}
+        options = {**vars(LaunchOptions()), **(launch or {})}
+        with pytest.raises((ConfigError, PathError, LimitError, ValueError)) as refused:
+            read_form([shown[k] for k in KEYS] + [options[n] for n in LAUNCH_FIELDS])
+        return spots.locate(refused.value), spots.message(refused.value, spots.locate(refused.value))
+
+    where, message = located({"train.batch_size": 2.5})
+    assert where.keys == ("train.batch_size",) and where.text == "expected a whole number, got 2.5"
+    assert message == "**Error** in **batch size** (`train.batch_size`), Setup tab: expected a whole number, got 2.5"
+    where, message = located({"mlcd.lr": -1.0})
+    assert where.where == "Advanced › mlcd › lr" and spots.spots["mlcd.lr"].advanced and "`mlcd.lr`" in message
+    assert located({"model.path": str(tmp_path / "nope")})[0].keys == ("model.path",)
+    assert "no model_index.json" in located({"model.path": str(tmp_path)})[0].text
+    assert located(launch={"main_process_port": 70000})[0].keys == ("launch.main_process_port",)
+    assert located(launch={"num_processes": 4, "num_machines": 2})[0].keys == ("launch.main_process_ip",)
+    assert located({k: False for k in ("mlcd.enabled", "lcd.enabled", "mps.enabled", "dm.enabled")})[0].keys == (
+        "mlcd.enabled", "lcd.enabled", "mps.enabled", "dm.enabled")
+    assert spots.locate(ValueError("something else")) is None
+    assert spots.message(ValueError("something else"), None) == "**Error:** something else"
+    assert try_spots().locate(LimitError("Width: a whole number from 8 to 2,048 in the app, got 5")).keys == (
+        "try.width",)
+    assert try_spots().locate(PathError("Base model: /x does not exist")).keys == ("try.model",)
+
+
+def test_field_notes_are_drawn_and_cleared():
+    from tlcm_train.app.feedback import ERROR, Spot, Spots, render
+    spots = Spots()
+    spots.add(Spot("a.x", "x", "f-a-x", "its info", "setup", advanced=True, config_key=True))
+    spots.add(Spot("b.y", "y", "f-b-y", "", "try"))
+    notes = spots.notes_after({"b.y": ("ok", "fine", True)}, spots.locate(ValueError("a.x: bad")))
+    assert notes == {"a.x": (ERROR, "bad", True), "b.y": ("ok", "fine", False)}
+    updates, advanced, tab = render(spots.spots, notes, {})
+    assert updates[0]["info"] == "⚠ bad" and updates[0]["elem_classes"] == ["tlcm-invalid", "tlcm-new"]
+    assert updates[1]["info"] == "✓ fine" and advanced and tab == "setup"
+    updates, advanced, tab = render(spots.spots, spots.notes_after(notes, None), notes)
+    assert updates[0]["info"] == "its info" and updates[0]["elem_classes"] == [] and updates[1] is None
+    assert not advanced and tab is None
+
+
+def test_number_fields_never_round_and_the_command_follows_the_form(tmp_path):
+    from tlcm_train.app.app import _component, command_preview, setup_spots
+    from tlcm_train.app.form import FIELDS
+    by_key = {f.key: f for f in FIELDS}
+    assert _component(by_key["train.batch_size"], 2).precision is None
+    spots = setup_spots(by_key)
+    launch = [getattr(LaunchOptions(), n) for n in LAUNCH_FIELDS]
+    toy = {**to_form(Config()), **form_values(trainer_app.toy_settings()), "model.path": "m", "data.prompts": "p.txt",
+           "output.dir": str(tmp_path / "out")}
+    command = command_preview([toy[k] for k in KEYS] + launch, spots)
+    assert "train.resolution=32" in command and f'output.dir="{tmp_path / "out"}"' in command
+    gpu = {**toy, **form_values(GPU_PRESETS["24 GB GPU"].values())}
+    refused = command_preview([gpu[k] for k in KEYS] + launch, spots)
+    assert refused.startswith("# Train would refuse the form as it is: Scorer weights (stages 3-4): required")
+    late_off = {**gpu, "mps.enabled": False, "dm.enabled": False}
+    command = command_preview([late_off[k] for k in KEYS] + launch, spots)
+    assert "--mixed_precision bf16" in command and "train.resolution" not in command
+    assert load_config(None, parse_command(command)[0]).mps.steps == 0
+
+
 @pytest.mark.optional_layer
 def test_gpu_memory_of_a_cuda_process_is_read(tmp_path):
     """On a machine with an NVIDIA GPU: a process holding 256 MiB is seen (by pid, or in the whole GPU's use)."""
@@ -413,23 +503,3 @@ def test_gpu_memory_of_a_cuda_process_is_read(tmp_path):
         assert reading.scope in ("trainer processes", "whole GPU")
     finally:
         holder.kill()
-
-
-def test_sample_grids_are_labelled_whole_and_the_first_one_is_announced(tmp_path):
-    import numpy as np
-    from PIL import Image
-    from tlcm_train.app.sample_grids import CELL, HEADER, first_sample_step, labelled, note
-    grid = np.zeros((64, 128, 3), np.uint8)
-    grid[:, 32:64] = 255                                              # column 2 white
-    Image.fromarray(grid).save(tmp_path / "step-00000010.png")
-    image, caption = labelled(tmp_path / "step-00000010.png", (1, 2, 4, 8), 2)
-    assert caption == "step 10 · columns: 1 / 2 / 4 / 8 sampling steps"
-    assert image.size == (4 * CELL, HEADER + 2 * CELL)
-    cells = np.asarray(image)[HEADER:]
-    assert cells[:, CELL:2 * CELL].min() == 255 and cells[:, :CELL].max() == 0     # every cell whole, in place
-    assert np.asarray(image)[:HEADER].min() < 128                                    # the labels are drawn
-    assert labelled(tmp_path / "step-00000010.png", (2, 4, 8), 2)[1] == "step 10"    # does not fit: as it is
-    assert first_sample_step(0, 10, 44) == 10 and first_sample_step(13, 10, 44) == 20
-    assert first_sample_step(0, 100, 44) == 44 and first_sample_step(5, 0, 44) is None
-    assert "first samples at step 20" in note(False, 10, (2, 4), 13, 44, 2)
-    assert "newest first" in note(True, 10, (2, 4), 13, 44, 2) and "off" in note(False, 0, (2, 4), 0, 44, 2)

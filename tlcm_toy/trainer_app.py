@@ -17,7 +17,7 @@ from typing import Any
 from tlcm_train.app import launch
 from tlcm_train.app.commands import flatten, override
 from tlcm_train.app.presets import GPU_PRESETS, PATH_KEYS, Preset
-from tlcm_train.config import STAGES, load_config, read_config_file
+from tlcm_train.config import STAGES, Config, load_config, read_config_file
 
 from .distill import TOY_CONFIG as TOY_YAML
 from .scorer import DEFAULT_WEIGHTS as TOY_SCORER
@@ -98,7 +98,8 @@ def toy_summary() -> str:
             f"{values['train.resolution']} px) distilled with `tlcm_toy/toy.yaml`: {plan} at batch "
             f"{values['train.batch_size']}. About {_duration(seconds)} on an idle 2-core CPU (MLCD ~1.3 s/step; "
             f"slower when other work shares the cores). A real but small distillation: compare 2-4 step "
-            f"samples with the teacher in Try it. Not an SDXL LoRA.{late}")
+            f"samples with the teacher in Try it (tick *Teacher baseline*: the toy teacher at DDIM 25 steps, "
+            f"CFG {values.get('distill.guidance_scale', Config().distill.guidance_scale):g}). Not an SDXL LoRA.{late}")
 
 
 

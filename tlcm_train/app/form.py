@@ -7,6 +7,7 @@ the form accepts exactly what the CLI accepts and reports errors naming the same
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -177,3 +178,18 @@ def from_form(values: dict[str, Any]) -> Config:
     config = load_config(None, [override(key, value) for key, value in data.items()])
     check_config_values(flatten(config))
     return config
+
+
+@functools.lru_cache(maxsize=1)
+def _paper_form() -> dict[str, Any]:
+    return to_form(_PAPER)
+
+
+def paper_text(key: str) -> str:
+    """The paper's value of ``key`` as the form shows it (for the hint beside a field)."""
+    value = _paper_form()[key]
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if str(value) != "" else "(empty)"
