@@ -213,7 +213,7 @@ def test_signal_stop_then_resume_equals_uninterrupted_run(kit, tmp_path):
     assert [p.name for p in sorted((tmp_path / "a" / "checkpoints").iterdir())] == \
         ["checkpoint-00000004", "checkpoint-00000005"]                      # keep-last-N
 
-    interrupted = Trainer(tiny_config(kit, tmp_path / "b"))
+    interrupted = Trainer(tiny_config(kit, tmp_path / "b", "output.sample_every=2"))
     step = interrupted.train_step
 
     def step_then_sigint():
@@ -226,10 +226,13 @@ def test_signal_stop_then_resume_equals_uninterrupted_run(kit, tmp_path):
     assert first.state == "stopped" and first.step == 2 and first.checkpoint.name == "checkpoint-00000002"
     assert (tmp_path / "b" / "lora" / "tlcm_lora_peft" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "b" / "status.json").read_text())["state"] == "stopped"
+    assert (tmp_path / "b" / "samples" / "step-00000002.png").is_file()     # stopped on a sampling step
 
-    resumed = Trainer(tiny_config(kit, tmp_path / "b"))
+    resumed = Trainer(tiny_config(kit, tmp_path / "b", "output.sample_every=2"))
     rest = resumed.run(resume="latest")          # crosses the MLCD -> LCD switch
     assert rest.state == "finished" and rest.step == 5
+    assert sorted(p.name for p in (tmp_path / "b" / "samples").iterdir()) == [
+        "step-00000002.png", "step-00000004.png", "step-00000005.png"]
     assert first.losses + rest.losses == full.losses
     a, b = student_state_dict(straight.unet), student_state_dict(resumed.unet)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

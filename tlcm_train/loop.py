@@ -334,7 +334,8 @@ class Trainer:
             result.checkpoint = self.save()
         digests = self._check_ranks_agree()
         if acc.is_main_process:
-            if cfg.output.sample_every and self.step % cfg.output.sample_every:
+            # a grid for the last step, unless the loop just made it (a stop breaks out before sampling)
+            if cfg.output.sample_every and (self.step % cfg.output.sample_every or result.state == "stopped"):
                 self.sample()
             result.lora_files = export_lora(student_state_dict(self.unet), cfg.lora.alpha, self.output_dir / "lora",
                                             cfg.output.formats, cfg.output.save_dtype)
