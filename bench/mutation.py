@@ -43,6 +43,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "lora_weights": ("tlcm/lora/weights.py", ["tests/test_lora_files.py", "tests/test_lora_peft.py"]),
     "lora_config": ("tlcm/lora/config.py", ["tests/test_lora_files.py", "tests/test_lora_peft.py"]),
     "scheduler": ("tlcm/scheduler.py", ["tests/test_scheduler_pipelines.py", "tests/test_nonfinite.py"]),
+    # the trainer's consistency targets (stage 1 MLCD, stage 2 LCD) against their written-out math
+    "stage1_mlcd": ("tlcm_train/stage1_mlcd.py", ["tests/test_stage_targets.py"]),
+    "stage2_lcd": ("tlcm_train/stage2_lcd.py", ["tests/test_stage_targets.py"]),
 }
 # Helper modules the chosen tests import (archived into the copy, not passed to pytest as tests).
 # The scheduler's fast tests: test_scheduler_pipelines.py (14 s alone) and test_nonfinite.py (7 s). Left out:
@@ -51,6 +54,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 # ComfyUI node "TLCMScheduler", not this class.
 HELPERS: dict[str, list[str]] = {
     "scheduler": ["tests/reference_tlcm.py"],
+    "stage1_mlcd": ["tests/stage_kit.py"],
+    "stage2_lcd": ["tests/stage_kit.py"],
 }
 DEFAULT_MODULES = ["schedules", "sampling", "lora_weights"]     # lora_config, scheduler: on request (slow)
 # Functions left out (``name`` or ``Class.name``): config.py is mutated for its scale rules (from_dict, rank/alpha
@@ -121,15 +126,18 @@ def prepare_copy(rev: str, source: str, tests: list[str], extra_tests: list[Path
                             capture_output=True, text=True).stdout.split()
     helpers_in_rev = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "--", *helpers], cwd=REPO,
                                     check=True, capture_output=True, text=True).stdout.split() if helpers else []
-    archive = subprocess.run(["git", "archive", rev, "tlcm", "tests/conftest.py", "pyproject.toml", *in_rev,
-                              *helpers_in_rev],
+    package = source.split("/")[0]                  # tlcm, or tlcm_train (which imports tlcm)
+    archive = subprocess.run(["git", "archive", rev, *dict.fromkeys(["tlcm", package]), "tests/conftest.py",
+                              "pyproject.toml", *in_rev, *helpers_in_rev],
                              cwd=REPO, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     selected = list(in_rev)
     for extra in extra_tests:
         shutil.copy2(extra, dest / "tests" / extra.name)
         selected.append(f"tests/{extra.name}")
-    lines = ["[mutmut]", "source_paths=tlcm", f"only_mutate={source}", "use_git_change_detection=false",
+    also_copy = ["also_copy=", "    tlcm"] if package != "tlcm" else []
+    lines = ["[mutmut]", f"source_paths={package}", f"only_mutate={source}", "use_git_change_detection=false",
+             *also_copy,
              f"timeout_constant={TIMEOUT_CONSTANT_S}",
              "pytest_add_cli_args_test_selection=", *(f"    {t}" for t in selected),
              "pytest_add_cli_args=", "    -p", "    no:cacheprovider"]
