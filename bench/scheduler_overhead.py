@@ -2,10 +2,12 @@
 
 Target (issue 2): the scheduler's math is < 1% of a UNet step. The UNet here is the tiny kit UNet
 (3.2 M parameters), far cheaper than SDXL's 2.6 B, so scheduler/UNet ratios measured against it are
-upper bounds of the real ratio. Run: ``python bench/scheduler_overhead.py`` (writes bench/results/).
+upper bounds of the real ratio. Run: ``python bench/scheduler_overhead.py`` (prints the table);
+``--write`` also replaces the committed bench/results/scheduler_overhead.{md,json}.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -19,6 +21,7 @@ from diffusers import LCMScheduler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tlcm.files import atomic_write_text  # noqa: E402
 from tlcm.scheduler import TLCMScheduler  # noqa: E402
 from tlcm.testing.tiny import TEXT_WIDTH_2, UNET_CONFIG, tiny_unet  # noqa: E402
 
@@ -56,7 +59,11 @@ def unet_step_seconds(unet, latent_shape) -> float:
         return median_seconds(lambda: unet(sample, 499, encoder_hidden_states=cond, added_cond_kwargs=added), 3)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true",
+                        help="replace bench/results/scheduler_overhead.{md,json} (default: print only)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     unet = tiny_unet()
     rows = []
@@ -70,11 +77,8 @@ def main() -> None:
                          tlcm_over_sdxl_a100_unet_pct=100 * tlcm_s / 0.068))
     result = dict(torch=torch.__version__, threads=1, cpu=platform.processor() or platform.machine(),
                   repeats=REPEATS, sdxl_a100_unet_step_s=0.068, rows=rows)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scheduler_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Scheduler overhead per step (CPU, 1 thread, median of 7)", "",
-             f"torch {torch.__version__}; `python bench/scheduler_overhead.py`", "",
+             f"torch {torch.__version__}; `python bench/scheduler_overhead.py --write`", "",
              "| latent | TLCMScheduler.step | LCMScheduler.step | tiny UNet eval | TLCM / tiny UNet | "
              "TLCM / SDXL UNet on A100 (68 ms) |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -85,8 +89,11 @@ def main() -> None:
               "The tiny UNet has 3.2 M parameters (SDXL: 2.6 B), so the ratio against it is an upper bound. "
               "The SDXL column divides the CPU step time by the published A100 UNet step (docs/method.md §4): "
               "the scheduler runs on the GPU in practice, where it is faster still."]
-    (out / "scheduler_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.write:
+        out = ROOT / "bench" / "results"
+        atomic_write_text(out / "scheduler_overhead.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "scheduler_overhead.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
