@@ -336,8 +336,10 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
     probe = PhaseProbe(mem)
     trainer = Trainer(load_config(None, overrides), on_phase=probe.mark)
     gc.collect()
-    out: dict[str, Any] = {"rss_imports": rss_imports, "imports_peak": imports_peak, "load_peak": mem.hwm(),
-                           "rss_after_load": mem.rss(), "ru_maxrss_after_load": ru_maxrss(),
+    rss_after_load = mem.rss()            # before the peak: read the other way round, a page touched in between
+    load_peak = mem.hwm()                 # would put the "after" RSS above the peak
+    out: dict[str, Any] = {"rss_imports": rss_imports, "imports_peak": imports_peak, "load_peak": load_peak,
+                           "rss_after_load": rss_after_load, "ru_maxrss_after_load": ru_maxrss(),
                            "load_s": time.perf_counter() - started, "params": param_counts(trainer),
                            "stage": trainer.stage(0).name, "batch": trainer.config.train.batch_size}
     times = []
