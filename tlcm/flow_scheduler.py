@@ -28,6 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import SAMPLING_HINT, check_finite
 from .sampling import renoise_flow
+from .scheduler import StepIndexMixin
 
 
 @dataclass
@@ -38,7 +39,7 @@ class TLCMFlowMatchSchedulerOutput(BaseOutput):
     denoised: torch.Tensor
 
 
-class TLCMFlowMatchScheduler(SchedulerMixin, ConfigMixin):
+class TLCMFlowMatchScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
     """TLCM sampling for flow-matching transformers (see module docstring).
 
     Args: as ``FlowMatchEulerDiscreteScheduler``'s keys that shape the sigmas; ``from_config`` reads them
@@ -65,18 +66,6 @@ class TLCMFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         self._noise_generator: torch.Generator | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Called by the Flux pipelines before the loop (img2img: part-way through ``timesteps``)."""
-        self._begin_index = begin_index
 
     def set_noise_generator(self, generator: torch.Generator | None) -> None:
         """Generator for the fresh noise when ``step`` gets none (``FluxPipeline`` passes none)."""

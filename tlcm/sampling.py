@@ -104,6 +104,23 @@ def default_noise_sampler(x: torch.Tensor, generator: torch.Generator | None = N
     return sample_noise
 
 
+def _sample(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
+            extra_args: dict[str, Any] | None, callback: Callable[[dict], None] | None, disable: bool | None,
+            step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The k-diffusion loop both samplers share: x̂0 from the model, the callback, ``step(x, x̂0, σ, σ_next)``,
+    the NaN/Inf check (hosts show the error instead of a black image)."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        x = step(x, denoised, sigma, sigma_next)
+        check_finite(x, f"the latent after TLCM step {i + 1} of {len(sigmas) - 1}", SAMPLING_HINT)
+    return x
+
+
 @torch.no_grad()
 def sample_tlcm(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
                 extra_args: dict[str, Any] | None = None, callback: Callable[[dict], None] | None = None,
@@ -116,19 +133,14 @@ def sample_tlcm(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: tor
     latent raises ``NonFiniteError`` at the step it appears (hosts show the error instead of a black image).
     """
     _check_eta(eta)
-    extra_args = {} if extra_args is None else extra_args
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
-    for i in trange(len(sigmas) - 1, disable=disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+
+    def step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         eps = (x - denoised) / sigma if eta < 1.0 else None
         noise = noise_sampler(sigma, sigma_next) if eta > 0.0 and sigma_next > 0 else None
-        x = renoise(denoised, eps, sigma_next, noise, eta)
-        check_finite(x, f"the latent after TLCM step {i + 1} of {len(sigmas) - 1}", SAMPLING_HINT)
-    return x
+        return renoise(denoised, eps, sigma_next, noise, eta)
+
+    return _sample(model, x, sigmas, extra_args, callback, disable, step)
 
 
 @torch.no_grad()
@@ -139,15 +151,9 @@ def sample_tlcm_flow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas
     from about 1 to 0, ``x`` starts as the host scaled it (pure noise at σ = 1). Each step is
     :func:`renoise_flow`; the result is the last x̂0, as in the official FLUX scheduler.
     """
-    extra_args = {} if extra_args is None else extra_args
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
-    for i in trange(len(sigmas) - 1, disable=disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        noise = noise_sampler(sigma, sigma_next) if sigma_next > 0 else None
-        x = renoise_flow(denoised, sigma_next, noise)
-        check_finite(x, f"the latent after TLCM step {i + 1} of {len(sigmas) - 1}", SAMPLING_HINT)
-    return x
+
+    def step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        return renoise_flow(denoised, sigma_next, noise_sampler(sigma, sigma_next) if sigma_next > 0 else None)
+
+    return _sample(model, x, sigmas, extra_args, callback, disable, step)

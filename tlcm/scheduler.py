@@ -48,7 +48,26 @@ class TLCMSchedulerOutput(BaseOutput):
     denoised: torch.Tensor
 
 
-class TLCMScheduler(SchedulerMixin, ConfigMixin):
+class StepIndexMixin:
+    """The step bookkeeping diffusers pipelines expect of a scheduler: ``step_index`` (the next step's position
+    in ``timesteps``) and ``begin_index`` (set by img2img pipelines that start part-way through them)."""
+
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+
+class TLCMScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
     """Multistep latent consistency sampling on TLCM's milestone grid (see module docstring).
 
     Args:
@@ -84,18 +103,6 @@ class TLCMScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)   # until set_timesteps, as diffusers
         self._step_index: int | None = None
         self._begin_index: int | None = None
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Called by img2img pipelines that start part-way through ``timesteps``."""
-        self._begin_index = begin_index
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
         """VP models take the latent as is."""
