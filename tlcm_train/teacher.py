@@ -36,10 +36,6 @@ def teacher_solve(denoiser: Denoiser, z: torch.Tensor, path: torch.Tensor, cond:
             moving = (t != t_next).nonzero().flatten()
             if len(moving) == 0:
                 continue
-            if len(moving) == len(t):
-                x0, eps = denoiser.predict_cfg(z, t, cond, guidance_scale)
-                z = denoiser.ddim_move(x0, eps, t_next)
-                continue
             x0, eps = denoiser.predict_cfg(z[moving], t[moving], cond.rows(moving), guidance_scale)
             z = z.index_copy(0, moving, denoiser.ddim_move(x0, eps, t_next[moving]).to(z.dtype))
     return z
