@@ -9,7 +9,8 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from technique_kit import aux_batch, checkpointed, grads_via_aux, relative_error, student_denoiser, weights
+from technique_kit import (TARGETS, aux_batch, checkpointed, grads_via_aux, relative_error, student_denoiser,
+                           weights)
 
 from tlcm_train.adapters import require_student_active, student_parameters, teacher_mode
 from tlcm_train.adversarial import Adversarial
@@ -33,19 +34,45 @@ def full_forward_features(net: torch.nn.Module, den: Denoiser, z: torch.Tensor, 
     return features
 
 
-@pytest.mark.parametrize("checkpointing, kind", [(False, "standard"), (True, "standard"), (False, "hinge")])
-def test_student_gets_exactly_the_generator_gradient(checkpointing, kind):
+def lora_backbone(den: Denoiser, **kwargs) -> Adversarial:
+    """A discriminator whose backbone LoRA (rank 2, alpha 3: scale 1.5) has random B, so that its state
+    differs from the frozen base and its A gets gradients too."""
+    adv = Adversarial(den, backbone="lora", backbone_rank=2, backbone_alpha=3, target_modules=TARGETS, **kwargs)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in den.unet.named_parameters():
+            if ".disc." in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return adv
+
+
+def backbone_copy(adv: Adversarial) -> torch.nn.Module:
+    """A copy of the shared UNet in the discriminator backbone's state, written out with PEFT's calls."""
+    net = copy.deepcopy(adv.denoiser.unet)
+    if adv.backbone_adapter is None:
+        net.disable_adapters()
+    else:
+        net.set_adapter("disc")
+    return net
+
+
+@pytest.mark.parametrize("checkpointing, kind, backbone",
+                         [(False, "standard", "frozen"), (True, "standard", "frozen"), (False, "hinge", "frozen"),
+                          (True, "standard", "lora")])
+def test_student_gets_exactly_the_generator_gradient(checkpointing, kind, backbone):
     den = student_denoiser()
-    adv = Adversarial(den, weight=0.3, head_width=16, t_min=10, t_max=400, loss=kind)
+    if backbone == "lora":
+        adv = lora_backbone(den, weight=0.3, head_width=16, t_min=10, t_max=400, loss=kind)
+    else:
+        adv = Adversarial(den, weight=0.3, head_width=16, t_min=10, t_max=400, loss=kind)
     if checkpointing:
         checkpointed(den)
     batch = aux_batch(den)
     got, values = grads_via_aux(den, batch, adv.terms(batch))
-    assert all(p.grad is None for p in adv.parameters())              # the heads are trained by update() only
+    assert all(p.grad is None for p in adv.parameters())   # heads and backbone LoRA are trained by update() only
 
-    # reference: one graph student → x0 → frozen base copy (full forward) → heads, one gradient
-    base_net = copy.deepcopy(den.unet)
-    base_net.disable_adapters()
+    # reference: one graph student → x0 → backbone copy (full forward) → heads, one gradient
+    base_net = backbone_copy(adv)
     g = torch.Generator().manual_seed(3)
     t = randint(10, 400, 2, g, batch.x0.device)
     noise = randn(tuple(batch.x0.shape), g, batch.x0)
@@ -65,19 +92,20 @@ def test_student_gets_exactly_the_generator_gradient(checkpointing, kind):
 
 def _assert_one_discriminator_step(adv: Adversarial, batch: AuxBatch, real: torch.Tensor) -> None:
     """``adv.update(batch)`` against the step written out on copies: real and fake (the student's x̂0) re-noised
-    with the same (t', noise) through the frozen base UNet's full forward, D = mean over heads and patches,
-    the standard log losses (−log σ(real) − log(1 − σ(fake))) or the hinge losses, then one AdamW step from a
-    fresh state."""
+    with the same (t', noise) through the backbone's full forward (frozen base, or base + its LoRA), D = mean
+    over heads and patches, the standard log losses (−log σ(real) − log(1 − σ(fake))) or the hinge losses,
+    then one AdamW step from a fresh state on the heads and, for a LoRA backbone, on that LoRA."""
     den, lr = adv.denoiser, adv.optimizer.defaults["lr"]
-    heads, base_net = copy.deepcopy(adv.heads), copy.deepcopy(den.unet)
-    base_net.disable_adapters()
+    heads, base_net = copy.deepcopy(adv.heads), backbone_copy(adv)
+    trained = dict(heads.named_parameters())
+    if adv.backbone_adapter is not None:
+        trained.update({n: p for n, p in base_net.named_parameters() if ".disc." in n})
     g = torch.Generator()
     g.set_state(batch.generator.get_state())
     fake = batch.x0.detach()
     t = randint(adv.t_min, adv.t_max, 2, g, fake.device)
     noise = randn(tuple(fake.shape), g, fake)
-    with torch.no_grad():
-        feats = [full_forward_features(base_net, den, den.add_noise(x, noise, t), t, batch.cond) for x in (real, fake)]
+    feats = [full_forward_features(base_net, den, den.add_noise(x, noise, t), t, batch.cond) for x in (real, fake)]
     pairs = [(head(r), head(f)) for head, r, f in zip(heads, *feats)]
     if adv.loss == "standard":
         d_loss = sum(-torch.log(torch.sigmoid(r)).mean() - torch.log(1 - torch.sigmoid(f)).mean()
@@ -87,15 +115,16 @@ def _assert_one_discriminator_step(adv: Adversarial, batch: AuxBatch, real: torc
     d_loss.backward()
     decay = adv.optimizer.defaults["weight_decay"]      # AdamW's first step: p·(1 − lr·wd) − lr·g / (|g| + ε)
     stepped = {n: (p.detach() * (1 - lr * decay) - lr * p.grad / (p.grad.abs() + 1e-8), p.grad.abs() > 1e-6)
-               for n, p in heads.named_parameters()}   # |g| <= 1e-6: float noise (a bias right before GroupNorm)
+               for n, p in trained.items()}   # |g| <= 1e-6: float noise (a bias right before GroupNorm)
 
     out = adv.update(batch)
     assert out["gan/d_loss"] == pytest.approx(float(d_loss.detach()), rel=1e-5)
     assert out["gan/d_real"] == pytest.approx(float(sum(r.mean() for r, _ in pairs).detach()) / len(pairs), rel=1e-5)
     assert out["gan/d_fake"] == pytest.approx(float(sum(f.mean() for _, f in pairs).detach()) / len(pairs), rel=1e-5)
-    moved = 0
+    moved, now = 0, adv.state_dict()["weights"]
+    assert set(now) == set(stepped)
     for name, (value, clear) in stepped.items():
-        got = adv.heads.get_parameter(name).detach()
+        got = now[name]
         assert float(torch.where(clear, got - value, 0).abs().max()) <= 1e-3 * lr, name
         assert float((got - value).abs().max()) <= 2 * lr, name
         moved += int(clear.sum())
@@ -122,6 +151,21 @@ def test_discriminator_step_trains_only_the_heads_on_teacher_samples(kind):
     require_student_active(den.unet)
 
 
+def test_lora_backbone_trains_with_the_heads_and_nothing_else():
+    den = checkpointed(student_denoiser())
+    adv = lora_backbone(den, teacher_steps=1, lr=1e-3)
+    batch = aux_batch(den)
+    others = {n: v for n, v in weights(den.unet).items() if ".disc." not in n}
+    backbone = {n for n in weights(den.unet) if ".disc." in n}
+    assert backbone and backbone <= set(adv.state_dict()["weights"])
+    _assert_one_discriminator_step(adv, batch, adv.real_samples(batch))
+    assert all(torch.equal(v, den.unet.get_parameter(n)) for n, v in others.items())   # student and base untouched
+    assert all(p.grad is None for p in [*den.unet.parameters(), *adv.parameters()])
+    require_student_active(den.unet)
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        Adversarial(den, backbone="trainable")
+
+
 def test_state_resumes_exactly_and_refuses_a_mismatch():
     torch.manual_seed(1)
     first = Adversarial(student_denoiser(), head_width=8, lr=1e-3)
@@ -142,6 +186,8 @@ def test_state_resumes_exactly_and_refuses_a_mismatch():
 
     with pytest.raises(ValueError, match="does not fit"):
         Adversarial(den, head_width=16).load_state_dict(state)
+    with pytest.raises(ValueError, match="does not fit"):       # a LoRA backbone's state holds that LoRA too
+        Adversarial(student_denoiser(), head_width=8, backbone="lora", target_modules=TARGETS).load_state_dict(state)
     with pytest.raises(ValueError, match="not a 'gan' state"):
         second.load_state_dict(DistributionMatching(den, rank=2, target_modules=["to_q"]).state_dict())
 

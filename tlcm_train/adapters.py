@@ -10,6 +10,7 @@ through :func:`teacher_mode`, which restores the student on exit, and the loop c
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -40,6 +41,23 @@ def add_student(unet: torch.nn.Module, config: LoraConfig) -> list[torch.nn.Para
     for p in params:
         p.data = p.data.float()
     return params
+
+
+def add_side_adapter(unet: torch.nn.Module, name: str, rank: int, alpha: float,
+                     target_modules: list[str] | None) -> dict[str, torch.nn.Parameter]:
+    """Add a LoRA ``name`` beside the student (a technique's own trainable part on the shared base: the
+    fake score, a trainable discriminator backbone) and return its parameters by name, as float32 masters.
+    B = 0 init, so it starts as the base; the student stays the active adapter."""
+    with warnings.catch_warnings():       # PEFT warns on any second adapter; several are the design here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        unet.add_adapter(PeftLoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
+                                        target_modules=list(target_modules or TLCM_TARGET_SUFFIXES)),
+                         adapter_name=name)
+    unet.set_adapter(STUDENT)                     # add_adapter activated the new one (docs/trainer.md §1)
+    named = {n: p for n, p in unet.named_parameters() if f".{name}." in n}
+    for p in named.values():
+        p.data = p.data.float()
+    return named
 
 
 def student_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:

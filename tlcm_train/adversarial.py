@@ -1,7 +1,9 @@
-"""Adversarial term (TLCM Eq. 13) with a discriminator on the frozen base UNet's encoder.
+"""Adversarial term (TLCM Eq. 13) with a discriminator on the base UNet's encoder.
 
-D = the base UNet with adapters disabled, run only through conv_in, the down blocks and the mid block,
-plus one small trainable head per down/mid feature map giving patch logits (after PCM's SDXL
+D = the base UNet run only through conv_in, the down blocks and the mid block, plus one small trainable
+head per down/mid feature map giving patch logits. The encoder is frozen by default (adapters disabled,
+PCM's choice; the paper does not say); with ``backbone="lora"`` a LoRA ``disc`` on it trains with the
+heads, at the memory of a backward through the encoder in each discriminator step (after PCM's SDXL
 discriminator, Apache-2.0, G-U-N/Phased-Consistency-Model, code/text_to_image_sdxl/discriminator_sdxl.py;
 own code). Losses on the patch logits D, each averaged over patches and heads: by default the standard
 GAN loss of Eq. 13, log-sigmoid form: D minimises softplus(−D(real)) + softplus(D(fake)) (= −log σ(D(real))
@@ -22,14 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import adapter_state, teacher_mode
+from tlcm.lora import TLCM_TARGET_SUFFIXES
+
+from .adapters import add_side_adapter, adapter_state, teacher_mode
 from .aux_grad import AuxTerm
-from .config import GAN_LOSSES, GAN_REAL
+from .config import DISC_BACKBONES, GAN_LOSSES, GAN_REAL
 from .consistency import randint, randn
 from .diffusion import Conditioning, Denoiser
 from .teacher import even_path, teacher_solve
 from .technique import AuxBatch, rollout_of
 from .trainables import Sync, load_trainable_state, optimizer_step, trainable_state
+
+
+DISC = "disc"
 
 
 class _EncoderDone(Exception):
@@ -67,6 +74,18 @@ def encoder_features(denoiser: Denoiser, z: torch.Tensor, t: torch.Tensor, cond:
     return features
 
 
+def encoder_modules(unet: nn.Module, suffixes: list[str]) -> list[str]:
+    """Full names of the modules in the down and mid blocks that end in one of ``suffixes`` (PEFT's rule):
+    the only ones the discriminator runs, so a backbone LoRA elsewhere would never train."""
+    def wanted(name: str) -> bool:
+        return name.startswith(("down_blocks.", "mid_block.")) and any(
+            name == s or name.endswith("." + s) for s in suffixes)
+    names = [name for name, _ in unet.named_modules() if wanted(name)]
+    if not names:
+        raise ValueError(f"gan backbone lora: no module of the UNet's down/mid blocks ends in {list(suffixes)}")
+    return names
+
+
 class PatchHead(nn.Module):
     """1×1 conv–GroupNorm–LeakyReLU, one residual block of the same, 1×1 conv → one logit per position."""
 
@@ -91,7 +110,8 @@ class Adversarial:
 
     def __init__(self, denoiser: Denoiser, *, lr: float = 1e-4, weight: float = 1.0, guidance_scale: float = 8.0,
                  teacher_steps: int = 4, t_min: int = 0, t_max: int = 250, head_width: int | None = None,
-                 real: str = "teacher", loss: str = "standard", sync: Sync | None = None):
+                 real: str = "teacher", loss: str = "standard", backbone: str = "frozen", backbone_rank: int = 16,
+                 backbone_alpha: float = 16.0, target_modules: list[str] | None = None, sync: Sync | None = None):
         """``head_width`` None: each head as wide as its feature map (PCM; ≈7.6 M parameters on SDXL)."""
         unet = denoiser.unet
         if not 0 <= t_min <= t_max < denoiser.num_train_timesteps:
@@ -102,6 +122,8 @@ class Adversarial:
             raise ValueError(f"gan real must be one of {GAN_REAL}, got {real!r}")
         if loss not in GAN_LOSSES:
             raise ValueError(f"gan loss must be one of {GAN_LOSSES}, got {loss!r}")
+        if backbone not in DISC_BACKBONES:
+            raise ValueError(f"gan backbone must be one of {DISC_BACKBONES}, got {backbone!r}")
         self.real, self.loss = real, loss
         if getattr(unet, "mid_block", None) is None:
             raise ValueError("the adversarial discriminator needs a UNet with a mid block")
@@ -111,13 +133,18 @@ class Adversarial:
         channels.append(channels[-1])                  # the mid block keeps the last down block's width
         self.heads = nn.ModuleList(PatchHead(c, head_width or c) for c in channels).to(denoiser.alphas.device)
         self._named = dict(self.heads.named_parameters())
+        self.backbone_adapter = None                   # the frozen base: adapters disabled
+        if backbone == "lora":
+            self.backbone_adapter = DISC
+            encoder = encoder_modules(unet, target_modules or TLCM_TARGET_SUFFIXES)
+            self._named.update(add_side_adapter(unet, DISC, backbone_rank, backbone_alpha, encoder))
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.heads.parameters())
+        return list(self._named.values())
 
     def logits(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
-        """Patch logits of each head for x0 re-noised to t (backbone in the current adapter state)."""
+        """Patch logits of each head for x0 re-noised to t (the UNet in the current adapter state)."""
         return self._score(encoder_features(self.denoiser, self.denoiser.add_noise(x0, noise, t), t, cond))
 
     def _score(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -138,14 +165,15 @@ class Adversarial:
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
     def terms(self, batch: AuxBatch) -> list[AuxTerm]:
-        """One term ``gan``: the generator loss of D(x̂0) through the frozen backbone (adapters disabled),
+        """One term ``gan``: the generator loss of D(x̂0) through the backbone in its own adapter state,
         gradient wrt x̂0 only."""
         noise, t = self._renoise(batch.x0, batch.generator)
 
         def loss(x: torch.Tensor) -> torch.Tensor:
             return torch.stack([self.generator_loss(s) for s in self.logits(x, noise, t, batch.cond)]).mean()
 
-        return [AuxTerm("gan", loss, weight=self.weight, state=lambda: adapter_state(self.denoiser.unet, None))]
+        return [AuxTerm("gan", loss, weight=self.weight,
+                        state=lambda: adapter_state(self.denoiser.unet, self.backbone_adapter))]
 
     def real_samples(self, batch: AuxBatch) -> torch.Tensor:
         """The rollout ẑ0, or the teacher's x̂0 from the student's input z_t at t: ``teacher_steps`` equal
@@ -160,24 +188,36 @@ class Adversarial:
             return den.predict_cfg(z, path[:, -2], batch.cond, self.guidance_scale)[0]
 
     def update(self, batch: AuxBatch) -> dict[str, float]:
-        """One step on the heads; real and fake share t' and noise (a paired comparison). The backbone
-        runs without grad (frozen, inputs detached), so only the heads' small graph is kept."""
+        """One discriminator step; real and fake share t' and noise (a paired comparison), inputs detached.
+        A frozen backbone runs without grad, so only the heads' small graph is kept; a LoRA backbone
+        runs, and is backpropagated, inside its own adapter state (with checkpointing the recomputation
+        must see that state)."""
         den, cond = self.denoiser, batch.cond
         real, fake = self.real_samples(batch), batch.x0.detach().float()
         noise, t = self._renoise(fake, batch.generator)
         both = Conditioning(*(torch.cat([c, c]) for c in (cond.embeds, cond.pooled, cond.time_ids)))
         x, noise, t = torch.cat([real, fake]), torch.cat([noise, noise]), torch.cat([t, t])
-        with teacher_mode(den.unet):
-            features = encoder_features(den, den.add_noise(x, noise, t), t, both)
-        with torch.enable_grad():
-            pairs = [s.chunk(2) for s in self._score(features)]
-            loss = torch.stack([self.discriminator_loss(r, f) for r, f in pairs]).mean()
-            loss.backward()
+        z = den.add_noise(x, noise, t)
+        if self.backbone_adapter is None:
+            with teacher_mode(den.unet):
+                features = encoder_features(den, z, t, both)
+            with torch.enable_grad():
+                loss, pairs = self._backward(features)
+        else:
+            with adapter_state(den.unet, self.backbone_adapter), torch.enable_grad():
+                loss, pairs = self._backward(encoder_features(den, z, t, both))
         d_real = torch.stack([r.mean() for r, _ in pairs]).mean()
         d_fake = torch.stack([f.mean() for _, f in pairs]).mean()
         optimizer_step(self.parameters(), self.optimizer, self.sync)
         return {"gan/d_loss": float(loss.detach()), "gan/d_real": float(d_real.detach()),
                 "gan/d_fake": float(d_fake.detach())}
+
+    def _backward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The discriminator loss of [real; fake] features, mean over heads, backpropagated."""
+        pairs = [s.chunk(2) for s in self._score(features)]
+        loss = torch.stack([self.discriminator_loss(r, f) for r, f in pairs]).mean()
+        loss.backward()
+        return loss, pairs
 
     def state_dict(self) -> dict[str, Any]:
         return trainable_state(self.name, self._named, self.optimizer)

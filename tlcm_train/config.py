@@ -47,6 +47,7 @@ DECODE_CHECKPOINTS = ("none", "unit")
 FAKE_DATA = ("rollout", "one_step")
 GAN_REAL = ("teacher", "rollout")
 GAN_LOSSES = ("standard", "hinge")
+DISC_BACKBONES = ("frozen", "lora")
 
 
 class ConfigError(ValueError):
@@ -188,6 +189,10 @@ class DmConfig:
     gan_teacher_steps: int = setting(4, check=at_least(1))   # teacher CFG-DDIM steps that make the "real" samples
     # standard: Eq. 13's log loss (D: −log σ(real) − log(1 − σ(fake)); student: −log σ(fake)) | hinge (PCM's)
     gan_loss: str = setting("standard", check=one_of(GAN_LOSSES))
+    # D's backbone, the base UNet's encoder: frozen (PCM; heads only) | lora (a LoRA on it trains with the heads)
+    disc_backbone: str = setting("frozen", check=one_of(DISC_BACKBONES))
+    disc_rank: int = setting(16, check=at_least(1))       # disc_backbone: lora only
+    disc_alpha: float = setting(16.0, check=above(0))
 
 
 @dataclass

@@ -15,16 +15,11 @@ injected through the surrogate 0.5 · mse(x̂0, sg(x̂0 − grad)), whose gradie
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig as PeftLoraConfig
-
-from tlcm.lora import TLCM_TARGET_SUFFIXES
-
-from .adapters import STUDENT, adapter_state
+from .adapters import add_side_adapter, adapter_state
 from .aux_grad import AuxTerm
 from .config import FAKE_DATA
 from .consistency import randint, randn
@@ -71,16 +66,7 @@ class DistributionMatching:
         self.fake_data = fake_data
         self.denoiser, self.guidance_scale, self.weight = denoiser, guidance_scale, weight
         self.t_min, self.t_max, self.fake_updates, self.sync = t_min, t_max, fake_updates, sync
-        unet = denoiser.unet
-        with warnings.catch_warnings():       # PEFT warns on any second adapter; two are the design here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            unet.add_adapter(PeftLoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
-                                            target_modules=list(target_modules or TLCM_TARGET_SUFFIXES)),
-                             adapter_name=FAKE)
-        unet.set_adapter(STUDENT)                     # add_adapter activated the new one (docs/trainer.md §1)
-        self._named = {n: p for n, p in unet.named_parameters() if f".{FAKE}." in n}
-        for p in self._named.values():
-            p.data = p.data.float()                   # fp32 masters over a possibly half-precision base
+        self._named = add_side_adapter(denoiser.unet, FAKE, rank, alpha, target_modules)
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
 
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -47,8 +47,9 @@ def build_techniques(config: Config, denoiser: Denoiser, vae, latent_side: int, 
             built[name] = Adversarial(denoiser, lr=config.dm.disc_lr, weight=config.dm.gan_weight,
                                       guidance_scale=config.distill.guidance_scale,
                                       teacher_steps=config.dm.gan_teacher_steps, real=config.dm.gan_real,
-                                      loss=config.dm.gan_loss,
-                                      sync=sync)
+                                      loss=config.dm.gan_loss, backbone=config.dm.disc_backbone,
+                                      backbone_rank=config.dm.disc_rank, backbone_alpha=config.dm.disc_alpha,
+                                      target_modules=config.lora.target_modules, sync=sync)
     return built
 
 

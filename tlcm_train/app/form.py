@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tlcm_train.config import (DECODE_CHECKPOINTS, DECODE_DTYPES, DISTANCES, FAKE_DATA, GAN_LOSSES, GAN_REAL,
+from tlcm_train.config import (DECODE_CHECKPOINTS, DECODE_DTYPES, DISC_BACKBONES, DISTANCES, FAKE_DATA, GAN_LOSSES, GAN_REAL,
                                MIXED_PRECISION, OPTIMIZERS, SCORER_DTYPES, Config, ConfigError, load_config)
 from tlcm_train.config import STAGES as STAGE_NAMES
 
@@ -26,7 +26,7 @@ CHOICES = {"train.mixed_precision": MIXED_PRECISION, "train.optimizer": OPTIMIZE
            "distill.distance": DISTANCES, "output.save_dtype": ("fp16", "bf16", "fp32"),
            "mps.scorer_dtype": SCORER_DTYPES, "mps.decode_dtype": DECODE_DTYPES,
            "mps.decode_checkpoint": DECODE_CHECKPOINTS, "dm.fake_data": FAKE_DATA, "dm.gan_real": GAN_REAL,
-           "dm.gan_loss": GAN_LOSSES}
+           "dm.gan_loss": GAN_LOSSES, "dm.disc_backbone": DISC_BACKBONES}
 LINES = ("data.prompts", "data.sample_prompts")       # one item per line (prompts contain commas)
 STAGES = {f"{stage}.enabled": f"{stage}.steps" for stage in STAGE_NAMES}   # a toggle per stage, in order
 STAGE_TITLES = {"mlcd": "Stage 1 (MLCD)", "lcd": "Stage 2 (LCD)", "mps": "Stage 3 (preference)",
