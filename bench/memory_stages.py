@@ -27,8 +27,8 @@ What it does:
 All mid-size figures are CPU RSS in fp32 with gradient checkpointing on, not CUDA allocator figures. glibc's
 dynamic mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in the children so freed tensors leave RSS.
 
-Run: ``python bench/memory_stages.py`` (about 6 min on a 2-core CPU; writes bench/results/memory_stages.md
-and .json).
+Run: ``python bench/memory_stages.py --out bench/results/memory_stages`` (about 6 min on a 2-core CPU; the
+committed .md and .json).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from tlcm_train.preference.scorer import ScorerPlugin  # noqa: E402  (after the path: run as a script)
 
-RESULTS = ROOT / "bench" / "results" / "memory_stages"
+RESULTS = ROOT / "outputs" / "bench" / "memory_stages"
 SDXL_CONFIG = ROOT / "tlcm" / "configs" / "sdxl_base"
 TOY_SCORER = ROOT / "tlcm_toy" / "weights" / "scorer.safetensors"
 GiB = 2 ** 30
@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help="keep the built model here (default: a temp folder)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results path without suffix")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results path without suffix; the committed ones are bench/results/memory_stages")
     parser.add_argument("--measured", type=Path, help="reuse the mid-size measurements of an earlier results "
                         ".json (only the arithmetic is redone)")
     parser.add_argument("--runs", default=",".join(f"{s}:{b}:{v}" for s, b, v in RUNS),

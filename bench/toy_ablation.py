@@ -13,7 +13,7 @@ the next stage, so the rows share their history and differ only by the added ter
 All rows at 4 TLCM steps, metrics per ``tlcm_toy/evaluate.py``; stage 3-4 branches are also evaluated at
 every ``--every`` steps along the way.
 
-    python bench/toy_ablation.py     # writes bench/results/toy_ablation.md + .json
+    python bench/toy_ablation.py --out bench/results/toy_ablation     # the committed results
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench" / "toy")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_ablation")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "toy_ablation",
+                        help="results (.md + .json); the committed ones are bench/results/toy_ablation")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     args = parser.parse_args(argv)
     if args.render:
@@ -140,9 +141,9 @@ def write(record: dict, out: Path) -> None:
             f"teacher steps (② is p = 3). Training wall time per run folder (s, the branch only): "
             f"{record['train_seconds']}; all students at {record['tlcm_steps']} TLCM steps, N = {record['n']}, "
             f"noise seeds {seeds}. Weights: {record['weights_sha256']}.\n\n"
-            + markdown_table(main_rows, len(seeds)) + "\n"
+            + markdown_table(main_rows) + "\n"
             + ("Stages 3-4 along the way (checkpoints of the same runs; the rows above are their ends):\n\n"
-               + markdown_table(along, len(seeds)) + "\n" if along else "") + READING
+               + markdown_table(along) + "\n" if along else "") + READING
             + ("" if any(k.startswith("③") for k in record["summary"]) else
                "- Row ③ (latent LPIPS in both stages) is absent: tlcm_toy/weights/lpips.safetensors did not exist "
                "when this ran.\n"))

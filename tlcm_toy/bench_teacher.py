@@ -3,7 +3,7 @@
 Every configuration samples the same N prompts (labels of a held-out real set, English and Chinese
 alternating) from the same noise (per seed), and is scored by the frozen evaluator against that real set
 (FD, KID), against the teacher's DDIM-25 + CFG samples (FD-to-teacher), and by attribute accuracy.
-Writes ``bench/results/toy_teacher.md`` + ``.json``: ``python -m tlcm_toy.bench_teacher``.
+The committed results: ``python -m tlcm_toy.bench_teacher --out bench/results/toy_teacher``.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def run(pipe, model, n: int, seed: int, configs: list[tuple[int, float]]) -> dic
 def markdown(record: dict) -> str:
     head = (f"# Toy teacher: its own few-step sampling vs 25 steps\n\n`{record['command']}`\n\n"
             f"N = {record['n']} prompts (labels of real set seed {REAL_SEED}, en/zh alternating), noise seeds "
-            f"{record['seeds']} (mean ± std over seeds); DDIM with trailing timesteps, CFG with zero "
+            f"{record['seeds']} (mean ± sample std over seeds, ddof = 1); DDIM with trailing timesteps, CFG with zero "
             f"unconditional embeddings (w=1: no CFG). Evaluator `{record['evaluator_sha256'][:16]}…`; FD/KID "
             f"against N real images on its 128-d features; fd_teacher25 = FD to DDIM-25 w=3 samples. "
             f"Real-vs-real floor at this N: FD {record['real_floor']['fd']:.3g}, KID "
@@ -85,7 +85,7 @@ def markdown(record: dict) -> str:
             f"{record['vae_reconstruction']['acc_texture']:.3g}. Teacher trained {record['teacher']['steps']} steps "
             f"({record['teacher']['train_seconds']} s). s_per_image: CPU, {torch.get_num_threads()} threads, "
             f"shared cores.\n\n")
-    return head + markdown_table(record["summary"], len(record["seeds"]))
+    return head + markdown_table(record["summary"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 25])
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/toy_teacher"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/toy_teacher"),
+                        help="results (.md + .json); the committed ones are bench/results/toy_teacher")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     pipe, model = load_teacher(args.teacher), load_evaluator()

@@ -179,7 +179,7 @@ def run_demo(out: Path, n: int, seed: int, overrides: list[str]) -> dict[str, Pa
              f"{config.train.batch_size}; N = {n} held-out prompts, noise seed {seed}; FD/KID against real toy "
              "images, fd_teacher25 = FD to the teacher's DDIM-25 + CFG samples (evaluator features). "
              f"{POSITION_NOTE} The benchmark (bench/results/toy_table1.md) has longer runs and several seeds.\n\n"
-             + markdown_table(summary, 1))
+             + markdown_table(summary))
     paths = {"lora": result.lora_files["kohya"].parent, "grid": comparison_grid(previews, out / "comparison.png"),
              "metrics": out / "metrics.md", "metrics_json": out / "metrics.json", "samples": out / "run" / "samples"}
     paths["metrics"].write_text(table, encoding="utf-8")

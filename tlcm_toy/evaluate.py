@@ -67,15 +67,24 @@ def score_samplers(samplers: list[Sampler], reference: Sampler, evaluator, n: in
     return {s.label: rows[s.label] for s in shown}, previews
 
 
-def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
-    """[mean, std] over seeds for every sampler and column."""
-    return {name: {c: [float(np.mean([r[name][c] for r in per_seed])), float(np.std([r[name][c] for r in per_seed]))]
-                   for c in COLUMNS} for name in per_seed[0]}
+def summarise(per_unit: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float | None]]]:
+    """[mean, sample standard deviation (ddof = 1)] over units (noise seeds, or training runs) for every
+    row and column; the deviation is None for a single unit."""
+    def spread(values: list[float]) -> float | None:
+        return float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return {name: {c: [float(np.mean([u[name][c] for u in per_unit])), spread([u[name][c] for u in per_unit])]
+                   for c in COLUMNS} for name in per_unit[0]}
 
 
-def markdown_table(summary: dict[str, dict[str, list[float]]], seeds: int) -> str:
+def mean_over_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """One training run's rows averaged over its noise seeds: the unit of a spread over training runs."""
+    return {name: {c: float(np.mean([r[name][c] for r in per_seed])) for c in COLUMNS} for name in per_seed[0]}
+
+
+def markdown_table(summary: dict[str, dict[str, list[float | None]]]) -> str:
+    """Mean ± sample standard deviation per cell (the mean alone where there was one unit)."""
     lines = ["| sampler | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
     for name, row in summary.items():
-        cells = [f"{m:.3g}" if seeds == 1 else f"{m:.3g} ± {s:.2g}" for m, s in row.values()]
+        cells = [f"{m:.3g}" if s is None else f"{m:.3g} ± {s:.2g}" for m, s in row.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from .metrics import attribute_accuracy
     parser = argparse.ArgumentParser(description="Train the frozen toy evaluator on real procedural images.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"weights file (the committed one: {DEFAULT_WEIGHTS.relative_to(DEFAULT_WEIGHTS.parents[2])})")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=EVAL_SEED)

@@ -202,8 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER, help="toy teacher folder (its vae/ encodes)")
     p.add_argument("--work", type=Path, default=Path("outputs/toy_lpips"), help="references and 2AFC latents")
-    p.add_argument("--out", type=Path, default=WEIGHTS)
-    p.add_argument("--results", type=Path, default=RESULTS, help="bench record (.md and .json written)")
+    p.add_argument("--out", type=Path, required=True,
+                   help=f"weights file (the committed one: {WEIGHTS.relative_to(WEIGHTS.parents[2])})")
+    p.add_argument("--results", type=Path, default=Path("outputs/bench/toy_lpips"),
+                   help=f"bench record (.md and .json; the committed one: {RESULTS})")
     p.add_argument("--steps", type=int, default=STEPS)
     args = p.parse_args(argv)
     args.teacher, args.out = _relative(args.teacher), _relative(args.out)

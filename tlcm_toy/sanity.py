@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/toy_evaluator"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/toy_evaluator"),
+                        help="results (.md + .json); the committed ones are bench/results/toy_evaluator")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model = load_evaluator(args.weights)

@@ -297,14 +297,16 @@ def markdown(record: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import save_file
     parser = argparse.ArgumentParser(description="Train the toy preference scorer (never the evaluator).")
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"weights file (the committed one: {DEFAULT_WEIGHTS.relative_to(DEFAULT_WEIGHTS.parents[2])})")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--held-out", type=int, default=2000)
     parser.add_argument("--generated", type=int, default=200, help="prompts for the VAE/teacher score levels (0: skip)")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=Path("outputs/bench/toy_scorer.md"),
+                        help=f"bench record (the committed one: {RESULTS.relative_to(RESULTS.parents[2])})")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     start, start_cpu = time.perf_counter(), time.process_time()

@@ -1,0 +1,109 @@
+"""Which data should the DMD fake score learn from? The paper's multi-step rollout ẑ0 against DMD2's
+one-step x̂0 (``dm.fake_data``), measured on the toy over several training seeds.
+
+Each training seed's TLCM run of ``bench/toy_table1.py`` (same ``--work``, same stage lengths) is branched
+at the end of stage 2 into stage 4 with distribution matching alone (no preference, no GAN term), once per
+``fake_data`` choice; all students at 4 TLCM steps. The design is paired: both branches of a seed share the
+same start, prompts and noise, so the per-seed difference is reported beside the rows.
+
+    python bench/toy_fake_data.py --out bench/results/toy_fake_data     # the committed results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
+from tlcm_toy.distill import toy_config  # noqa: E402
+from tlcm_toy.evaluate import COLUMNS, Sampler, markdown_table, mean_over_seeds, score_samplers, summarise  # noqa: E402
+from tlcm_toy.evaluator import load_evaluator  # noqa: E402
+from tlcm_toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
+
+STEPS = 4
+START = "② end of stage 2 (the branch point)"
+CHOICES = {"rollout": "+ DMD, fake score on the rollout ẑ0 (paper)",
+           "one_step": "+ DMD, fake score on the one-step x̂0 (DMD2)"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mlcd-steps", type=int, default=160, help="as bench/toy_table1.py")
+    parser.add_argument("--lcd-steps", type=int, default=80, help="as bench/toy_table1.py")
+    parser.add_argument("--dm-steps", type=int, default=100)
+    parser.add_argument("--n", type=int, default=250)
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds of the evaluation")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench" / "toy")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "toy_fake_data",
+                        help="results (.md + .json); the committed ones are bench/results/toy_fake_data")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
+    args = parser.parse_args(argv)
+    if args.render:
+        return write(json.loads(args.out.with_suffix(".json").read_text()), args.out)
+    if len(args.train_seeds) < 2:
+        parser.error("--train-seeds needs at least 2 seeds: the spread is over training runs")
+    torch.set_num_threads(args.threads)
+    s1, s2, s4 = args.mlcd_steps, args.lcd_steps, args.dm_steps
+    teacher, evaluator = load_teacher(), load_evaluator()
+    reference = Sampler("teacher DDIM-25 w=3", teacher, 25, 3.0)
+    per_run, train_seconds = [], {}
+    for train_seed in args.train_seeds:
+        base = [f"mlcd.steps={s1}", f"lcd.steps={s2}", f"output.checkpoint_every={s1}", f"train.seed={train_seed}"]
+        tlcm = train_run(args.work / f"tlcm-seed{train_seed}", base)
+        alpha = toy_config(tlcm).lora.alpha
+        students = {START: checkpoint(tlcm, s1 + s2)}
+        for choice, label in CHOICES.items():
+            run = train_run(args.work / f"dmd-{choice}-seed{train_seed}",
+                            [*base, f"dm.steps={s4}", "dm.gan_weight=0.0", "mps.weight=0.0", f"dm.fake_data={choice}"],
+                            resume=checkpoint(tlcm, s1 + s2))
+            students[label] = checkpoint(run, s1 + s2 + s4)
+            train_seconds[f"{choice}-seed{train_seed}"] = round(wall_seconds(run))
+        samplers = [Sampler(label, student_pipe(path, alpha), STEPS, scheduler="tlcm") for label, path in students.items()]
+        per_run.append(mean_over_seeds([score_samplers(samplers, reference, evaluator, args.n, seed)[0]
+                                        for seed in args.seeds]))
+    record = dict(command="python bench/toy_fake_data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  steps=dict(mlcd=s1, lcd=s2, dm=s4), n=args.n, seeds=args.seeds, train_seeds=args.train_seeds,
+                  threads=args.threads, train_seconds=train_seconds, summary=summarise(per_run), per_run=per_run,
+                  paired=paired_differences(per_run))
+    write(record, args.out)
+
+
+def paired_differences(per_run: list[dict]) -> dict[str, list[float | None]]:
+    """one_step − rollout per training seed, then [mean, sample std (ddof = 1)] over seeds, per column."""
+    a, b = CHOICES["one_step"], CHOICES["rollout"]
+    diffs = {c: [run[a][c] - run[b][c] for run in per_run] for c in COLUMNS}
+    return {c: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None] for c, v in diffs.items()}
+
+
+def write(record: dict, out: Path) -> None:
+    """Render ``record`` as markdown beside its JSON (``--render`` redoes only this, from the JSON)."""
+    steps, runs = record["steps"], record["train_seeds"]
+    paired = " | ".join(f"{m:.3g} ± {s:.2g}" if s is not None else f"{m:.3g}" for m, s in record["paired"].values())
+    text = (f"# Toy: the DMD fake score's data, rollout ẑ0 vs one-step x̂0\n\n`{record['command']}`\n\n"
+            f"Each training seed {runs}: the TLCM run of bench/toy_table1.py ({steps['mlcd']} MLCD + {steps['lcd']} "
+            f"LCD steps) branched into {steps['dm']} stage-4 steps of distribution matching alone (dm.gan_weight 0, "
+            f"mps.weight 0), once per `dm.fake_data`; tlcm_toy/toy.yaml otherwise. Students at {STEPS} TLCM steps, "
+            f"N = {record['n']} prompts, noise seeds {record['seeds']}; each run is the mean over the noise seeds, "
+            f"± the sample standard deviation (ddof = 1) over the {len(runs)} training runs. Training wall time per "
+            f"branch (s, {record['threads']} threads): {record['train_seconds']}.\n\n"
+            + markdown_table(record["summary"])
+            + "\nPaired difference, one_step − rollout (same seed, same start), mean ± sample std over seeds:\n\n"
+            + "| | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
+            + f"| one_step − rollout | {paired} |\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
