@@ -46,6 +46,10 @@ class Denoiser:
         self.unet = unet
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         self.alphas = alphas_cumprod_from_config(scheduler_config).to(device=device, dtype=torch.float32)
+        if self.prediction_type == "epsilon" and float(self.alphas.min()) == 0.0:
+            raise ValueError("the model's scheduler config has zero terminal SNR (rescale_betas_zero_snr) with "
+                             "prediction_type 'epsilon': x̂0 is undefined at t = 999, the first milestone; distil a "
+                             "v-prediction model or drop the rescale")
 
     @property
     def num_train_timesteps(self) -> int:
