@@ -11,11 +11,18 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
 import comfy.lora
+import comfy.model_sampling
 import comfy.utils
 
-from ..tlcm.lora import LoraFile, LoraMatchError, load_lora, match_lora, to_kohya_state_dict
+from ..tlcm.lora import (BaseKind, LoraFile, LoraMatchError, base_mismatch, load_lora, match_lora,
+                         to_kohya_state_dict)
 from ..tlcm.lora.reading import locate_weights, read_state_dict
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +51,17 @@ def _check_shapes(lora: LoraFile, matched: dict[str, str], module_keys: dict[str
     if wrong:
         raise LoraMatchError(f"{len(wrong)} of {len(matched)} matched LoRA modules do not fit this model's weights "
                              f"(e.g. {wrong[:2]}): the LoRA was made for another architecture")
+
+
+def model_kind(model) -> BaseKind | None:
+    """The kind of a ComfyUI model as its model sampling defines it (None: neither ε nor v, e.g. flow)."""
+    sampling = model.get_model_object("model_sampling")
+    zero_snr = bool(getattr(sampling, "zsnr", False))
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):     # a subclass of EPS: test it first
+        return BaseKind("v_prediction", zero_snr)
+    if isinstance(sampling, comfy.model_sampling.EPS):
+        return BaseKind("epsilon", zero_snr)
+    return None
 
 
 def _patch_clip(clip, path: Path, lora: LoraFile, strength: float) -> tuple[object, int]:
@@ -84,4 +102,8 @@ def apply_tlcm_lora(model, clip, path: str | Path, strength: float) -> AppliedLo
         lines.append(f"text encoder: {clip_patched} weights patched from {len(lora.skipped)} keys"
                      + ("" if clip is not None else " (no CLIP connected)"))
     lines += [f"note: {n}" for n in lora.notes]
+    kind = model_kind(model)
+    if kind is not None and (warning := base_mismatch(lora.base, kind, path.name)):
+        log.warning("TLCM: %s", warning)
+        lines.insert(0, f"WARNING: {warning}")
     return AppliedLora(new_model, new_clip, "\n".join(lines))

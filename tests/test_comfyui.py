@@ -342,6 +342,30 @@ def test_wrong_architecture_lora_is_a_clear_error(comfy_nodes, loaded):
         comfy_nodes.NODE_CLASS_MAPPINGS["TLCMLoraLoader"].execute(loaded[0], "wrong_arch_sd15_kohya.safetensors", 1.0)
 
 
+def test_lora_distilled_from_another_kind_of_model_is_warned_about(comfy_nodes, comfy_base, loaded, tiny_pipe,
+                                                                    caplog):
+    """A LoRA the trainer recorded as distilled from a v-prediction zero-SNR base, on the kit's ε model:
+    the warning names both kinds, first in the report and in the console; the ε record gets none."""
+    import folder_paths
+    from tlcm.lora import BaseKind, save_lora
+    from comfy_harness import tiny_tlcm_lora
+    loras = comfy_base / "models" / "loras"
+    for name, kind in (("from_vpred.safetensors", BaseKind("v_prediction", True)),
+                       ("from_eps.safetensors", BaseKind("epsilon", False))):
+        lora = tiny_tlcm_lora(tiny_pipe.unet)
+        lora.base = kind
+        save_lora(lora, loras / name, "kohya")
+    folder_paths.filename_list_cache.clear()
+    loader = comfy_nodes.NODE_CLASS_MAPPINGS["TLCMLoraLoader"]
+    with caplog.at_level("WARNING"):
+        report = loader.execute(loaded[0], "from_vpred.safetensors", 1.0).result[-1]
+    first = report.splitlines()[0]
+    assert first.startswith("WARNING: from_vpred.safetensors was distilled from a v_prediction with zero terminal "
+                            "SNR model, but this model is epsilon"), first
+    assert sum("distilled from a v_prediction" in r.getMessage() for r in caplog.records) == 1
+    assert "WARNING" not in loader.execute(loaded[0], "from_eps.safetensors", 1.0).result[-1]
+
+
 # --------------------------------------------------------------------------- full-size SDXL layout
 
 @pytest.fixture(scope="module")

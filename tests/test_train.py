@@ -338,7 +338,10 @@ def test_v_prediction_zero_snr_teacher_distils_and_samples_with_its_own_schedule
     pipe = load_sdxl_pipeline(str(model), device="cpu", dtype=torch.float32)
     pipe.scheduler = TLCMScheduler.from_config(pipe.scheduler.config)
     assert pipe.scheduler.config.rescale_betas_zero_snr and pipe.scheduler.config.prediction_type == "v_prediction"
-    pipe.load_lora_weights(str(tmp_path / "out" / "lora" / "tlcm_lora_diffusers.safetensors"))
+    exported = tmp_path / "out" / "lora" / "tlcm_lora_diffusers.safetensors"
+    from tlcm.lora import BaseKind
+    assert load_lora(exported).base == BaseKind("v_prediction", zero_terminal_snr=True)   # recorded for hosts
+    pipe.load_lora_weights(str(exported))
     image = pipe(["a red cat"], num_inference_steps=2, guidance_scale=1.0, height=64, width=64,
                  generator=torch.Generator().manual_seed(0), output_type="latent").images
     assert torch.isfinite(image).all() and image.abs().max() > 0

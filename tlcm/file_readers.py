@@ -30,6 +30,20 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                          "the file is damaged or not safetensors") from err
 
 
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors header ({} for other formats); the tensors are not read."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:      # as _load_safetensors: any header failure is a damaged file
+        raise ValueError(f"cannot read {path} as safetensors ({one_line(err)}); "
+                         "the file is damaged or not safetensors") from err
+
+
 def _load_pickle(path: Path, mmap: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -101,11 +102,15 @@ def size_warning(width: int, height: int, native: tuple[int, int]) -> str | None
 
 
 def apply_loras(pipe, loras: Sequence[tuple[str, float]], *, alpha: float | None = None) -> list:
-    """Merge each (path, strength) LoRA into ``pipe.unet``; returns the match reports (errors if none match)."""
-    from .lora import load_lora, merge_lora
-    reports = []
+    """Merge each (path, strength) LoRA into ``pipe.unet``; returns the match reports (errors if none match).
+    A LoRA recorded as distilled from another kind of model (prediction type, zero SNR) is warned about."""
+    from .lora import BaseKind, base_mismatch, load_lora, merge_lora
+    reports, model = [], BaseKind.from_scheduler_config(pipe.scheduler.config)
     for path, strength in loras:
-        report = merge_lora(pipe.unet, load_lora(path, alpha=alpha), strength)
+        lora = load_lora(path, alpha=alpha)
+        if warning := base_mismatch(lora.base, model, Path(path).name):
+            print(f"[tlcm] warning: {warning}", file=sys.stderr, flush=True)
+        report = merge_lora(pipe.unet, lora, strength)
         print(f"[tlcm] LoRA {Path(path).name} @ {strength:g}: {report.summary()}", flush=True)
         reports.append(report)
     return reports

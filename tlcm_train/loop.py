@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from tlcm.lora import BaseKind
 from tlcm.models import load_sdxl_pipeline
 from tlcm.models.device import DTYPE_NAMES
 from tlcm.scheduler import TLCMScheduler
@@ -164,6 +165,7 @@ class Trainer:
             self.unet.enable_gradient_checkpointing()
         self.unet.train()
         self.denoiser = Denoiser(self.unet, dict(pipe.scheduler.config), self.device)
+        self.base_kind = BaseKind.from_scheduler_config(pipe.scheduler.config)      # recorded in the exports
         self.sampler = TLCMScheduler.from_config(pipe.scheduler.config)
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_shape = (self.unet.config.in_channels, res // vae_scale, res // vae_scale)
@@ -338,7 +340,7 @@ class Trainer:
             if cfg.output.sample_every and (self.step % cfg.output.sample_every or result.state == "stopped"):
                 self.sample()
             result.lora_files = export_lora(student_state_dict(self.unet), cfg.lora.alpha, self.output_dir / "lora",
-                                            cfg.output.formats, cfg.output.save_dtype)
+                                            cfg.output.formats, cfg.output.save_dtype, self.base_kind)
             self.tracker.status(result.state, self.step, rank_lora_digests=digests,
                                 lora_files={k: str(v) for k, v in result.lora_files.items()})
             self.tracker.close()

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..file_readers import TENSOR_SUFFIXES, check_values, read_state_dict
+from ..file_readers import TENSOR_SUFFIXES, check_values, read_safetensors_metadata, read_state_dict
+from .base import BaseKind
 from .config import PEFT_DEFAULT_ALPHA, AdapterConfig, find_adapter_config
 from .keys import ParsedKeys, parse_keys
 from .weights import LoraFile, LoraModule
@@ -129,4 +130,7 @@ def load_lora(path: str | Path, *, config: str | Path | Mapping | AdapterConfig 
     if parsed.skipped:
         log.warning("%s: %d text-encoder keys do not apply to the UNet and are not loaded",
                     weights, len(parsed.skipped))
-    return LoraFile(modules, parsed.family, notes, parsed.skipped, names_resolved=parsed.family != "kohya")
+    base = BaseKind.from_metadata(read_safetensors_metadata(weights))
+    if base is not None:
+        notes.append(f"distilled from a {base.describe()} model (recorded by tlcm-train)")
+    return LoraFile(modules, parsed.family, notes, parsed.skipped, names_resolved=parsed.family != "kohya", base=base)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .base import BaseKind
+
 
 @dataclass
 class LoraModule:
@@ -72,6 +74,7 @@ class LoraFile:
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     names_resolved: bool = True
+    base: BaseKind | None = None          # the model kind the trainer recorded in the file, if any
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -121,11 +121,12 @@ def save_lora(lora: LoraFile, path: str | Path, fmt: str, *, dtype: torch.dtype 
     if fmt not in FORMATS:
         raise ValueError(f"unknown LoRA format {fmt!r}; choose one of {', '.join(FORMATS)}")
     _check_target(path, fmt, overwrite)
+    metadata = {"format": "pt", **(lora.base.to_metadata() if lora.base else {})}
     if fmt == "peft":
         config, state = to_peft(lora, dtype)
-        atomic_save_safetensors(path / PEFT_WEIGHTS_NAME, state, {"format": "pt"}, overwrite=overwrite)
+        atomic_save_safetensors(path / PEFT_WEIGHTS_NAME, state, metadata, overwrite=overwrite)
         atomic_write_text(path / PEFT_CONFIG_NAME, json.dumps(config, indent=2) + "\n", overwrite=overwrite)
         return path
     state = to_kohya_state_dict(lora, dtype) if fmt == "kohya" else to_diffusers_state_dict(lora, dtype)
-    atomic_save_safetensors(path, state, {"format": "pt"}, overwrite=overwrite)
+    atomic_save_safetensors(path, state, metadata, overwrite=overwrite)
     return path
