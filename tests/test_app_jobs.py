@@ -92,9 +92,11 @@ def test_stop_saves_resume_finishes_and_one_run_per_folder(toy_config, tmp_path,
     view = wait_for(manager, info.output_dir, lambda v: v.state == "running" and v.step >= hold)
     assert view.step == hold and view.total == 20 and view.it_per_s and view.it_per_s > 0 and view.eta_s is not None
     assert read_run(JobManager().info(info.output_dir)).state == "running"   # a fresh app reattaches
+    assert manager.active_run() == f"a training run is active in {info.output_dir}"   # Try it keeps off the GPU
     manager.stop(info.output_dir)
     view = wait_for(manager, info.output_dir, lambda v: not v.active)
     assert view.state == "stopped", view.log_tail
+    assert manager.active_run() is None
     stopped_at = view.step
     assert stopped_at == hold
     assert (info.output_dir / f"checkpoints/checkpoint-{stopped_at:08d}").is_dir()
@@ -124,7 +126,7 @@ def test_try_it_generates_with_a_lora_and_exports_every_format(toy_config, tmp_p
     lora = str(export_lora(state, 2.0, tmp_path / "lora", ["kohya"])["kohya"])          # fp16, scale 1/2
     sampler, settings = Sampler(), GenerationSettings("a red circle at the top", steps=2, width=32, height=32)
     with_lora = sampler.generate(toy_config.model.path, lora, 1.0, settings, save_dir=tmp_path / "gen")[0]
-    without = sampler.generate(toy_config.model.path, lora, 0.0, settings)[0]   # strength change: rebuilt
+    without = sampler.generate(toy_config.model.path, lora, 0.0, settings)[0]   # strength change: swapped
     assert with_lora.size == (32, 32) and len(list((tmp_path / "gen").glob("tlcm-*.png"))) == 1
     assert np.abs(np.asarray(with_lora, float) - np.asarray(without, float)).mean() > 1.0
     source, exported = load_lora(lora), {}
@@ -167,6 +169,42 @@ def test_teacher_baseline_is_the_plain_model_from_the_lora_runs_noise(toy_config
     assert np.abs(as_array(baseline) - as_array(with_lora)).mean() > 1.0
     [euler] = sampler.teacher(toy_config.model.path, settings, "Euler", 10, 3.0)
     assert np.abs(as_array(euler) - as_array(baseline)).mean() > 0.1          # the sampler choice is used
+
+
+def test_try_it_swaps_loras_in_place_and_restores_the_base_bit_for_bit(toy_config, tmp_path, monkeypatch):
+    """One model load for LoRA → other strength → teacher → LoRA again; the teacher runs on the very weights
+    that were loaded, and the LoRA at the same strength gives the same image again."""
+    import tlcm_train.app.try_it as try_it
+    unet = UNet2DConditionModel.from_pretrained(Path(toy_config.model.path) / "unet")
+    torch.manual_seed(9)
+    add_student(unet, LoraConfig(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v"]))
+    state = {k: 3 * torch.randn_like(v) if "lora_B" in k else v for k, v in student_state_dict(unet).items()}
+    lora = str(export_lora(state, 4.0, tmp_path / "lora", ["kohya"])["kohya"])
+    loads = []
+    monkeypatch.setattr(try_it, "load_sdxl_pipeline", lambda path: loads.append(path) or load_sdxl_pipeline(path))
+    sampler, settings = Sampler(), GenerationSettings("a red circle at the top", steps=2, seed=3, width=32, height=32)
+    [first] = sampler.generate(toy_config.model.path, lora, 1.0, settings)
+    loaded = {k: v.clone() for k, v in load_sdxl_pipeline(toy_config.model.path, device="cpu").unet.state_dict().items()}
+    sampler.generate(toy_config.model.path, lora, 0.5, settings)
+    sampler.teacher(toy_config.model.path, settings, "DDIM", 4, 3.0)
+    now = sampler._pipe.unet.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in loaded.items())             # the LoRA is out, bit for bit
+    [again] = sampler.generate(toy_config.model.path, lora, 1.0, settings)
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    assert len(loads) == 1
+
+
+def test_try_it_refuses_a_second_model_on_a_gpu_a_training_run_uses(toy_config, monkeypatch):
+    import tlcm_train.app.try_it as try_it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(try_it, "load_sdxl_pipeline", lambda path: pytest.fail("loaded a model on a busy GPU"))
+    settings = GenerationSettings("a red circle at the top", steps=2, width=32, height=32)
+    busy = Sampler(gpu_busy=lambda: "a training run is active in /runs/a")
+    with pytest.raises(ValueError, match="second copy of the model onto the GPU while a training run is active in "
+                                         "/runs/a; stop the run or wait"):
+        busy.teacher(toy_config.model.path, settings, "DDIM", 4, 3.0)
+    manager = JobManager()
+    assert manager.active_run() is None                         # nothing started here: the GPU is free
 
 
 def test_failed_run_shows_the_reason_and_releases_the_folder(toy_config, tmp_path):

@@ -776,7 +776,8 @@ def build_app(manager: JobManager | None = None, sampler: Sampler | None = None,
               presets: dict[str, Preset] | None = None) -> gr.Blocks:
     """The whole UI; ``banner`` is shown in red on every page (e.g. "exposed without a password");
     ``presets`` (name → preset, the first is the default) are the GPU presets unless given."""
-    manager, sampler, presets = manager or JobManager(), sampler or Sampler(), presets or GPU_PRESETS
+    manager = manager or JobManager()
+    sampler, presets = sampler or Sampler(gpu_busy=manager.active_run), presets or GPU_PRESETS
     values, preset_note = _initial_form(next(iter(presets.values())))
     fields = {f.key: f for f in form.FIELDS}
     with gr.Blocks(title="TLCM trainer") as demo:

@@ -154,6 +154,13 @@ class JobManager:
             (output_dir / LOCK_NAME).unlink(missing_ok=True)
         return JobInfo(output_dir, alive, RunRecord.read(output_dir))
 
+    def active_run(self) -> str | None:
+        """'a training run is active in <folder>' while the last run started here is alive, else None."""
+        latest = self.latest
+        if latest is not None and self.info(latest).alive:
+            return f"a training run is active in {latest}"
+        return None
+
     def _take_lock(self, output_dir: Path) -> None:
         """Create the lock atomically (hard link of a complete file), owned by this app until the trainer runs."""
         self.info(output_dir)               # drops a stale lock

@@ -1,17 +1,18 @@
 """Try a TLCM LoRA (the one just trained, or any) at 1-8 steps beside its teacher, and convert it for other hosts.
 
-Generation is the core's (``tlcm.generate``): official TLCM sampler, no CFG. The merged pipeline is
-kept between clicks and rebuilt only when the model, the LoRA file or its strength changes, because
-``apply_loras`` merges into the UNet weights (merging twice would double the LoRA). Exports go to a
-fresh temporary folder that Gradio may serve; a PEFT adapter (a folder) is zipped.
+Generation is the core's (``tlcm.generate``): official TLCM sampler, no CFG. One pipeline of the base
+model is kept between clicks and loaded again only when the model changes. The LoRA is merged into its
+UNet weights; a new LoRA file, a rewritten one or another strength first puts the merged modules' own
+weights back (kept on the CPU when merging, restored bit for bit), so nothing is merged twice and nothing
+is reloaded. On a GPU that a training run of this app is using, Try it refuses to load a model (an SDXL
+copy next to the trainer's would run both out of memory). Exports go to a fresh temporary folder that
+Gradio may serve; a PEFT adapter (a folder) is zipped.
 
 The teacher baseline is what the LoRA is measured against: the same base model without the LoRA, the
 same prompt, seed and size (so the same starting noise), sampled the usual many-step way — DDIM or Euler
 with classifier-free guidance (SDXL's zero embedding as the unconditional branch, as the teacher was
 used in distillation). Its samplers use trailing timestep spacing, which keeps the last step at t = 999
-like the TLCM schedule. The core loads the model (``tlcm.models.load_sdxl_pipeline``); the baseline keeps
-its own unmerged pipeline, so ticking it costs the memory of a second copy of the model (about 7 GB for
-SDXL in fp16) until the app ends.
+like the TLCM schedule. It runs on the same pipeline with the LoRA taken out, so it costs no second copy.
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
 from tlcm.generate import GenerationSettings, apply_loras, generate, save_images
 from tlcm.schedules import MAX_STEPS, MIN_STEPS
-from tlcm.lora import FORMATS, load_lora, save_lora
+from tlcm.lora import FORMATS, load_lora, match_lora, save_lora
 from tlcm.models import load_sdxl_pipeline
 from tlcm_train.export import EXPORT_NAMES
 
@@ -48,24 +49,47 @@ def teacher_scheduler(pipe, name: str):
 
 
 class Sampler:
-    """One SDXL pipeline with one merged LoRA, and the plain base model for the teacher baseline, shared by
-    all tabs (one generation at a time)."""
+    """One SDXL pipeline with at most one merged LoRA, shared by all tabs (one generation at a time).
 
-    def __init__(self):
+    ``gpu_busy`` answers why the GPU is taken (e.g. ``JobManager.active_run``), or None when it is free."""
+
+    def __init__(self, gpu_busy: Callable[[], str | None] | None = None):
         self._guard = threading.Lock()
-        self._key: tuple | None = None
+        self._gpu_busy = gpu_busy or (lambda: None)
+        self._model: Path | None = None
         self._pipe = None
-        self._base_key: Path | None = None
-        self._base = None
+        self._merged: tuple | None = None               # (LoRA path, mtime, strength) now in the weights
+        self._original: dict[str, Any] = {}           # module path -> its weight before the merge (CPU)
+
+    def _base(self, model: Path):
+        """The pipeline of ``model`` with no LoRA in it."""
+        if model != self._model:
+            import torch
+            self._pipe, self._model, self._merged, self._original = None, None, None, {}   # free it first
+            if torch.cuda.is_available() and (reason := self._gpu_busy()):
+                raise ValueError(f"Try it would load a second copy of the model onto the GPU while {reason}; "
+                                 "stop the run or wait for it to finish")
+            self._pipe, self._model = load_sdxl_pipeline(model), model
+        self._unmerge()
+        return self._pipe
+
+    def _unmerge(self) -> None:
+        import torch
+        with torch.no_grad():
+            for path, weight in self._original.items():
+                self._pipe.unet.get_submodule(path).weight.copy_(weight)
+        self._merged, self._original = None, {}
 
     def _pipeline(self, model: Path, lora: Path, strength: float):
-        key = (model, lora, lora.stat().st_mtime, strength)
-        if key != self._key:
-            self._pipe, self._key = None, None          # free the old one before loading
-            pipe = load_sdxl_pipeline(model)
-            apply_loras(pipe, [(str(lora), strength)])
-            self._pipe, self._key = pipe, key
-        return self._pipe
+        key = (lora, lora.stat().st_mtime, strength)
+        if model == self._model and key == self._merged:
+            return self._pipe
+        pipe = self._base(model)
+        paths = match_lora(load_lora(lora), pipe.unet).matched.values()
+        self._original = {p: pipe.unet.get_submodule(p).weight.detach().to("cpu", copy=True) for p in paths}
+        apply_loras(pipe, [(str(lora), strength)])
+        self._merged = key
+        return pipe
 
     def generate(self, model: str, lora: str, strength: float, settings: GenerationSettings,
                  save_dir: Path | None = None) -> list[Image.Image]:
@@ -87,10 +111,7 @@ class Sampler:
         model_path = check_model(model)
         settings.validate()
         with self._guard:
-            if self._base_key != model_path:
-                self._base, self._base_key = None, None
-                self._base, self._base_key = load_sdxl_pipeline(model_path), model_path
-            pipe = self._base
+            pipe = self._base(model_path)
             pipe.scheduler = teacher_scheduler(pipe, sampler)
             device = pipe.unet.device
             generators = [torch.Generator(device).manual_seed(settings.seed + i) for i in range(settings.batch_size)]
