@@ -718,8 +718,8 @@ def build_try_tab(values: dict[str, Any]) -> TryTab:
         with gr.Row():
             teacher = gr.Checkbox(False, label="Teacher baseline", elem_id="try-teacher",
                                   info="also the base model without the LoRA, same prompt, seed and size, sampled "
-                                       "the usual way (loads a second copy of the model: about 7 GB more for "
-                                       "SDXL in fp16)")
+                                       "the usual way (the same loaded model with the LoRA taken out; the next "
+                                       "LoRA image merges it back)")
             teacher_sampler = gr.Radio(list(TEACHER_SAMPLERS), value=TEACHER_SAMPLERS[0], label="Teacher sampler",
                                        elem_id="try-teacher-sampler")
             teacher_steps = gr.Slider(1, MAX_TEACHER_STEPS, value=TEACHER_STEPS, step=1, label="Teacher steps",
