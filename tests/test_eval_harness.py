@@ -310,3 +310,51 @@ def test_a_missing_weight_is_a_one_line_error_naming_it(tmp_path, kit, metric_we
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("tlcm: ") and str(missing) in err
     assert not (tmp_path / "out" / "images").exists()      # refused before any image was made
+
+
+def readme_eval_commands() -> list[list[str]]:
+    """The commands of the README's Evaluate section, as a shell would split them."""
+    import shlex
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Evaluate"):]
+    start = section.index("```bash") + len("```bash")
+    block = section[start:section.index("```", start)].replace("\\\n", " ")
+    return [shlex.split(line) for line in block.strip().splitlines()]
+
+
+def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weights):
+    """A dry run of the README's own commands: only the weight paths are swapped for tiny stand-ins and the
+    prompt count is limited, so a renamed flag or a wrong sampler spec in the README fails here."""
+    from tlcm.lora import LoraFile, LoraModule, save_lora
+    from tlcm.models import load_sdxl_pipeline
+    unet = load_sdxl_pipeline(kit.diffusers, device="cpu").unet
+    g = torch.Generator().manual_seed(4)
+    modules = {}
+    for name in ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+                 "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"):
+        w = unet.get_submodule(name).weight
+        modules[name] = LoraModule(0.1 * torch.randn(4, w.shape[1], generator=g),
+                                   0.1 * torch.randn(w.shape[0], 4, generator=g), 8.0)
+    official = save_lora(LoraFile(modules, "peft"), tmp_path / "TLCMSDXL", "peft")
+    stand_ins = {"/models/stable-diffusion-xl-base-1.0": kit.diffusers, "/models/TLCMSDXL": official,
+                 "/models/CLIP-ViT-g-14-laion2B-s12B-b42K": metric_weights["clip"],
+                 "MODULE:FACTORY": "eval_test_features:factory",
+                 "/models/inception.safetensors": metric_weights["features"]}
+    commands = readme_eval_commands()
+    assert len(commands) == 2 and all(c[:4] == ["python", "-m", "tlcm", "eval"] for c in commands)
+    sys.path.insert(0, str(metric_weights["plugin"]))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for command in commands:
+            args = [str(stand_ins.get(a, a)).replace("outputs/eval", str(tmp_path / "eval")) for a in command[3:]]
+            assert not [a for a in args if a.startswith("/models/")], args     # every weight has a stand-in
+            assert main([*args, "--limit", "2", "--no-progress", "--device", "cpu"]) == 0, command
+    finally:
+        sys.path.remove(str(metric_weights["plugin"]))
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "eval" / "tlcm4" / "eval.json").read_text(encoding="utf-8"))
+    assert result["prompts"]["count"] == 2 and result["sampler"]["spec"] == "tlcm:4"
+    assert result["metrics"]["clip_score"]["value"] is not None and result["metrics"]["fid_to_teacher"]["value"] is not None
+    assert "| TLCM (this run, tlcm:4) | 4 |" in (tmp_path / "eval" / "tlcm4" / "table1.md").read_text()
