@@ -17,7 +17,6 @@ every ``--every`` steps along the way.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,25 +30,19 @@ from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
 from tlcm_toy.distill import WEIGHTS, toy_config  # noqa: E402
 from tlcm_toy.evaluate import Sampler, markdown_table, score_samplers, summarise  # noqa: E402
 from tlcm_toy.evaluator import file_sha256, load_evaluator  # noqa: E402
-from tlcm_toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
+from tlcm_toy.runs import (bench_parser, checkpoint, student_pipe, train_run, wall_seconds,  # noqa: E402
+                           write_results)
 
 STEPS = 4
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mlcd-steps", type=int, default=300, help="as bench/toy_table1.py")
-    parser.add_argument("--lcd-steps", type=int, default=100, help="as bench/toy_table1.py")
+    parser = bench_parser(__doc__.splitlines()[0], "toy_ablation", train_seeds=False, noise_seeds=[0, 1])
+    parser.add_argument("--mlcd-steps", type=int, default=300)
+    parser.add_argument("--lcd-steps", type=int, default=100)
     parser.add_argument("--mps-steps", type=int, default=200)
     parser.add_argument("--dm-steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=50, help="stage 3-4 checkpoints evaluated along the way")
-    parser.add_argument("--n", type=int, default=250)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench" / "toy")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "toy_ablation",
-                        help="results (.md + .json); the committed ones are bench/results/toy_ablation")
-    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     args = parser.parse_args(argv)
     if args.render:
         return write(json.loads(args.out.with_suffix(".json").read_text()), args.out)
@@ -96,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
                   train_seconds=train_seconds, summary=summary, per_seed=per_seed,
                   weights_sha256={p.name: file_sha256(p) for p in (WEIGHTS / "scorer.safetensors",
                                                                    WEIGHTS / "lpips.safetensors") if p.is_file()})
-    record["fake_rank"] = toy_config(args.work / "tlcm").dm.fake_rank
+    config = toy_config(args.work / "tlcm")
+    record.update(fake_rank=config.dm.fake_rank, gan_loss=config.dm.gan_loss, spread="sample std, ddof = 1")
     write(record, args.out)
 
 
@@ -128,6 +122,12 @@ READING = """## Reading it
 """
 
 
+def provenance(record: dict) -> str:
+    """The spread and GAN loss a record was computed with (a record that names neither: ddof 0, hinge)."""
+    return (f"- ± is the {record.get('spread', 'population std (ddof = 0)')} over the noise seeds; the GAN "
+            f"rows use the {record.get('gan_loss', 'hinge')} loss.\n")
+
+
 def write(record: dict, out: Path) -> None:
     """Render ``record`` as markdown beside its JSON (``--render`` redoes only this, from the JSON)."""
     steps, seeds = record["steps"], record["seeds"]
@@ -143,14 +143,11 @@ def write(record: dict, out: Path) -> None:
             f"noise seeds {seeds}. Weights: {record['weights_sha256']}.\n\n"
             + markdown_table(main_rows) + "\n"
             + ("Stages 3-4 along the way (checkpoints of the same runs; the rows above are their ends):\n\n"
-               + markdown_table(along) + "\n" if along else "") + READING
+               + markdown_table(along) + "\n" if along else "") + READING + provenance(record)
             + ("" if any(k.startswith("③") for k in record["summary"]) else
                "- Row ③ (latent LPIPS in both stages) is absent: tlcm_toy/weights/lpips.safetensors did not exist "
                "when this ran.\n"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(text, encoding="utf-8")
-    print(text)
+    write_results(record, text, out)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,6 @@ same start, prompts and noise, so the per-seed difference is reported beside the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,8 @@ from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
 from tlcm_toy.distill import toy_config  # noqa: E402
 from tlcm_toy.evaluate import COLUMNS, Sampler, markdown_table, mean_over_seeds, score_samplers, summarise  # noqa: E402
 from tlcm_toy.evaluator import load_evaluator  # noqa: E402
-from tlcm_toy.runs import checkpoint, student_pipe, train_run, wall_seconds  # noqa: E402
+from tlcm_toy.runs import (bench_parser, check_train_seeds, checkpoint, student_pipe, train_run,  # noqa: E402
+                           wall_seconds, write_results)
 
 STEPS = 4
 START = "② end of stage 2 (the branch point)"
@@ -34,23 +34,14 @@ CHOICES = {"rollout": "+ DMD, fake score on the rollout ẑ0 (paper)",
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__.splitlines()[0], "toy_fake_data", train_seeds=True, noise_seeds=[0, 1])
     parser.add_argument("--mlcd-steps", type=int, default=160, help="as bench/toy_table1.py")
     parser.add_argument("--lcd-steps", type=int, default=80, help="as bench/toy_table1.py")
     parser.add_argument("--dm-steps", type=int, default=100)
-    parser.add_argument("--n", type=int, default=250)
-    parser.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds of the evaluation")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench" / "toy")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "toy_fake_data",
-                        help="results (.md + .json); the committed ones are bench/results/toy_fake_data")
-    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     args = parser.parse_args(argv)
     if args.render:
         return write(json.loads(args.out.with_suffix(".json").read_text()), args.out)
-    if len(args.train_seeds) < 2:
-        parser.error("--train-seeds needs at least 2 seeds: the spread is over training runs")
+    check_train_seeds(parser, args)
     torch.set_num_threads(args.threads)
     s1, s2, s4 = args.mlcd_steps, args.lcd_steps, args.dm_steps
     teacher, evaluator = load_teacher(), load_evaluator()
@@ -99,10 +90,7 @@ def write(record: dict, out: Path) -> None:
             + "\nPaired difference, one_step − rollout (same seed, same start), mean ± sample std over seeds:\n\n"
             + "| | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
             + f"| one_step − rollout | {paired} |\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(text, encoding="utf-8")
-    print(text)
+    write_results(record, text, out)
 
 
 if __name__ == "__main__":

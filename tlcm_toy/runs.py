@@ -2,6 +2,7 @@
 another's checkpoint, and turn any checkpoint into a sampling pipeline through the core's LoRA loader."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -9,12 +10,45 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tlcm.files import atomic_write_text
 from tlcm.generate import apply_loras
 from tlcm_train.config import Config, load_config
 from tlcm_train.export import export_lora
 
 from .bench_teacher import load_teacher
 from .distill import toy_config
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_parser(description: str, name: str, *, train_seeds: bool, noise_seeds: list[int]) -> argparse.ArgumentParser:
+    """The arguments the toy benchmarks share: N, seeds, threads, the run folder, and where the results go
+    (outputs/bench/<name> unless ``--out`` names the committed bench/results/<name>)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--n", type=int, default=250, help="prompts per row")
+    if train_seeds:
+        parser.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2], help="one training run per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=noise_seeds, help="noise seeds of the evaluation")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench" / "toy", help="training runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / name,
+                        help=f"results (.md + .json); the committed ones are bench/results/{name}")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
+    return parser
+
+
+def write_results(record: dict, text: str, out: Path) -> None:
+    """A benchmark's record (``out``.json) and its rendering (``out``.md), each written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)
+    print(text)
+
+
+def check_train_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if len(args.train_seeds) < 2:
+        parser.error("--train-seeds needs at least 2 seeds: the spread is over training runs")
 
 
 def finished(out: Path) -> bool:
