@@ -178,7 +178,8 @@ def run_demo(out: Path, n: int, seed: int, overrides: list[str]) -> dict[str, Pa
              f"{result.step} steps ({config.mlcd.steps} MLCD + {config.lcd.steps} LCD) at batch "
              f"{config.train.batch_size}; N = {n} held-out prompts, noise seed {seed}; FD/KID against real toy "
              "images, fd_teacher25 = FD to the teacher's DDIM-25 + CFG samples (evaluator features). "
-             f"{POSITION_NOTE} The benchmark (bench/results/toy_table1.md) has longer runs and several seeds.\n\n"
+             f"{POSITION_NOTE} One training run and one noise seed, so no spread: the benchmark "
+             "(bench/results/toy_table1.md) repeats this run over several training seeds.\n\n"
              + markdown_table(summary))
     paths = {"lora": result.lora_files["kohya"].parent, "grid": comparison_grid(previews, out / "comparison.png"),
              "metrics": out / "metrics.md", "metrics_json": out / "metrics.json", "samples": out / "run" / "samples"}
