@@ -186,6 +186,54 @@ def test_custom_sampler_nodes_equal_reference_loop(comfy_nodes, loaded, conditio
     assert (other - reference).abs().max() > 1e-2      # eta 1 and eta 0 really are different samplers
 
 
+class _FlowModel:
+    """What ComfyUI hands a k-diffusion sampler, for a FLUX-type model: a callable returning x̂0 (a fixed
+    affine map of x, so the result depends on every step) whose ``inner_model.model_patcher`` answers
+    ``model_sampling`` with ComfyUI's own FLUX sampling class (``ModelSamplingFlux`` + ``CONST``)."""
+
+    def __init__(self, shift: float):
+        import comfy.model_sampling
+        from types import SimpleNamespace
+
+        class FluxSampling(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
+            pass
+        self.model_sampling = FluxSampling()
+        self.model_sampling.set_parameters(shift=shift)
+        patcher = SimpleNamespace(get_model_object=lambda name: {"model_sampling": self.model_sampling}[name])
+        self.inner_model = SimpleNamespace(model_patcher=patcher)
+
+    def __call__(self, x, sigma, **extra):
+        return 0.6 * x + 0.1 * sigma.view(-1, 1, 1, 1)
+
+
+def test_flux_sigmas_and_sampler_follow_the_official_flux_loop(comfy_nodes):
+    """FLUX in ComfyUI: sigmas = FLUX's shift of linspace(1, 1/n, n) (then 0), and each step
+    x ← (1 − σ')·x̂0 + σ'·ξ with ComfyUI's seeded noise, the last x̂0 the result (official scheduler, written out)."""
+    import math
+    from comfy.k_diffusion.sampling import default_noise_sampler
+    sampling = pack_module("sampling")
+    model, mu = _FlowModel(shift=1.15), 1.15
+    sigmas = sampling.tlcm_sigmas(model.model_sampling, 4)
+    times = [1.0, 0.75, 0.5, 0.25]                                  # FluxPipeline: linspace(1, 1/n, n)
+    expected = [math.exp(mu) / (math.exp(mu) + (1 / t - 1)) for t in times] + [0.0]
+    assert sigmas.tolist() == pytest.approx(expected, abs=1e-6)
+    half = sampling.tlcm_sigmas(model.model_sampling, 2, denoise=0.5)  # the last 2 of the 4-step list
+    assert half.tolist() == pytest.approx(expected[2:], abs=1e-6)
+
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = sampling.sample_tlcm(model, x.clone(), sigmas, extra_args={"seed": 5}, disable=True)
+    noise, ref = default_noise_sampler(x, seed=5), x.clone()
+    for i in range(4):
+        denoised = model(ref, sigmas[i] * torch.ones(1))
+        nxt = float(sigmas[i + 1])
+        ref = (1 - nxt) * denoised + nxt * noise(sigmas[i], sigmas[i + 1]) if nxt > 0 else denoised
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="flow model .* eta 1"):
+        sampling.sample_tlcm(model, x.clone(), sigmas, extra_args={"seed": 5}, disable=True, eta=0.5)
+    with pytest.raises(ValueError, match="one TLCM schedule"):
+        sampling.tlcm_sigmas(model.model_sampling, 4, schedule="uniform")
+
+
 def test_ksampler_fractional_denoise_equals_reference_loop(comfy_nodes, loaded, conditioning, tiny_pipe):
     """img2img at denoise 0.7: KSampler runs the tail of the int(4/0.7) = 5-step schedule (749, 499, 249,
     124; round would give 6 steps: 499, ...), starting from the forward diffusion of the input latent."""

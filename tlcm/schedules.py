@@ -119,16 +119,29 @@ def uniform_timesteps(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
     return [int(round(num_train_timesteps - num_train_timesteps / steps * i)) - 1 for i in range(steps)]
 
 
+def _partial_total(steps: int, denoise: float) -> int:
+    """The length of the schedule whose last ``steps`` entries a partial ``denoise`` runs."""
+    _check_steps(steps)
+    if not isinstance(denoise, (int, float)) or math.isnan(denoise) or not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
+    return steps if denoise >= 1.0 else int(steps / denoise)
+
+
+def flow_times(steps: int, *, denoise: float = 1.0) -> list[float]:
+    """The TLCM-FLUX schedule before the model's shift: ``FluxPipeline``'s linspace(1, 1/n, n), which the
+    official FLUX example runs; a partial ``denoise`` keeps the last ``steps`` of the int(steps/denoise)-step
+    list, as for SDXL. A flow host maps each t to its own shifted sigma, then appends 0."""
+    total = _partial_total(steps, denoise)
+    return [1.0 - i / total for i in range(total)][-steps:]
+
+
 def schedule_timesteps(steps: int, schedule: str = "tlcm", *, denoise: float = 1.0,
                        num_segments: int = OFFICIAL_NUM_SEGMENTS,
                        num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
     """Timesteps for ``steps`` steps of ``schedule``, honouring partial ``denoise`` (module docstring)."""
-    _check_steps(steps)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if not isinstance(denoise, (int, float)) or math.isnan(denoise) or not 0.0 < denoise <= 1.0:
-        raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
-    total = steps if denoise >= 1.0 else int(steps / denoise)
+    total = _partial_total(steps, denoise)
     if schedule == "tlcm":
         full = tlcm_timesteps(total, num_segments=num_segments, num_train_timesteps=num_train_timesteps)
     else:
