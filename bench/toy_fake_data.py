@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             students[label] = checkpoint(run, s1 + s2 + s4)
             train_seconds[f"{choice}-seed{train_seed}"] = round(wall_seconds(run))
         samplers = [Sampler(label, student_pipe(path, alpha), STEPS, scheduler="tlcm") for label, path in students.items()]
-        per_run.append(mean_over_seeds([score_samplers(samplers, reference, evaluator, args.n, seed)[0]
-                                        for seed in args.seeds]))
+        rows = mean_over_seeds([score_samplers(samplers, reference, evaluator, args.n, seed)[0] for seed in args.seeds])
+        per_run.append({label: rows[label] for label in students})         # the teacher reference is not a row
     record = dict(command="python bench/toy_fake_data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   steps=dict(mlcd=s1, lcd=s2, dm=s4), n=args.n, seeds=args.seeds, train_seeds=args.train_seeds,
                   threads=args.threads, train_seconds=train_seconds, summary=summarise(per_run), per_run=per_run,
@@ -86,7 +86,7 @@ def write(record: dict, out: Path) -> None:
             f"N = {record['n']} prompts, noise seeds {record['seeds']}; each run is the mean over the noise seeds, "
             f"± the sample standard deviation (ddof = 1) over the {len(runs)} training runs. Training wall time per "
             f"branch (s, {record['threads']} threads): {record['train_seconds']}.\n\n"
-            + markdown_table(record["summary"])
+            + markdown_table({k: v for k, v in record["summary"].items() if k == START or k in CHOICES.values()})
             + "\nPaired difference, one_step − rollout (same seed, same start), mean ± sample std over seeds:\n\n"
             + "| | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
             + f"| one_step − rollout | {paired} |\n")

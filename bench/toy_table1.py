@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher, evaluator = load_teacher(), load_evaluator()
     reference = Sampler(TEACHER_REFERENCE, teacher, 25, 3.0)
     teachers = [reference] + [Sampler(f"teacher DDIM-{n} w={w:g}", teacher, n, w) for n in STEPS for w in (1.0, 3.0)]
-    teacher_rows = summarise([score_samplers(teachers, reference, evaluator, args.n, seed)[0] for seed in args.seeds])
+    teacher_per_seed = [score_samplers(teachers, reference, evaluator, args.n, seed)[0] for seed in args.seeds]
     per_run, train_seconds = [], {}
     for train_seed in args.train_seeds:
         seed_arg = f"train.seed={train_seed}"
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         per_run.append(mean_over_seeds([score_samplers(samplers, reference, evaluator, args.n, seed)[0]
                                         for seed in args.seeds]))
         train_seconds[train_seed] = {"tlcm": round(wall_seconds(tlcm)), "lcm": round(wall_seconds(lcm))}
-    summary = {**teacher_rows, **summarise(per_run)}
+    students = summarise([{k: v for k, v in run.items() if not k.startswith("teacher")} for run in per_run])
+    summary = {**summarise(teacher_per_seed), **students}      # the teacher's spread is over noise seeds only
     config = toy_config(args.work / "tlcm")
     checks = targets(summary, len(args.train_seeds), len(args.seeds))
     record = dict(command="python bench/toy_table1.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                   lora_rank=config.lora.rank, mlcd_lr=config.mlcd.lr, lcd_lr=config.lcd.lr, n=args.n,
                   seeds=args.seeds, train_seeds=args.train_seeds, train_seconds=train_seconds, threads=args.threads,
                   targets=[dict(target=t, met=ok, supported=sure, numbers=x) for t, ok, sure, x in checks],
-                  summary=summary, per_run=per_run)
+                  summary=summary, teacher_per_seed=teacher_per_seed, per_run=per_run)
     write(record, args.out)
 
 
@@ -118,6 +119,8 @@ CAVEATS = """## Reading it
   (a distilled model is not bound to its teacher's errors, and the TLCM sampler re-noises with fresh noise
   where DDIM is deterministic).
 - Compare methods on their own column sets; a gap smaller than the spread is not a difference.
+- s_per_image is wall time on a shared 2-core CPU (other jobs ran beside the scoring): it orders the
+  samplers, it is not a speed figure (bench/results/scheduler_overhead.md is).
 """
 
 

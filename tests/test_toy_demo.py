@@ -28,8 +28,8 @@ def test_demo_distils_and_writes_lora_grid_and_metrics(tmp_path, capsys):
     assert record["rows"]["teacher DDIM-25 + CFG"]["fd_teacher25"] == pytest.approx(0, abs=1e-3)
     assert record["rows"]["TLCM-4"]["fd"] != record["rows"]["TLCM-2"]["fd"]
     # At 2 UNet evaluations the LoRA beats the teacher's 2-step DDIM + CFG (4 evaluations) on FD to real images.
-    # The committed benchmark (bench/results/toy_table1.md: 300 MLCD + 100 LCD steps, N = 250, 3 noise seeds) has
-    # 80.5 ± 1.5 vs 241 ± 15, a ratio of 0.33. This 3-step run at N = 8 cannot show that margin: it measured
+    # The committed benchmark (bench/results/toy_table1.md: the demo's 240 steps, 3 training seeds, N = 250) has
+    # 86.7 ± 4.6 vs 240 ± 26, a ratio of 0.36. This 3-step run at N = 8 cannot show that margin: it measured
     # 621 vs 887 (0.70) at the test's noise seed 0 and 0.73-0.87 at seeds 1-3, so it asserts a 10 % gap, which
     # every one of those runs clears. (A 2-step DDIM with CFG w = 3 is the teacher's weakest 2-step row, so an
     # almost untrained LoRA already clears it; what fails is a broken TLCM sampler or a swapped FD column.)
