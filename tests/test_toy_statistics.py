@@ -43,11 +43,12 @@ def test_a_training_run_is_the_mean_of_its_noise_seeds():
     assert summary["TLCM-2"]["fd"] == pytest.approx([25.0, math.sqrt(2 * 10.0 ** 2)])
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    ([10.0, 1.0], [12.0, 1.0], True),        # 2·sqrt(1/3 + 1/3) = 1.63 < 2
-    ([10.0, 1.0], [11.0, 1.0], False),       # inside the interval: means alone
-    ([10.0, None], [10.5, None], True),      # no spread: exact
-    ([10.0, 2.0], [9.0, 0.0], False),
+@pytest.mark.parametrize("a, b, n_a, n_b, expected", [
+    ([10.0, 1.0], [15.0, 1.0], 3, 3, True),     # se = sqrt(1/3 + 1/3) = 0.816; t(0.975, df 2) = 4.303: 13.5 < 15
+    ([10.0, 1.0], [13.0, 1.0], 3, 3, False),    # inside the interval: the means alone
+    ([10.0, 1.0], [15.0, 1.0], 2, 3, False),    # df from the smaller group: t(0.975, 1) = 12.706
+    ([10.0, None], [10.5, None], 3, 3, True),   # no spread: exact
+    ([10.0, 2.0], [9.0, 0.0], 3, 3, False),
 ])
-def test_supported_needs_the_difference_beyond_twice_its_standard_error(a, b, expected):
-    assert clearly_below(a, b, 3, 3) is expected
+def test_supported_needs_the_difference_beyond_a_t_interval(a, b, n_a, n_b, expected):
+    assert clearly_below(a, b, n_a, n_b) is expected

@@ -180,7 +180,8 @@ class DmConfig:
     fake_alpha: float = setting(8.0, check=above(0))
     fake_lr: float = setting(1e-5, check=above(0))
     fake_updates: int = setting(1, check=at_least(1))     # fake-score updates per micro-batch (per student step at 0 accumulation)
-    # fake score's ε-MSE data: rollout (the paper's ẑ0) | one_step (DMD2's x̂0)
+    # fake score's ε-MSE data: rollout (the paper's ẑ0, with Eq. 12) | one_step (DMD2's x̂0); on the toy over 3
+    # training seeds neither is better (bench/results/toy_fake_data.md), so the paper's choice is the default
     fake_data: str = setting("rollout", check=one_of(FAKE_DATA))
     gan_weight: float = setting(0.1, check=TERM_WEIGHT)   # PCM's adv_weight
     disc_lr: float = setting(1e-4, check=above(0))        # discriminator heads (TLCM §5.1)
