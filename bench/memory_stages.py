@@ -235,15 +235,21 @@ class Mem:
         self.resettable = True
 
     @staticmethod
-    def _status(key: str) -> int:
+    def _status(*keys: str) -> list[int]:
         text = Path("/proc/self/status").read_text()
-        return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) * 1024
+        return [int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) * 1024 for key in keys]
 
     def rss(self) -> int:
-        return self._status("VmRSS")
+        return self._status("VmRSS")[0]
 
     def hwm(self) -> int:
-        return self._status("VmHWM")
+        return self._status("VmHWM")[0]
+
+    def rss_and_hwm(self) -> tuple[int, int]:
+        """Both from one read: the kernel reports VmHWM >= VmRSS within a read, while its per-thread RSS
+        counters can drift by a few hundred KB between two reads."""
+        rss, hwm = self._status("VmRSS", "VmHWM")
+        return rss, hwm
 
     def reset(self) -> None:
         try:
@@ -270,7 +276,7 @@ class PhaseProbe:
         self._step = []
 
     def mark(self, name: str) -> None:
-        peak, now = self.mem.hwm(), self.mem.rss()
+        now, peak = self.mem.rss_and_hwm()
         self._step.append({"phase": name, "start": self._last - self._base, "peak": max(peak, now) - self._base,
                            "end": now - self._base})
         self._last = now
@@ -327,7 +333,7 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
     torch.set_num_threads(1)
     mem = Mem()
     gc.collect()
-    rss_imports, imports_peak = mem.rss(), mem.hwm()
+    rss_imports, imports_peak = mem.rss_and_hwm()
     mem.reset()
     started = time.perf_counter()
     if scorer_weights is not None:
@@ -336,8 +342,7 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
     probe = PhaseProbe(mem)
     trainer = Trainer(load_config(None, overrides), on_phase=probe.mark)
     gc.collect()
-    rss_after_load = mem.rss()            # before the peak: read the other way round, a page touched in between
-    load_peak = mem.hwm()                 # would put the "after" RSS above the peak
+    rss_after_load, load_peak = mem.rss_and_hwm()
     out: dict[str, Any] = {"rss_imports": rss_imports, "imports_peak": imports_peak, "load_peak": load_peak,
                            "rss_after_load": rss_after_load, "ru_maxrss_after_load": ru_maxrss(),
                            "load_s": time.perf_counter() - started, "params": param_counts(trainer),
