@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
 def paired_differences(per_run: list[dict]) -> dict[str, list[float | None]]:
     """one_step − rollout per training seed, then [mean, sample std (ddof = 1)] over seeds, per column."""
     a, b = CHOICES["one_step"], CHOICES["rollout"]
-    diffs = {c: [run[a][c] - run[b][c] for run in per_run] for c in COLUMNS}
-    return {c: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None] for c, v in diffs.items()}
+    diffs = [{"d": {c: run[a][c] - run[b][c] for c in COLUMNS}} for run in per_run]
+    return summarise(diffs)["d"]
 
 
 READING = """## Reading it

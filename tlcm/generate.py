@@ -101,19 +101,22 @@ def size_warning(width: int, height: int, native: tuple[int, int]) -> str | None
             f"{SIZE_WARNING_FACTOR:g}x on a side): expect slow sampling and noisy or broken images")
 
 
+def apply_lora(pipe, lora, name: str, strength: float):
+    """Merge one loaded ``LoraFile`` into ``pipe.unet`` at ``strength`` and return its match report; a LoRA
+    recorded as distilled from another kind of model (prediction type, zero SNR) is warned about first."""
+    from .lora import BaseKind, base_mismatch, merge_lora
+    if warning := base_mismatch(lora.base, BaseKind.from_scheduler_config(pipe.scheduler.config), name):
+        print(f"[tlcm] warning: {warning}", file=sys.stderr, flush=True)
+    report = merge_lora(pipe.unet, lora, strength)
+    print(f"[tlcm] LoRA {name} @ {strength:g}: {report.summary()}", flush=True)
+    return report
+
+
 def apply_loras(pipe, loras: Sequence[tuple[str, float]], *, alpha: float | None = None) -> list:
-    """Merge each (path, strength) LoRA into ``pipe.unet``; returns the match reports (errors if none match).
-    A LoRA recorded as distilled from another kind of model (prediction type, zero SNR) is warned about."""
-    from .lora import BaseKind, base_mismatch, load_lora, merge_lora
-    reports, model = [], BaseKind.from_scheduler_config(pipe.scheduler.config)
-    for path, strength in loras:
-        lora = load_lora(path, alpha=alpha)
-        if warning := base_mismatch(lora.base, model, Path(path).name):
-            print(f"[tlcm] warning: {warning}", file=sys.stderr, flush=True)
-        report = merge_lora(pipe.unet, lora, strength)
-        print(f"[tlcm] LoRA {Path(path).name} @ {strength:g}: {report.summary()}", flush=True)
-        reports.append(report)
-    return reports
+    """Load and merge each (path, strength) LoRA into ``pipe.unet`` (:func:`apply_lora`); returns the match
+    reports (errors if none match)."""
+    from .lora import load_lora
+    return [apply_lora(pipe, load_lora(path, alpha=alpha), Path(path).name, strength) for path, strength in loras]
 
 
 def use_tlcm_scheduler(pipe, *, eta: float = 1.0, schedule: str = "tlcm") -> None:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from tlcm.generate import GenerationSettings, apply_loras, generate, save_images
+from tlcm.generate import GenerationSettings, apply_lora, generate, save_images
 from tlcm.schedules import MAX_STEPS, MIN_STEPS
 from tlcm.lora import FORMATS, load_lora, match_lora, save_lora
 from tlcm.models import load_sdxl_pipeline
@@ -85,9 +85,10 @@ class Sampler:
         if model == self._model and key == self._merged:
             return self._pipe
         pipe = self._base(model)
-        paths = match_lora(load_lora(lora), pipe.unet).matched.values()
+        lora_file = load_lora(lora)
+        paths = match_lora(lora_file, pipe.unet).matched.values()
         self._original = {p: pipe.unet.get_submodule(p).weight.detach().to("cpu", copy=True) for p in paths}
-        apply_loras(pipe, [(str(lora), strength)])
+        apply_lora(pipe, lora_file, lora.name, strength)
         self._merged = key
         return pipe
 
