@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
 from tlcm_toy.distill import toy_config  # noqa: E402
-from tlcm_toy.evaluate import COLUMNS, Sampler, markdown_table, mean_over_seeds, score_samplers, summarise  # noqa: E402
+from tlcm_toy.evaluate import (COLUMNS, Sampler, markdown_table, mean_over_seeds, paired_difference,  # noqa: E402
+                               score_samplers, summarise)
 from tlcm_toy.evaluator import load_evaluator  # noqa: E402
 from tlcm_toy.runs import (bench_parser, check_train_seeds, checkpoint, student_pipe, train_run,  # noqa: E402
                            wall_seconds, write_results)
@@ -63,15 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     record = dict(command="python bench/toy_fake_data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   steps=dict(mlcd=s1, lcd=s2, dm=s4), n=args.n, seeds=args.seeds, train_seeds=args.train_seeds,
                   threads=args.threads, train_seconds=train_seconds, summary=summarise(per_run), per_run=per_run,
-                  paired=paired_differences(per_run))
+                  paired=paired_difference(per_run, CHOICES["one_step"], CHOICES["rollout"]))
     write(record, args.out)
-
-
-def paired_differences(per_run: list[dict]) -> dict[str, list[float | None]]:
-    """one_step − rollout per training seed, then [mean, sample std (ddof = 1)] over seeds, per column."""
-    a, b = CHOICES["one_step"], CHOICES["rollout"]
-    diffs = [{"d": {c: run[a][c] - run[b][c] for c in COLUMNS}} for run in per_run]
-    return summarise(diffs)["d"]
 
 
 READING = """## Reading it
@@ -89,7 +83,7 @@ READING = """## Reading it
 def write(record: dict, out: Path) -> None:
     """Render ``record`` as markdown beside its JSON (``--render`` redoes only this, from the JSON)."""
     steps, runs = record["steps"], record["train_seeds"]
-    paired = " | ".join(f"{m:.3g} ± {s:.2g}" if s is not None else f"{m:.3g}" for m, s in record["paired"].values())
+    paired = " | ".join(f"{m:.3g} ± {s:.2g}" if s is not None else f"{m:.3g}" for m, s, *_ in record["paired"].values())
     text = (f"# Toy: the DMD fake score's data, rollout ẑ0 vs one-step x̂0\n\n`{record['command']}`\n\n"
             f"Each training seed {runs}: the TLCM run of bench/toy_table1.py ({steps['mlcd']} MLCD + {steps['lcd']} "
             f"LCD steps) branched into {steps['dm']} stage-4 steps of distribution matching alone (dm.gan_weight 0, "

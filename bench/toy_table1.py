@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
 from tlcm_toy.distill import toy_config  # noqa: E402
-from tlcm_toy.evaluate import Sampler, markdown_table, mean_over_seeds, score_samplers, summarise  # noqa: E402
+from tlcm_toy.evaluate import (Sampler, clearly_below, markdown_table, mean_over_seeds, score_samplers,  # noqa: E402
+                               summarise)
 from tlcm_toy.evaluator import load_evaluator  # noqa: E402
 from tlcm_toy.runs import (bench_parser, check_train_seeds, checkpoint, student_pipe, train_run,  # noqa: E402
                            wall_seconds, write_results)
@@ -32,20 +33,6 @@ STEPS = (2, 3, 4, 8)
 
 
 TEACHER_REFERENCE = "teacher DDIM-25 w=3"
-
-
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)   # Student t, df = 1..10
-
-
-def clearly_below(a: list, b: list, n_a: int, n_b: int) -> bool:
-    """Mean a below mean b beyond a 95% t-interval of the difference: standard error from both sample
-    stds, degrees of freedom min(n_a, n_b) − 1 (never more than Welch's, so never optimistic; a row
-    without a spread counts as exact and leaves the other side's). Few seeds make this strict on purpose."""
-    se = ((a[1] or 0.0) ** 2 / n_a + (b[1] or 0.0) ** 2 / n_b) ** 0.5
-    sizes = [n for n, row in ((n_a, a), (n_b, b)) if row[1] is not None and n > 1]
-    df = min(sizes) - 1 if sizes else 0
-    t = T_975[df - 1] if 0 < df <= len(T_975) else 1.96 if df else 0.0
-    return a[0] + t * se < b[0]
 
 
 def targets(summary: dict, n_runs: int, n_noise: int) -> list[tuple[str, bool, bool, str]]:

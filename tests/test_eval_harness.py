@@ -165,8 +165,17 @@ def metric_weights(tmp_path_factory, kit):
     rng = np.random.default_rng(11)
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(ref / f"ref{i}.jpg")
+    # the aesthetic head in the released layout and file format (a torch.save'd dict of tensors), fed by
+    # the tiny CLIP's 8-d projection; biases and weights away from zero so a dropped layer or bias shows
+    head = {}
+    widths = (8, 1024, 128, 64, 16, 1)
+    for i, (n_in, n_out) in zip((0, 2, 4, 6, 7), zip(widths, widths[1:])):
+        head[f"layers.{i}.weight"] = torch.randn(n_out, n_in) / n_in ** 0.5
+        head[f"layers.{i}.bias"] = 0.5 + 0.1 * torch.randn(n_out)
+    torch.save(head, root / "aesthetic-head.pth")
     return {"clip": clip_dir, "plugin": plugin_dir, "features": root / "features.safetensors",
-            "projection": projection, "reference": ref}
+            "projection": projection, "reference": ref, "aesthetic_head": root / "aesthetic-head.pth",
+            "head": {k: v.double().numpy() for k, v in head.items()}}
 
 
 def _eval(capsys, *args) -> tuple[int, str, str]:
@@ -189,6 +198,8 @@ def runs(tmp_path_factory, kit, metric_weights):
         student_args = ["eval", "--no-progress", "--device", "cpu", "--model", str(kit.diffusers), "--sampler",
                         "tlcm:2", "--limit", "3", "--seed", "10", "--out", str(student),
                         "--clip-model", str(metric_weights["clip"]), "--clip-pretrained", "tiny-test",
+                        "--aesthetic-clip", str(metric_weights["clip"]),
+                        "--aesthetic-head", str(metric_weights["aesthetic_head"]),
                         "--fid-reference", str(metric_weights["reference"]), "--fid-teacher", str(teacher),
                         "--fid-features", "eval_test_features:factory", "--fid-weights", str(metric_weights["features"])]
         assert main(student_args) == 0
@@ -210,7 +221,7 @@ def test_end_to_end_result_files(runs, kit):
     assert result["timing"]["median_unet_evals_per_image"] == 2
     assert len(result["timing"]["seconds_per_image"]) == 3
     assert result["metrics"]["clip_score"]["variant"]["pretrained_tag"] == "tiny-test"
-    assert result["metrics"]["aesthetic_score"]["value"] is None
+    assert result["metrics"]["image_reward"]["value"] is None
     assert "not computed" in (runs["student"] / "table1.md").read_text(encoding="utf-8")
     teacher = json.loads((runs["teacher"] / "eval.json").read_text(encoding="utf-8"))
     assert teacher["timing"]["median_unet_evals_per_image"] == 4     # 2 steps x CFG
@@ -231,7 +242,9 @@ def test_table_has_the_paper_rows_and_this_run(runs):
     result = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
     ours = [line for line in table.splitlines() if line.startswith("| TLCM (this run, tlcm:2) | 2 |")]
     assert len(ours) == 1
-    assert f"| {result['metrics']['fid']['value']:.2f} | {result['metrics']['clip_score']['value']:.2f} | – | – |" in ours[0]
+    metrics = result["metrics"]
+    assert (f"| {metrics['fid']['value']:.2f} | {metrics['clip_score']['value']:.2f} | "
+            f"{metrics['aesthetic_score']['value']:.2f} | – |") in ours[0]
 
 
 def test_clip_score_equals_an_independent_computation(runs, metric_weights):
@@ -254,6 +267,56 @@ def test_clip_score_equals_an_independent_computation(runs, metric_weights):
         expected.append(100.0 * float((out.image_embeds * out.text_embeds).sum()))
     assert result["metrics"]["clip_score"]["per_image"] == pytest.approx(expected, abs=1e-4)
     assert result["metrics"]["clip_score"]["value"] == pytest.approx(np.mean(expected), abs=1e-4)
+
+
+def test_aesthetic_score_equals_an_independent_computation(runs, metric_weights):
+    """CLIP image embedding (preprocessing written out), L2-normalised, then the five affine layers in
+    float64: a missing normalisation, bias, layer or a ReLU between layers changes every score."""
+    from transformers import CLIPModel
+    result = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    model = CLIPModel.from_pretrained(metric_weights["clip"]).eval()
+    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+    head = metric_weights["head"]
+    expected = []
+    for i in range(3):
+        with Image.open(runs["student"] / "images" / f"{i:05d}.png") as image:
+            small = image.convert("RGB").resize((CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE), Image.BICUBIC)
+        pixels = ((np.asarray(small, np.float64) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+        with torch.no_grad():
+            vision = model.vision_model(pixel_values=torch.tensor(pixels, dtype=torch.float32))
+            embedding = model.visual_projection(vision.pooler_output)[0].double().numpy()
+        x = embedding / np.sqrt((embedding ** 2).sum())
+        for layer in (0, 2, 4, 6, 7):
+            x = head[f"layers.{layer}.weight"] @ x + head[f"layers.{layer}.bias"]
+        expected.append(float(x[0]))
+    aesthetic = result["metrics"]["aesthetic_score"]
+    assert aesthetic["per_image"] == pytest.approx(expected, abs=1e-4)
+    assert aesthetic["value"] == pytest.approx(np.mean(expected), abs=1e-4)
+    assert aesthetic["variant"]["head"] == "aesthetic-head.pth"
+    assert result["weights_sha256"]["aesthetic_head"] == {
+        "aesthetic-head.pth": hashlib.sha256(metric_weights["aesthetic_head"].read_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize("flaw", ["keys", "width", "clip", "alone"])
+def test_a_wrong_aesthetic_head_is_refused_before_any_image(tmp_path, kit, metric_weights, capsys, flaw):
+    head = {k: torch.tensor(v, dtype=torch.float32) for k, v in metric_weights["head"].items()}
+    if flaw == "keys":                                    # the v1 linear predictor's layout
+        head = {"weight": torch.zeros(1, 8), "bias": torch.zeros(1)}
+    if flaw == "width":
+        head["layers.2.weight"] = torch.zeros(128, 1000)
+    if flaw == "clip":                                    # a head for 768-d ViT-L/14 embeddings on an 8-d CLIP
+        head["layers.0.weight"] = torch.zeros(1024, 768)
+    path = tmp_path / "head.pth"
+    torch.save(head, path)
+    args = ["--model", kit.diffusers, "--sampler", "tlcm:2", "--limit", "2", "--out", tmp_path / "out",
+            "--aesthetic-head", path]
+    if flaw != "alone":
+        args += ["--aesthetic-clip", metric_weights["clip"]]
+    code, _, err = _eval(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert ("--aesthetic-clip" in err) if flaw == "alone" else (str(path) in err)
+    assert ("768-d" in err) == (flaw == "clip")
+    assert not (tmp_path / "out" / "images").exists()
 
 
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")   # 3 images: singular covariances
@@ -287,7 +350,7 @@ def test_resume_regenerates_only_the_missing_image(runs, metric_weights):
     assert after["images"]["generated_this_run"] == 1 and after["images"]["reused"] == 2
     assert {i: (images / f"{i:05d}.png").stat().st_mtime_ns for i in (0, 2)} == stamps
     assert np.array_equal(np.asarray(Image.open(images / "00001.png")), pixels)
-    for key in ("clip_score", "fid", "fid_to_teacher"):
+    for key in ("clip_score", "aesthetic_score", "fid", "fid_to_teacher"):
         assert after["metrics"][key]["value"] == before["metrics"][key]["value"]
 
 
@@ -297,13 +360,14 @@ def test_a_folder_of_another_run_is_refused(runs, kit, capsys):
     assert code == 2 and "made by another run" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("which", ["model", "lora", "clip", "fid"])
+@pytest.mark.parametrize("which", ["model", "lora", "clip", "aesthetic", "fid"])
 def test_a_missing_weight_is_a_one_line_error_naming_it(tmp_path, kit, metric_weights, capsys, which):
     missing = tmp_path / f"missing-{which}"
     args = ["--model", kit.diffusers, "--sampler", "tlcm:2", "--limit", "2", "--out", tmp_path / "out"]
     args = {"model": ["--model", missing, "--sampler", "tlcm:2", "--limit", "2", "--out", tmp_path / "out"],
             "lora": args + ["--lora", f"{missing}.safetensors:0.5"],
             "clip": args + ["--clip-model", missing],
+            "aesthetic": args + ["--aesthetic-clip", metric_weights["clip"], "--aesthetic-head", missing],
             "fid": args + ["--fid-reference", metric_weights["reference"], "--fid-features", "x:y",
                            "--fid-weights", missing]}[which]
     code, out, err = _eval(capsys, *args)
@@ -339,6 +403,8 @@ def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weight
     official = save_lora(LoraFile(modules, "peft"), tmp_path / "TLCMSDXL", "peft")
     stand_ins = {"/models/stable-diffusion-xl-base-1.0": kit.diffusers, "/models/TLCMSDXL": official,
                  "/models/CLIP-ViT-g-14-laion2B-s12B-b42K": metric_weights["clip"],
+                 "/models/clip-vit-large-patch14": metric_weights["clip"],
+                 "/models/sac+logos+ava1-l14-linearMSE.pth": metric_weights["aesthetic_head"],
                  "MODULE:FACTORY": "eval_test_features:factory",
                  "/models/inception.safetensors": metric_weights["features"]}
     commands = readme_eval_commands()
@@ -356,5 +422,5 @@ def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weight
         torch.set_num_threads(threads)
     result = json.loads((tmp_path / "eval" / "tlcm4" / "eval.json").read_text(encoding="utf-8"))
     assert result["prompts"]["count"] == 2 and result["sampler"]["spec"] == "tlcm:4"
-    assert result["metrics"]["clip_score"]["value"] is not None and result["metrics"]["fid_to_teacher"]["value"] is not None
+    assert all(result["metrics"][key]["value"] is not None for key in ("clip_score", "aesthetic_score", "fid_to_teacher"))
     assert "| TLCM (this run, tlcm:4) | 4 |" in (tmp_path / "eval" / "tlcm4" / "table1.md").read_text()

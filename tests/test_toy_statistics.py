@@ -2,18 +2,11 @@
 training run as the mean of its noise seeds, and the "supported by the spread" rule of the targets."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-from tlcm_toy.evaluate import COLUMNS, markdown_table, mean_over_seeds, summarise
-
-_spec = importlib.util.spec_from_file_location("toy_table1", Path(__file__).resolve().parents[1] / "bench" / "toy_table1.py")
-_table1 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_table1)
-clearly_below = _table1.clearly_below
+from tlcm_toy.evaluate import COLUMNS, clearly_below, markdown_table, mean_over_seeds, paired_difference, summarise
 
 
 def rows(fd: float, name: str = "TLCM-2") -> dict[str, dict[str, float]]:
@@ -52,3 +45,15 @@ def test_a_training_run_is_the_mean_of_its_noise_seeds():
 ])
 def test_supported_needs_the_difference_beyond_a_t_interval(a, b, n_a, n_b, expected):
     assert clearly_below(a, b, n_a, n_b) is expected
+
+
+def test_paired_difference_is_taken_within_each_run_before_the_spread():
+    # the two rows differ by 2, 3 and 7 in the three runs while the runs themselves differ by a lot: the
+    # spread of the difference must come from (2, 3, 7), not from the rows' own spreads
+    runs = [{**rows(base + d, "child"), **rows(base, "parent")} for base, d in ((10.0, 2.0), (50.0, 3.0), (90.0, 7.0))]
+    mean, sd, half = paired_difference(runs, "child", "parent")["fd"]
+    assert mean == pytest.approx(4.0)
+    assert sd == pytest.approx(math.sqrt(((2 - 4) ** 2 + (3 - 4) ** 2 + (7 - 4) ** 2) / 2))
+    assert half == pytest.approx(4.303 * sd / math.sqrt(3))               # t(0.975, df 2)
+    assert paired_difference(runs, "child", "parent")["acc_all"] == pytest.approx([0.0, 0.0, 0.0])
+    assert paired_difference(runs[:1], "child", "parent")["fd"] == [2.0, None, None]

@@ -88,3 +88,32 @@ def markdown_table(summary: dict[str, dict[str, list[float | None]]]) -> str:
         cells = [f"{m:.3g}" if s is None else f"{m:.3g} ± {s:.2g}" for m, s in row.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)   # Student t, df = 1..10
+
+
+def t_975(df: int) -> float:
+    """The two-sided 95% Student t quantile (1.96 beyond the table; 0 for no degrees of freedom)."""
+    return T_975[df - 1] if 0 < df <= len(T_975) else 1.96 if df else 0.0
+
+
+def clearly_below(a: list, b: list, n_a: int, n_b: int) -> bool:
+    """Mean a below mean b beyond a 95% t-interval of the difference: standard error from both sample
+    stds, degrees of freedom min(n_a, n_b) − 1 (never more than Welch's, so never optimistic; a row
+    without a spread counts as exact and leaves the other side's). Few seeds make this strict on purpose."""
+    se = ((a[1] or 0.0) ** 2 / n_a + (b[1] or 0.0) ** 2 / n_b) ** 0.5
+    sizes = [n for n, row in ((n_a, a), (n_b, b)) if row[1] is not None and n > 1]
+    return a[0] + t_975(min(sizes) - 1 if sizes else 0) * se < b[0]
+
+
+def paired_difference(per_run: list[dict[str, dict[str, float]]], a: str, b: str) -> dict[str, list]:
+    """Row a − row b within each training run (same seed, same start, same prompts and noise), then per
+    column [mean, sample std (ddof = 1), half-width of the 95% t-interval of the mean] over runs."""
+    n = len(per_run)
+    out = {}
+    for c in COLUMNS:
+        d = [run[a][c] - run[b][c] for run in per_run]
+        sd = float(np.std(d, ddof=1)) if n > 1 else None
+        out[c] = [float(np.mean(d)), sd, None if sd is None else t_975(n - 1) * sd / n ** 0.5]
+    return out

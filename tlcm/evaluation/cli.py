@@ -17,7 +17,7 @@ def _parse_lora(text: str) -> tuple[str, float]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="MSCOCO-2017 5K evaluation: generate, then CLIP score and FID",
+    p = subparsers.add_parser("eval", help="MSCOCO-2017 5K evaluation: generate, then CLIP score, aesthetic score and FID",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="SDXL diffusers folder or single-file .safetensors checkpoint")
     p.add_argument("--config", help="diffusers folder whose configs describe a single-file checkpoint")
@@ -35,6 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="CLIP score: a transformers CLIP folder (e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K)")
     p.add_argument("--clip-pretrained", default="", metavar="TAG",
                    help="the pretrained tag of those weights, recorded with the score (e.g. laion2b_s12b_b42k)")
+    p.add_argument("--aesthetic-clip", metavar="DIR",
+                   help="AS: the OpenAI CLIP ViT-L/14 as a transformers folder (openai/clip-vit-large-patch14)")
+    p.add_argument("--aesthetic-head", metavar="FILE",
+                   help="AS: the LAION improved aesthetic predictor head (sac+logos+ava1-l14-linearMSE.pth or a "
+                        ".safetensors copy)")
     p.add_argument("--fid-reference", metavar="DIR", help="FID against this folder of reference images (COCO val2017)")
     p.add_argument("--fid-teacher", metavar="DIR",
                    help="FID-to-teacher against another `tlcm eval` output folder (same --limit and --seed)")
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, model_config=args.config, loras=args.lora, lora_alpha=args.lora_alpha,
         sampler=args.sampler, out=args.out, limit=args.limit, seed=args.seed, width=args.width, height=args.height,
         device=args.device, dtype=args.dtype, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+        aesthetic_clip=args.aesthetic_clip, aesthetic_head=args.aesthetic_head,
         fid_reference=args.fid_reference, fid_teacher=args.fid_teacher, fid_features=args.fid_features,
         fid_weights=args.fid_weights, progress=not args.no_progress)
     result = run_evaluation(config)

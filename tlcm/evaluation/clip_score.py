@@ -97,17 +97,22 @@ class ClipScorer:
         return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
 
     @torch.no_grad()
+    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The projected (not normalised) image embeddings, one row per image, float32."""
+        pixels = self.pixel_values(images).to(self.device, next(self.model.parameters()).dtype)
+        return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output).float()
+
+    @torch.no_grad()
     def scores(self, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 16) -> list[float]:
         """100 × cos per (image, prompt) pair."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
-        model, dtype = self.model, next(self.model.parameters()).dtype
+        model = self.model
         out = []
         for start in range(0, len(images), batch_size):
-            pixels = self.pixel_values(images[start:start + batch_size]).to(self.device, dtype)
             tokens = self.tokenizer(list(prompts[start:start + batch_size]), padding=True, truncation=True,
                                     max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
-            image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+            image = self.image_embeddings(images[start:start + batch_size])
             text = model.text_projection(model.text_model(input_ids=tokens["input_ids"].to(self.device),
                                                           attention_mask=tokens["attention_mask"].to(self.device)
                                                           ).pooler_output)

@@ -28,8 +28,6 @@ LORA_HINT = "pass a local TLCM LoRA: download OPPOer/TLCMSDXL (adapter_model.saf
 CLIP_WEIGHTS_HINT = "pass a transformers CLIP folder, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
 FID_WEIGHTS_HINT = "pass the feature extractor's weight file"
 NOT_COMPUTED = {
-    "aesthetic_score": ("AS", "the LAION improved aesthetic predictor (an MLP on CLIP ViT-L/14 image embeddings, "
-                              "docs/eval.md §1) is not part of this harness yet"),
     "image_reward": ("IR", "ImageReward (BLIP-based reward model with its own dependency set, docs/eval.md §3) "
                            "is not part of this harness yet"),
 }
@@ -51,6 +49,8 @@ class EvalConfig:
     dtype: str | None = None
     clip_model: str | None = None
     clip_pretrained: str = ""
+    aesthetic_clip: str | None = None
+    aesthetic_head: str | None = None
     fid_reference: str | None = None
     fid_teacher: str | None = None
     fid_features: str | None = None
@@ -86,6 +86,14 @@ def _check_inputs(config: EvalConfig, count: int) -> tuple[dict, FeatureExtracto
         from .clip_score import check_clip_folder
         check_clip_folder(config.clip_model)
         weights["clip"] = weights_sha256(config.clip_model, CLIP_WEIGHTS_HINT)
+    if bool(config.aesthetic_clip) != bool(config.aesthetic_head):
+        raise ValueError("AS needs both --aesthetic-clip (OpenAI CLIP ViT-L/14 folder) and --aesthetic-head "
+                         "(sac+logos+ava1-l14-linearMSE.pth)")
+    if config.aesthetic_head:
+        from .aesthetic import AESTHETIC_CLIP_HINT, HEAD_HINT, check_aesthetic_inputs
+        weights["aesthetic_clip"] = weights_sha256(config.aesthetic_clip, AESTHETIC_CLIP_HINT)
+        weights["aesthetic_head"] = weights_sha256(config.aesthetic_head, HEAD_HINT)
+        check_aesthetic_inputs(config.aesthetic_clip, config.aesthetic_head)
     extractor = config.extractor
     if config.fid_reference or config.fid_teacher:
         if config.fid_reference:
@@ -133,6 +141,18 @@ def _clip_metric(config: EvalConfig, folder: Path, prompts, device, batch_size: 
             "variant_text": f"{variant['model']} {variant['pretrained_tag']}".strip() + ", " + variant["score"]}
 
 
+def _aesthetic_metric(config: EvalConfig, folder: Path, count: int, device, batch_size: int = 32) -> dict:
+    from .aesthetic import AestheticScorer
+    scorer = AestheticScorer.from_paths(config.aesthetic_clip, config.aesthetic_head, device=device)
+    scores = []
+    for start in range(0, count, batch_size):
+        scores += scorer.scores(load_images(folder, range(start, min(start + batch_size, count))), batch_size)
+    variant = scorer.variant
+    del scorer
+    return {"label": "AS", "value": statistics.fmean(scores), "per_image": scores, "variant": variant,
+            "variant_text": f"{variant['head']} on {variant['clip']}"}
+
+
 def _fid_metric(label: str, against: str, extractor, own, other_files) -> dict:
     value = fid_from_features(own, folder_features(extractor, other_files))
     return {"label": label, "value": value, "against": against, "reference_images": len(other_files),
@@ -165,6 +185,11 @@ def run_evaluation(config: EvalConfig) -> dict:
         metrics["clip_score"] = _clip_metric(config, out / IMAGES_FOLDER, prompts, device)
     else:
         metrics["clip_score"] = {"label": "CS", "value": None, "not_computed": "no --clip-model given"}
+    if config.aesthetic_head:
+        metrics["aesthetic_score"] = _aesthetic_metric(config, out / IMAGES_FOLDER, len(prompts), device)
+    else:
+        metrics["aesthetic_score"] = {"label": "AS", "value": None,
+                                      "not_computed": "no --aesthetic-clip / --aesthetic-head given"}
     own_features = None
     if extractor is not None:
         own_features = folder_features(extractor, [image_path(out / IMAGES_FOLDER, i) for i in range(len(prompts))])
