@@ -354,6 +354,84 @@ def test_resume_regenerates_only_the_missing_image(runs, metric_weights):
         assert after["metrics"][key]["value"] == before["metrics"][key]["value"]
 
 
+def _with_plugin(metric_weights, args: list[str]) -> int:
+    sys.path.insert(0, str(metric_weights["plugin"]))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        return main(args)
+    finally:
+        sys.path.remove(str(metric_weights["plugin"]))
+        torch.set_num_threads(threads)
+
+
+def _out_arg(args: list[str], out: Path) -> list[str]:
+    args = list(args)
+    args[args.index("--out") + 1] = str(out)
+    return args
+
+
+def test_shards_then_a_scoring_run_equal_one_uninterrupted_run(runs, metric_weights, tmp_path, capsys):
+    sharded = tmp_path / "sharded"
+    args = _out_arg(runs["student_args"], sharded)
+    assert _with_plugin(metric_weights, [*args, "--shard", "1/2"]) == 0
+    assert "run once more without --shard" in capsys.readouterr().out
+    assert sorted(p.name for p in (sharded / "images").iterdir()) == ["00001.png"]      # i % 2 == 1 only
+    assert not (sharded / "eval.json").exists()
+    assert _with_plugin(metric_weights, [*args, "--shard", "0/2"]) == 0
+    assert sorted(p.name for p in (sharded / "images").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert _with_plugin(metric_weights, args) == 0
+    result = json.loads((sharded / "eval.json").read_text(encoding="utf-8"))
+    whole = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    assert result["images"]["generated_this_run"] == 0
+    for key in ("clip_score", "aesthetic_score", "fid", "fid_to_teacher"):
+        assert result["metrics"][key]["value"] == whole["metrics"][key]["value"], key
+    for i in range(3):
+        assert np.array_equal(np.asarray(Image.open(sharded / "images" / f"{i:05d}.png")),
+                              np.asarray(Image.open(runs["student"] / "images" / f"{i:05d}.png")))
+
+
+@pytest.mark.parametrize("bad", ["2/2", "1/0", "a/2", "1"])
+def test_a_bad_shard_is_refused_in_one_line(bad, kit, tmp_path, capsys):
+    try:
+        code, _, err = _eval(capsys, "--model", kit.diffusers, "--sampler", "tlcm:2", "--limit", "2",
+                             "--out", tmp_path / "out", "--shard", bad)
+    except SystemExit as exit_:                      # argparse: not of the form K/N
+        code, err = exit_.code, capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "--shard" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "images").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU/gloo launch test; on a CUDA machine ranks would use NCCL")
+def test_accelerate_launch_shards_the_prompts_and_scores_once(runs, metric_weights, tmp_path):
+    """Two processes under ``accelerate launch`` (gloo): each makes its half, the main process scores all,
+    and the numbers equal the one-process run's."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    from pathlib import Path
+    assert shutil.which("accelerate"), "the accelerate CLI is not on PATH"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "launched"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "-m", "tlcm", *_out_arg(runs["student_args"], out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(repo), str(metric_weights["plugin"]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    whole = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    assert result["images"]["count"] == 3 and result["images"]["generated_this_run"] == 2     # 0 and 2; 1 by rank 1
+    for key in ("clip_score", "aesthetic_score", "fid", "fid_to_teacher"):
+        assert result["metrics"][key]["value"] == pytest.approx(whole["metrics"][key]["value"], abs=1e-9), key
+    assert proc.stdout.count("| TLCM (this run, tlcm:2) |") == 1                      # one process scored
+
+
 def test_a_folder_of_another_run_is_refused(runs, kit, capsys):
     code, _, err = _eval(capsys, "--model", kit.diffusers, "--sampler", "tlcm:3", "--limit", "3", "--seed", "10",
                          "--out", runs["student"])

@@ -16,6 +16,13 @@ def _parse_lora(text: str) -> tuple[str, float]:
     return parse_lora(text)
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 0/4")
+    return int(k), int(n)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="MSCOCO-2017 5K evaluation: generate, then CLIP score, aesthetic score and FID",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +55,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "__call__(list of PIL images) -> (n, d) array (the FID convention: 2048-d Inception pool "
                         "features)")
     p.add_argument("--fid-weights", metavar="FILE", help="weight file handed to the FID feature extractor")
+    p.add_argument("--shard", type=_parse_shard, metavar="K/N",
+                   help="make only the images i with i %% N == K and score nothing (one run per GPU, e.g. "
+                        "CUDA_VISIBLE_DEVICES=K); a final run without --shard then scores them all. Under "
+                        "`accelerate launch` the processes shard by themselves")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder (rerun with the same settings to resume)")
     p.set_defaults(func=run)
@@ -63,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
         aesthetic_clip=args.aesthetic_clip, aesthetic_head=args.aesthetic_head,
         fid_reference=args.fid_reference, fid_teacher=args.fid_teacher, fid_features=args.fid_features,
-        fid_weights=args.fid_weights, progress=not args.no_progress)
+        fid_weights=args.fid_weights, progress=not args.no_progress, shard=args.shard)
     result = run_evaluation(config)
+    if result is None:
+        print(f"shard done: its images are in {args.out}/images; run once more without --shard to score")
+        return 0
     print(table_row(result))
     for entry in result["metrics"].values():
         if entry["value"] is None:

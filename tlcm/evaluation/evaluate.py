@@ -7,6 +7,7 @@ the pipeline is dropped before the metric models load.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class EvalConfig:
     fid_features: str | None = None
     fid_weights: str | None = None
     progress: bool = True
+    shard: tuple[int, int] | None = None           # (k, n): make only the images i % n == k, score nothing
     extractor: FeatureExtractor | None = None      # an already built extractor (API use), instead of fid_features
 
 
@@ -115,12 +117,12 @@ def _check_inputs(config: EvalConfig, count: int) -> tuple[dict, FeatureExtracto
     return weights, extractor
 
 
-def _load_pipeline(config: EvalConfig):
+def _load_pipeline(config: EvalConfig, device: str | None):
     from ..generate import apply_loras, native_size
     from ..models import load_sdxl_pipeline
     from ..models.device import DTYPE_NAMES
     dtype = DTYPE_NAMES[config.dtype] if config.dtype else None
-    pipe = load_sdxl_pipeline(config.model, device=config.device, dtype=dtype, config=config.model_config)
+    pipe = load_sdxl_pipeline(config.model, device=device, dtype=dtype, config=config.model_config)
     apply_loras(pipe, config.loras, alpha=config.lora_alpha)
     pipe.set_progress_bar_config(disable=True)
     width, height = native_size(pipe)
@@ -160,9 +162,34 @@ def _fid_metric(label: str, against: str, extractor, own, other_files) -> dict:
                                                          f"{len(own)} vs {len(other_files)} images"}
 
 
-def run_evaluation(config: EvalConfig) -> dict:
-    """Run the whole evaluation; returns the result written to ``<out>/eval.json``."""
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    k, n = shard
+    if not (n >= 1 and 0 <= k < n):
+        raise ValueError(f"--shard {k}/{n}: expected K/N with 0 <= K < N")
+    return k, n
+
+
+def launched_processes(device: str | None):
+    """accelerate's process state when this runs under ``accelerate launch`` with several processes (each
+    then makes its share of the images on its own device, and the main process scores them all); else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def run_evaluation(config: EvalConfig) -> dict | None:
+    """Run the whole evaluation; returns the result written to ``<out>/eval.json``, or None in a process
+    that only makes its shard of the images (``config.shard``, or a non-main process of a launch)."""
     sampler: Sampler = parse_sampler(config.sampler)
+    processes = launched_processes(config.device)
+    if processes is not None and config.shard is not None:
+        raise ValueError("--shard is for separate runs; under accelerate launch every process takes its shard")
+    shard = check_shard(config.shard) if config.shard else (0, 1)
+    device = config.device
+    if processes is not None:
+        shard = (processes.process_index, processes.num_processes)
+        device = str(processes.device) if config.device != "cpu" else "cpu"
     prompts = _select_prompts(config.limit)
     weights, extractor = _check_inputs(config, len(prompts))
     out = Path(config.out)
@@ -170,11 +197,19 @@ def run_evaluation(config: EvalConfig) -> dict:
              "loras": [{"sha256": h, "strength": s} for h, (_, s) in zip(weights["loras"], config.loras)]}
     known.update({k: v for k, v in (("width", config.width), ("height", config.height)) if v is not None})
     check_folder(out / IMAGES_FOLDER, prompts, config.seed, known)
-    pipe, width, height = _load_pipeline(config)
+    pipe, width, height = _load_pipeline(config, device)
     device, dtype = pipe.unet.device, pipe.unet.dtype
     run = {**known, "width": width, "height": height, "dtype": str(dtype).replace("torch.", "")}
-    records, generated = generate_set(pipe, prompts, sampler, out_dir=out / IMAGES_FOLDER, base_seed=config.seed,
-                                      width=width, height=height, run=run, progress=config.progress)
+    make = dict(out_dir=out / IMAGES_FOLDER, base_seed=config.seed, width=width, height=height, run=run,
+                progress=config.progress and (processes is None or processes.is_main_process))
+    records, generated = generate_set(pipe, prompts, sampler, shard=shard, **make)
+    if processes is not None:
+        processes.wait_for_everyone()
+    if shard[1] > 1 and (processes is None or not processes.is_main_process):
+        return None
+    if shard[1] > 1:           # the main process of a launch: every shard is there (or made here if one failed)
+        records, more = generate_set(pipe, prompts, sampler, **make)
+        generated += more
     del pipe
     gc.collect()
     if device.type == "cuda":
