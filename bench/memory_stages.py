@@ -325,12 +325,12 @@ def param_counts(trainer) -> dict[str, int]:
 
 
 def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_tokenizer: str | None = None,
-            warmup: int = 1, steps: int = 2, components: bool = True) -> dict[str, Any]:
+            warmup: int = 1, steps: int = 2, components: bool = True, threads: int = 1) -> dict[str, Any]:
     """Build a ``Trainer`` from ``overrides`` in this process, run ``warmup`` + ``steps`` train steps of the
     configured stage and return its memory figures (bytes) and parameter counts."""
     from tlcm_train.config import load_config
     from tlcm_train.loop import Trainer
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     mem = Mem()
     gc.collect()
     rss_imports, imports_peak = mem.rss_and_hwm()
@@ -658,11 +658,13 @@ def run_overrides(model: Path, prompts: Path, out: Path, stage: str, batch: int,
             *FAST_LOOPS, *[f"{s}.steps={n}" for s, n in steps.items()], *VARIANTS.get(variant, [])]
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072",
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+def run_child(spec: dict[str, Any], script: str = __file__, threads: int = 1) -> dict[str, Any]:
+    """``script --child SPEC`` in a fresh process (its own peak), ``threads`` intra-op threads."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               MALLOC_MMAP_THRESHOLD_="131072", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               PYTHONWARNINGS="ignore")
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], env=env, capture_output=True,
                           text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

@@ -75,3 +75,11 @@ def test_sdxl_variants_take_the_rows_measured_with_their_options():
     assert bench.rows_for(mid, "crop") == {"mlcd_b1": mid["mlcd_b1"], "dm_b1": mid["dm_b1_crop"]}
     assert set(bench.SDXL_VARIANTS.values()) >= {("crop", 2, 2, 2, "vae_crop_bf16")}
     assert all(suffix in ("", *bench.VARIANTS) for suffix, *_ in bench.SDXL_VARIANTS.values())
+
+
+def test_real_sdxl_parameter_counts_build_on_the_meta_device():
+    """The SDXL arithmetic builds the real UNet, the trainer's Denoiser and techniques on ``meta``: any
+    check that reads a tensor value there (``.item()``, ``float()``) breaks every memory estimate."""
+    counts = load_bench().sdxl_parameter_counts()
+    assert counts["unet_base"] == 2_567_463_684                  # SDXL base 1.0's UNet
+    assert counts["student_lora"] > 0 and counts["fake_lora"] == counts["student_lora"]

@@ -45,8 +45,9 @@ class Denoiser:
     def __init__(self, unet: torch.nn.Module, scheduler_config: dict, device: torch.device):
         self.unet = unet
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
-        self.alphas = alphas_cumprod_from_config(scheduler_config).to(device=device, dtype=torch.float32)
-        if self.prediction_type == "epsilon" and float(self.alphas.min()) == 0.0:
+        alphas = alphas_cumprod_from_config(scheduler_config)
+        self.alphas = alphas.to(device=device, dtype=torch.float32)
+        if self.prediction_type == "epsilon" and float(alphas.min()) == 0.0:        # checked on the CPU copy
             raise ValueError("the model's scheduler config has zero terminal SNR (rescale_betas_zero_snr) with "
                              "prediction_type 'epsilon': x̂0 is undefined at t = 999, the first milestone; distil a "
                              "v-prediction model or drop the rescale")
