@@ -2,8 +2,9 @@
 
 ComfyUI's own loader finds 0 modules of the official PEFT file and no alpha in it (8x too strong). Here
 the core reads any format with the right alpha, matches it against the model's diffusers module names,
-writes kohya keys with a per-module ``.alpha`` and hands those to ComfyUI's own LoRA patching, so the
-weights ComfyUI computes are the core's ``strength * alpha/rank * up @ down``.
+writes keys ComfyUI's own LoRA patching knows with a per-module ``.alpha`` (SDXL: kohya; FLUX: diffusers
+module paths, which ComfyUI maps onto its fused qkv / linear1 weights by row slices), so the weights
+ComfyUI computes are the core's ``strength * alpha/rank * up @ down``.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 import logging
 
 import comfy.lora
+import comfy.model_base
 import comfy.model_sampling
 import comfy.utils
+import torch
 
-from ..tlcm.lora import (BaseKind, LoraFile, LoraMatchError, base_mismatch, load_lora, match_lora,
-                         to_kohya_state_dict)
+from ..tlcm.lora import (TLCM_FLUX_TARGET_SUFFIXES, BaseKind, LoraFile, LoraMatchError, base_mismatch, load_lora,
+                         match_lora, to_kohya_state_dict)
 from ..tlcm.lora.reading import locate_weights, read_state_dict
 
 
@@ -32,25 +35,54 @@ class AppliedLora:
     report: str
 
 
-def _diffusers_to_comfy(model, weights: dict) -> dict[str, str]:
-    """diffusers UNet module path -> ComfyUI weight key (``diffusion_model.…weight``), for weights that exist.
+def is_flux(model) -> bool:
+    return isinstance(model.model, comfy.model_base.Flux)
 
-    ComfyUI's map lists every key the layout could have (e.g. shortcuts a block lacks): keep real ones.
+
+def _diffusers_to_comfy(model, weights: dict) -> dict[str, tuple[int, ...]]:
+    """diffusers module path -> the shape its LoRA delta must have, for the weights this model has.
+
+    ComfyUI's maps list every key a layout could have (e.g. shortcuts a block lacks): keep real ones. A FLUX
+    entry is a ComfyUI key, or (key, (dim, offset, size)) for a slice of a fused weight (q, k, v and the
+    single blocks' MLP input share ``linear1``), or (key, None, transform) for a weight ComfyUI reorders.
     """
-    mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
-    keys = {k.removesuffix(".weight"): f"diffusion_model.{v}" for k, v in mapping.items() if k.endswith(".weight")}
-    return {name: key for name, key in keys.items() if key in weights}
+    config = model.model.model_config.unet_config
+    if is_flux(model):
+        mapping = comfy.utils.flux_to_diffusers(config, output_prefix="diffusion_model.")
+    else:
+        mapping = {k: f"diffusion_model.{v}" for k, v in comfy.utils.unet_to_diffusers(config).items()}
+    shapes = {}
+    for name, target in mapping.items():
+        key = target if isinstance(target, str) else target[0]
+        if not name.endswith(".weight") or key not in weights:
+            continue
+        shape = list(weights[key].shape)
+        if not isinstance(target, str) and target[1] is not None:
+            dim, _, size = target[1]
+            shape[dim] = size
+        shapes[name.removesuffix(".weight")] = tuple(shape)
+    return shapes
 
 
-def _check_shapes(lora: LoraFile, matched: dict[str, str], module_keys: dict[str, str], weights: dict) -> None:
+def _check_shapes(lora: LoraFile, matched: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
     """A LoRA made for a differently sized model would only be logged and skipped by ComfyUI: fail instead."""
-    wrong = [f"{path}: LoRA {lora.modules[name].delta_shape} vs {tuple(weights[module_keys[path]].shape)}"
+    wrong = [f"{path}: LoRA {lora.modules[name].delta_shape} vs {shapes[path]}"
              for name, path in matched.items()
-             if math.prod(lora.modules[name].delta_shape) != weights[module_keys[path]].numel()
-             or lora.modules[name].delta_shape[0] != weights[module_keys[path]].shape[0]]
+             if math.prod(lora.modules[name].delta_shape) != math.prod(shapes[path])
+             or lora.modules[name].delta_shape[0] != shapes[path][0]]
     if wrong:
         raise LoraMatchError(f"{len(wrong)} of {len(matched)} matched LoRA modules do not fit this model's weights "
                              f"(e.g. {wrong[:2]}): the LoRA was made for another architecture")
+
+
+def _flux_state_dict(lora: LoraFile, matched: dict[str, str]) -> dict:
+    """diffusers-path keys (``<path>.lora_A/lora_B.weight``, ``<path>.alpha``), as ComfyUI maps FLUX LoRAs."""
+    out = {}
+    for name, path in matched.items():
+        module = lora.modules[name]
+        out[f"{path}.lora_A.weight"], out[f"{path}.lora_B.weight"] = module.down, module.up
+        out[f"{path}.alpha"] = torch.tensor(module.scale * module.rank, dtype=torch.float32)
+    return out
 
 
 def model_kind(model) -> BaseKind | None:
@@ -83,12 +115,13 @@ def apply_tlcm_lora(model, clip, path: str | Path, strength: float) -> AppliedLo
     """
     path = Path(path)
     lora = load_lora(path)
-    weights = model.model_state_dict()
-    module_keys = _diffusers_to_comfy(model, weights)
-    report = match_lora(lora, set(module_keys))
-    _check_shapes(lora, report.matched, module_keys, weights)
+    flux = is_flux(model)
+    shapes = _diffusers_to_comfy(model, model.model_state_dict())
+    report = match_lora(lora, set(shapes), **({"target_suffixes": TLCM_FLUX_TARGET_SUFFIXES} if flux else {}))
+    _check_shapes(lora, report.matched, shapes)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    patches = comfy.lora.load_lora(to_kohya_state_dict(lora), key_map, log_missing=False)
+    state = _flux_state_dict(lora, report.matched) if flux else to_kohya_state_dict(lora)
+    patches = comfy.lora.load_lora(state, key_map, log_missing=False)
     new_model = model.clone()
     patched = new_model.add_patches(patches, strength)
     if not patched:
@@ -96,7 +129,8 @@ def apply_tlcm_lora(model, clip, path: str | Path, strength: float) -> AppliedLo
     new_clip, clip_patched = _patch_clip(clip, path, lora, strength)
     scales = sorted({f"{m.scale:g}" for m in lora.modules.values()})
     lines = [f"{path.name}: {lora.source_format} LoRA, {len(patched)}/{len(lora.modules)} modules patched in "
-             f"the UNet at strength {strength:g} (scale alpha/rank {', '.join(scales)})",
+             f"the {'FLUX transformer' if flux else 'UNet'} at strength {strength:g} (scale alpha/rank "
+             f"{', '.join(scales)})",
              report.summary()]
     if lora.skipped:
         lines.append(f"text encoder: {clip_patched} weights patched from {len(lora.skipped)} keys"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .names import flat_index, lookup
-from .targets import is_tlcm_target, tlcm_target_modules
+from .targets import TLCM_TARGET_SUFFIXES, is_tlcm_target, tlcm_target_modules
 from .weights import LoraFile
 
 log = logging.getLogger(__name__)
@@ -72,17 +72,21 @@ def _no_match_error(lora: LoraFile, names: set[str], n_targets: int) -> LoraMatc
         f"{len(names)} modules ({n_targets} TLCM targets): {cause}. LoRA names e.g. {list(lora.modules)[:3]}")
 
 
-def match_lora(lora: LoraFile, unet_or_module_names: nn.Module | Iterable[str]) -> MatchReport:
+def match_lora(lora: LoraFile, unet_or_module_names: nn.Module | Iterable[str], *,
+               target_suffixes: tuple[str, ...] = TLCM_TARGET_SUFFIXES) -> MatchReport:
     """Pair LoRA modules with model modules (exact paths; kohya names via the model's flattened names).
 
     With a model, shapes are checked too. Raises ``LoraMatchError`` on zero matches or shape mismatches.
+    ``target_suffixes`` names the model's TLCM targets for the coverage count when module names are given
+    (``TLCM_FLUX_TARGET_SUFFIXES`` for a FLUX transformer).
     """
     model = unet_or_module_names if isinstance(unet_or_module_names, nn.Module) else None
     weights = _weights_of(model) if model is not None else {}
     names = set(weights) if model is not None else set(unet_or_module_names)
     found = lookup(lora, flat_index(names), names)
     matched = {n: p for n, p in found.items() if p is not None}
-    targets = tlcm_target_modules(model) if model is not None else sorted(n for n in names if is_tlcm_target(n))
+    targets = (tlcm_target_modules(model) if model is not None
+               else sorted(n for n in names if is_tlcm_target(n, target_suffixes)))
     if not matched:
         raise _no_match_error(lora, names, len(targets))
     wrong = [f"{p}: LoRA {lora.modules[n].delta_shape} vs weight {tuple(weights[p].shape)}"

@@ -25,8 +25,18 @@ SDXL_UNET_STRUCTURE = dict(
 )
 
 
-def is_tlcm_target(name: str) -> bool:
-    return any(name == s or name.endswith("." + s) for s in TLCM_TARGET_SUFFIXES)
+# The ``target_modules`` of the official FLUX.1-dev adapter (OPPOer/TLCMFlux adapter_config.json), diffusers
+# ``FluxTransformer2DModel`` naming: attention and MLPs of both block kinds, the modulation ``linear`` layers,
+# the input embedders and the time/text/guidance embedding MLPs.
+TLCM_FLUX_TARGET_SUFFIXES: tuple[str, ...] = (
+    "to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "context_embedder",
+    "x_embedder", "linear", "linear_1", "linear_2", "proj_mlp", "add_k_proj", "add_q_proj", "add_v_proj",
+    "to_add_out", "ff_context.net.0.proj", "ff_context.net.2",
+)
+
+
+def is_tlcm_target(name: str, suffixes: tuple[str, ...] = TLCM_TARGET_SUFFIXES) -> bool:
+    return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
 def tlcm_target_modules(unet: nn.Module) -> list[str]:
