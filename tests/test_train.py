@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -145,8 +146,8 @@ def test_gradient_accumulation_steps_on_the_mean_of_its_micro_batches(kit, tmp_p
     assert any(not torch.equal(a, b) for a, b in zip(*seen))       # the second micro-batch added its part
     for got, want in zip(seen[-1], expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
-    assert loss == pytest.approx(sum(losses) / 2, rel=1e-6) and losses[0] != losses[1]
-    assert trainer.values["loss/mlcd"] == pytest.approx(sum(losses) / 2, rel=1e-6)
+    assert float(loss) == pytest.approx(sum(losses) / 2, rel=1e-6) and losses[0] != losses[1]
+    assert float(trainer.values["loss/mlcd"]) == pytest.approx(sum(losses) / 2, rel=1e-6)
     with pytest.raises(ConfigError, match="mlcd.batch_size: 3 is not a multiple of train.batch_size x processes"):
         Trainer(tiny_config(kit, tmp_path / "other", "mlcd.batch_size=3"))
 
@@ -351,3 +352,27 @@ def test_epsilon_zero_snr_teacher_is_refused_in_one_line(kit, tmp_path):
     model = zero_snr_model(kit, tmp_path / "eps", "epsilon")
     with pytest.raises(ValueError, match="zero terminal SNR .* prediction_type 'epsilon'.*v-prediction"):
         Trainer(tiny_config(kit, tmp_path / "out", f"model.path={model}"))
+
+
+def test_the_loop_reads_device_values_only_at_logging_steps(kit, tmp_path, monkeypatch):
+    """Every host read of a tensor in the loop (``item``, ``float``, ``tolist``...) waits for the device to
+    finish: they happen at the ``log_every`` steps (and the last), not at every step; the per-step losses
+    still all reach the result and the log."""
+    trainer = Trainer(tiny_config(kit, tmp_path / "out", "mlcd.steps=4", "lcd.steps=2", "output.log_every=3"))
+    reads_at = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.endswith(os.path.join("tlcm_train", "loop.py")):
+                reads_at.append(trainer.step)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    result = trainer.run()
+    monkeypatch.undo()
+    assert result.step == 6 and len(result.losses) == 6
+    assert set(reads_at) == {3, 6}, reads_at
+    logged = [json.loads(line) for line in (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [3, 6]
+    assert logged[1]["loss/lcd"] == pytest.approx(result.losses[-1], rel=1e-6)

@@ -27,7 +27,7 @@ from torch import nn
 from tlcm.lora import TLCM_TARGET_SUFFIXES
 
 from .adapters import add_side_adapter, adapter_state, teacher_mode
-from .aux_grad import AuxTerm
+from .aux_grad import AuxTerm, Logged
 from .config import DISC_BACKBONES, GAN_LOSSES, GAN_REAL
 from .consistency import randint, randn
 from .diffusion import Conditioning, Denoiser
@@ -187,7 +187,7 @@ class Adversarial:
         with teacher_mode(den.unet):
             return den.predict_cfg(z, path[:, -2], batch.cond, self.guidance_scale)[0]
 
-    def update(self, batch: AuxBatch) -> dict[str, float]:
+    def update(self, batch: AuxBatch) -> Logged:
         """One discriminator step; real and fake share t' and noise (a paired comparison), inputs detached.
         A frozen backbone runs without grad, so only the heads' small graph is kept; a LoRA backbone
         runs, and is backpropagated, inside its own adapter state (with checkpointing the recomputation
@@ -209,8 +209,7 @@ class Adversarial:
         d_real = torch.stack([r.mean() for r, _ in pairs]).mean()
         d_fake = torch.stack([f.mean() for _, f in pairs]).mean()
         optimizer_step(self.parameters(), self.optimizer, self.sync)
-        return {"gan/d_loss": float(loss.detach()), "gan/d_real": float(d_real.detach()),
-                "gan/d_fake": float(d_fake.detach())}
+        return {"gan/d_loss": loss.detach(), "gan/d_real": d_real.detach(), "gan/d_fake": d_fake.detach()}
 
     def _backward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The discriminator loss of [real; fake] features, mean over heads, backpropagated."""

@@ -16,6 +16,10 @@ from typing import Callable, ContextManager
 
 import torch
 
+Logged = dict[str, torch.Tensor]
+"""Values to log, as detached scalar tensors: read on the host only at a logging step, so a training step
+never waits for the device to report a number."""
+
 
 @dataclass
 class AuxTerm:
@@ -29,12 +33,12 @@ class AuxTerm:
 
 
 def aux_gradient(x0: torch.Tensor, terms: list[AuxTerm], on_phase: Callable[[str], None] | None = None,
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+                 ) -> tuple[torch.Tensor, Logged]:
     """g = Σ w_k ∂L_k/∂x0 (float32, detached) and each term's loss value; every term's graph is freed
     before the next runs, so peak memory is the largest single term, not their sum. ``on_phase`` (a
     measurement hook) hears "term:<name>" after each term."""
     g = torch.zeros_like(x0, dtype=torch.float32)
-    values: dict[str, float] = {}
+    values: Logged = {}
     for term in terms:
         x0d = x0.detach().float().requires_grad_(True)
         with term.state(), torch.enable_grad():
@@ -45,14 +49,14 @@ def aux_gradient(x0: torch.Tensor, terms: list[AuxTerm], on_phase: Callable[[str
         if grad is None:
             raise ValueError(f"auxiliary loss {term.name!r} does not depend on x0: it would train nothing")
         g += term.weight * grad
-        values[term.name] = float(loss.detach())
+        values[term.name] = loss.detach()
         if on_phase:
             on_phase(f"term:{term.name}")
     return g, values
 
 
 def with_aux(main_loss: torch.Tensor, x0: torch.Tensor, terms: list[AuxTerm],
-             on_phase: Callable[[str], None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             on_phase: Callable[[str], None] | None = None) -> tuple[torch.Tensor, Logged]:
     """The surrogate to call ``backward()`` on (in the student state): its gradient is that of
     L_main + Σ w_k L_k(x0); its *value* is not a loss, so the term values are returned for logging."""
     g, values = aux_gradient(x0, terms, on_phase)

@@ -47,6 +47,7 @@ class Denoiser:
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         alphas = alphas_cumprod_from_config(scheduler_config)
         self.alphas = alphas.to(device=device, dtype=torch.float32)
+        self.alphas_host = alphas.to(dtype=torch.float32)         # the same values, read without a device sync
         if self.prediction_type == "epsilon" and float(alphas.min()) == 0.0:        # checked on the CPU copy
             raise ValueError("the model's scheduler config has zero terminal SNR (rescale_betas_zero_snr) with "
                              "prediction_type 'epsilon': x̂0 is undefined at t = 999, the first milestone; distil a "

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from .adapters import add_side_adapter, adapter_state
-from .aux_grad import AuxTerm
+from .aux_grad import AuxTerm, Logged
 from .config import FAKE_DATA
 from .consistency import randint, randn
 from .diffusion import Conditioning, Denoiser
@@ -86,7 +86,7 @@ class DistributionMatching:
 
         return [AuxTerm("dmd", loss, weight=self.weight)]
 
-    def update(self, batch: AuxBatch) -> dict[str, float]:
+    def update(self, batch: AuxBatch) -> Logged:
         """Train the fake score on student samples (``fake_data``): ε-MSE at t ~ U[0, T); each backward runs
         inside the ``fake`` state (with checkpointing, the recomputation must see that state)."""
         den = self.denoiser
@@ -99,8 +99,8 @@ class DistributionMatching:
                 loss = F.mse_loss(den.predict(den.add_noise(x0, noise, t), t, batch.cond)[1], noise)
                 loss.backward()
             optimizer_step(self.parameters(), self.optimizer, self.sync)
-            losses.append(float(loss.detach()))
-        return {"dmd/fake_loss": sum(losses) / len(losses)}
+            losses.append(loss.detach())
+        return {"dmd/fake_loss": torch.stack(losses).mean()}
 
     def state_dict(self) -> dict[str, Any]:
         return trainable_state(self.name, self._named, self.optimizer)

@@ -39,6 +39,7 @@ from .prompts import PromptStream, read_prompts
 from .run_folder import CHECKPOINTS
 from .samples import save_grid
 from .stage_techniques import build_techniques, first_step_using
+from .aux_grad import Logged
 from .stages import PhaseHook, TrainingStage, build_stages, stage_at, stage_lr
 from .tracking import Tracker
 
@@ -177,7 +178,7 @@ class Trainer:
                                                         self.techniques, acc.num_processes)
         if not self.stages:
             raise ValueError("every stage has 0 steps: nothing to train (set mlcd.steps, lcd.steps, ...)")
-        self.values: dict[str, float] = {}       # the last step's per-term values, for logging
+        self.values: Logged = {}                 # the last step's per-term values, for logging
         self.distance = build_distance(config.distill)
         self.optimizer = acc.prepare(make_optimizer(config, self.params))
         warmup = config.train.warmup_steps
@@ -195,10 +196,11 @@ class Trainer:
         if self.on_phase:
             self.on_phase(name)
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
         """One optimizer step of the current stage over its ``accumulation`` micro-batches (the student's
         step on their mean objective, then the techniques' own steps on each micro-batch); returns this
-        process's mean consistency loss and keeps every term's mean value in ``self.values``."""
+        process's mean consistency loss and keeps every term's mean value in ``self.values``, both as
+        detached device scalars (reading them waits for the device: ``run`` does so at logging steps only)."""
         stage = self.stage()
         losses, values, batches = [], {}, []
         for _ in range(stage.accumulation):
@@ -210,7 +212,7 @@ class Trainer:
             require_student_active(self.unet)
             self.accelerator.backward(outcome.objective / stage.accumulation)
             self._phase("backward")
-            losses.append(float(outcome.loss.detach()))
+            losses.append(outcome.loss.detach())
             for key, value in outcome.values.items():
                 values[key] = values.get(key, 0.0) + value / stage.accumulation
             batches.append(outcome.batch)
@@ -228,7 +230,7 @@ class Trainer:
                 self.values.update(stage.update_techniques(batch, self.on_phase))
         require_student_active(self.unet)
         self.step += 1
-        return sum(losses) / len(losses)
+        return torch.stack(losses).mean()
 
     def save(self) -> Path:
         acc = self.accelerator
@@ -277,6 +279,9 @@ class Trainer:
                          self.output_dir / "samples" / f"step-{self.step:08d}.png")
 
     def _stop_everywhere(self, requested: bool) -> bool:
+        """Whether any process was asked to stop (one process: its own flag, without touching the device)."""
+        if self.accelerator.num_processes == 1:
+            return requested
         flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
@@ -299,22 +304,31 @@ class Trainer:
         result = RunResult("finished", self.step, self.output_dir)
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not acc.is_main_process, desc="tlcm-train",
                    dynamic_ncols=True)
+        pending: list[torch.Tensor] = []         # the losses of the steps since the last log, still on the device
+        logged_step, logged_time = self.step, time.perf_counter()
         try:
             with StopFlag() as stop:
                 while self.step < cfg.total_steps:
-                    stage, started = self.stage().name, time.perf_counter()
-                    loss = self.train_step()
-                    mean_loss = float(acc.reduce(torch.tensor([loss], device=self.device), reduction="mean").item())
-                    result.losses.append(mean_loss)
+                    stage = self.stage().name
+                    pending.append(self.train_step())
                     stopping = self._stop_everywhere(stop.requested)
                     bar.update(1)
-                    bar.set_postfix(stage=stage, loss=f"{mean_loss:.4g}")
-                    if self.tracker and (self.step % cfg.output.log_every == 0 or stopping or self.step == hold_at):
-                        self.tracker.log(self.step, {**self.values, f"loss/{stage}": mean_loss,
-                                                     "lr": self.lr_schedule.get_last_lr()[0],
-                                                     "it_per_s": 1.0 / max(time.perf_counter() - started, 1e-9)})
-                        self.tracker.status("running", self.step, eta_s=bar.format_dict.get("elapsed", 0) /
-                                            max(self.step - bar.initial, 1) * (cfg.total_steps - self.step))
+                    if (self.step % cfg.output.log_every == 0 or stopping or self.step == hold_at
+                            or self.step == cfg.total_steps):
+                        means = acc.reduce(torch.stack(pending), reduction="mean").tolist()   # waits for the device
+                        pending.clear()
+                        result.losses.extend(means)
+                        now = time.perf_counter()
+                        bar.set_postfix(stage=stage, loss=f"{means[-1]:.4g}")
+                        if self.tracker:
+                            self.tracker.log(self.step, {**{k: float(v) for k, v in self.values.items()},
+                                                         f"loss/{stage}": means[-1],
+                                                         "lr": self.lr_schedule.get_last_lr()[0],
+                                                         "it_per_s": (self.step - logged_step) / max(now - logged_time,
+                                                                                                     1e-9)})
+                            self.tracker.status("running", self.step, eta_s=bar.format_dict.get("elapsed", 0) /
+                                                max(self.step - bar.initial, 1) * (cfg.total_steps - self.step))
+                        logged_step, logged_time = self.step, now
                     if self.step == hold_at:           # the HOLD_AT_STEP test hook: wait for the stop signal
                         while not stop.requested:
                             time.sleep(0.05)

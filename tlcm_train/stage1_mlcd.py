@@ -37,17 +37,17 @@ class MlcdStage:
         self.grid = torch.tensor(milestone_grid(self.num_segments, num_train_timesteps))
 
     def make_pair(self, denoiser: Denoiser, cond: Conditioning, generator: torch.Generator) -> ConsistencyPair:
-        batch, device = cond.embeds.shape[0], cond.embeds.device
-        grid = self.grid.to(device)
-        k = randint(0, self.num_segments - 1, batch, generator, device)
+        batch, device, host = cond.embeds.shape[0], cond.embeds.device, torch.device("cpu")
+        grid = self.grid              # timesteps and paths on the host, where their random numbers are drawn
+        k = randint(0, self.num_segments - 1, batch, generator, host)
         boundary = grid[k + 1]
-        t_m = randint(boundary + self.skip, grid[k], batch, generator, device)
+        t_m = randint(boundary + self.skip, grid[k], batch, generator, host)
         t_n = t_m - self.skip
         z_T = randn((batch, *self.latent_shape), generator, cond.embeds)
         mds = even_path(torch.full_like(t_m, int(grid[0])), t_m, k + 1, self.num_segments)
         z_m = teacher_solve(denoiser, z_T, mds, cond, self.guidance_scale)
         z_n = teacher_solve(denoiser, z_m, torch.stack([t_m, t_n], dim=1), cond, self.guidance_scale)
-        return ConsistencyPair(z_m, t_m, z_n, t_n, boundary)
+        return ConsistencyPair(z_m, t_m.to(device), z_n, t_n.to(device), boundary.to(device))
 
     def output(self, denoiser: Denoiser, x0: torch.Tensor, eps: torch.Tensor, pair: ConsistencyPair) -> torch.Tensor:
         """g_θ: DDIM jump to the segment boundary (x̂0 at the last boundary)."""

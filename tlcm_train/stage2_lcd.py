@@ -34,7 +34,7 @@ def student_rollout(denoiser: Denoiser, z: torch.Tensor, timesteps: list[int], c
             x0, eps = denoiser.predict(z, torch.full((batch,), t, device=z.device), cond)
             if i == len(timesteps) - 1:
                 return x0
-            a_next = denoiser.alphas[timesteps[i + 1]]
+            a_next = denoiser.alphas_host[timesteps[i + 1]]         # a host scalar: no device sync
             noise = randn(tuple(z.shape), generator, z) if eta > 0 else None
             z = a_next.sqrt() * renoise(x0, eps, ((1 - a_next) / a_next).sqrt(), noise, eta)
     raise ValueError("timesteps must not be empty")
@@ -55,14 +55,14 @@ class LcdStage:
 
     def make_pair(self, denoiser: Denoiser, cond: Conditioning, generator: torch.Generator) -> ConsistencyPair:
         batch, device = cond.embeds.shape[0], cond.embeds.device
-        grid = self.grid.to(device)
         z_T = randn((batch, *self.latent_shape), generator, cond.embeds)
         z0 = student_rollout(denoiser, z_T, self.rollout, cond, self.rollout_eta, generator)
-        k = randint(0, self.num_segments - 1, batch, generator, device)
-        t_m, t_n = grid[k], grid[k + 1]
+        k = randint(0, self.num_segments - 1, batch, generator, torch.device("cpu"))   # paths on the host
+        t_m, t_n = self.grid[k], self.grid[k + 1]
         z_m = denoiser.add_noise(z0, randn(tuple(z0.shape), generator, z0), t_m)
         path = even_path(t_m, t_n, self.teacher_steps, self.teacher_steps)
         z_n = teacher_solve(denoiser, z_m, path, cond, self.guidance_scale)
+        t_m, t_n = t_m.to(device), t_n.to(device)
         return ConsistencyPair(z_m, t_m, z_n, t_n, t_n, rollout=z0)
 
     def output(self, denoiser: Denoiser, x0: torch.Tensor, eps: torch.Tensor, pair: ConsistencyPair) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .aux_grad import with_aux
+from .aux_grad import Logged, with_aux
 from .config import Config, ConfigError
 from .consistency import Stage as PairBuilder
 from .consistency import consistency_step
@@ -37,7 +37,7 @@ class StepOutcome:
 
     loss: torch.Tensor                  # the consistency loss (logged)
     objective: torch.Tensor             # what ``backward()`` is called on: the loss plus the auxiliary terms' surrogate
-    values: dict[str, float]            # every term's value, for logging
+    values: Logged                      # every term's value, for logging
     batch: AuxBatch | None              # what the techniques' own updates read (None without techniques)
 
 
@@ -66,7 +66,7 @@ class TrainingStage:
         """The consistency loss on a fresh pair, plus every technique's terms on the student's x̂0, ready
         for one backward in the student state (docs/trainer.md §3)."""
         loss, pair, x0 = consistency_step(self.pairs, denoiser, cond, distance, generator, on_phase)
-        values = {f"loss/{self.name}": float(loss.detach())}
+        values = {f"loss/{self.name}": loss.detach()}
         if not self.techniques:
             return StepOutcome(loss, loss, values, None)
         batch = AuxBatch(denoiser, cond, prompts, pair.z_m, pair.t_m, x0, generator, pair.rollout)
@@ -75,9 +75,9 @@ class TrainingStage:
         values.update({f"loss/{k}": v for k, v in term_values.items()})
         return StepOutcome(loss, objective, values, batch)
 
-    def update_techniques(self, batch: AuxBatch | None, on_phase: PhaseHook | None = None) -> dict[str, float]:
+    def update_techniques(self, batch: AuxBatch | None, on_phase: PhaseHook | None = None) -> Logged:
         """Each technique's own optimiser steps, after the student's; their logged values."""
-        values: dict[str, float] = {}
+        values: Logged = {}
         for name, technique in self.techniques.items():
             values.update(technique.update(batch))
             if on_phase:

@@ -30,12 +30,14 @@ def teacher_solve(denoiser: Denoiser, z: torch.Tensor, path: torch.Tensor, cond:
 
     No gradients flow (the teacher is frozen) and the student adapter is active again on return.
     """
+    host, path = path.cpu(), path.to(z.device)      # which rows move is decided on the host: no device sync
     with teacher_mode(denoiser.unet):
         for k in range(path.shape[1] - 1):
             t, t_next = path[:, k], path[:, k + 1]
-            moving = (t != t_next).nonzero().flatten()
-            if len(moving) == 0:
+            rows = (host[:, k] != host[:, k + 1]).nonzero().flatten()
+            if len(rows) == 0:
                 continue
+            moving = rows.to(z.device)
             x0, eps = denoiser.predict_cfg(z[moving], t[moving], cond.rows(moving), guidance_scale)
             z = z.index_copy(0, moving, denoiser.ddim_move(x0, eps, t_next[moving]).to(z.dtype))
     return z

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .aux_grad import AuxTerm
+from .aux_grad import AuxTerm, Logged
 from .diffusion import Conditioning, Denoiser
 
 
@@ -57,7 +57,7 @@ class Technique(Protocol):
     def terms(self, batch: AuxBatch) -> list[AuxTerm]:
         """Auxiliary student losses for this step (each runs under its own adapter state)."""
 
-    def update(self, batch: AuxBatch) -> dict[str, float]:
+    def update(self, batch: AuxBatch) -> Logged:
         """The technique's own training step(s) after the student's; returns values to log."""
 
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..aux_grad import AuxTerm
+from ..aux_grad import AuxTerm, Logged
 from ..technique import AuxBatch
 from .decode import crop_window, decode_latents
 from .scorer import DEFAULT_MARGIN, Scorer, hinge_preference_loss
@@ -104,7 +104,7 @@ class PreferenceTechnique:
         return [AuxTerm("preference", lambda x0d: self.loss(x0d[..., rows, cols], prompts, negatives),
                         weight=self.weight)]
 
-    def update(self, batch: AuxBatch) -> dict[str, float]:
+    def update(self, batch: AuxBatch) -> Logged:
         return {}
 
     def parameters(self) -> list[torch.nn.Parameter]:
