@@ -41,6 +41,7 @@ class GenerationSettings:
     strength: float = 1.0                # img2img denoise; used only with an init image
     loras: list[tuple[str, float]] = field(default_factory=list)
     model: str = ""
+    flux_guidance: float | None = None   # FLUX only: its guidance embedding (no CFG there)
 
     def validate(self) -> None:
         if not isinstance(self.steps, int):
@@ -58,6 +59,8 @@ class GenerationSettings:
             raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
+        if self.flux_guidance is not None and not self.flux_guidance > 0:
+            raise ValueError(f"flux_guidance must be > 0, got {self.flux_guidance!r}")
         schedule_timesteps(self.steps, self.schedule, denoise=self.strength)   # raises on a bad schedule
 
     def infotext(self) -> str:
@@ -69,6 +72,8 @@ class GenerationSettings:
                   f"CFG scale: {self.guidance_scale:g}", f"Seed: {self.seed}", f"Size: {self.width}x{self.height}"]
         if self.model:
             fields.append(f"Model: {Path(self.model).stem}")
+        if self.flux_guidance is not None:          # the name Forge gives FLUX's guidance embedding
+            fields.append(f"Distilled CFG Scale: {self.flux_guidance:g}")
         if self.eta != 1.0:
             fields.append(f"TLCM eta: {self.eta:g}")
         if self.strength < 1.0:
@@ -102,12 +107,15 @@ def size_warning(width: int, height: int, native: tuple[int, int]) -> str | None
 
 
 def apply_lora(pipe, lora, name: str, strength: float):
-    """Merge one loaded ``LoraFile`` into ``pipe.unet`` at ``strength`` and return its match report; a LoRA
-    recorded as distilled from another kind of model (prediction type, zero SNR) is warned about first."""
+    """Merge one loaded ``LoraFile`` into ``pipe.unet`` (a FLUX pipeline's ``transformer``) at ``strength``
+    and return its match report; a LoRA recorded as distilled from another kind of SDXL model (prediction
+    type, zero SNR) is warned about first."""
     from .lora import BaseKind, base_mismatch, merge_lora
-    if warning := base_mismatch(lora.base, BaseKind.from_scheduler_config(pipe.scheduler.config), name):
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None and (warning := base_mismatch(lora.base, BaseKind.from_scheduler_config(
+            pipe.scheduler.config), name)):
         print(f"[tlcm] warning: {warning}", file=sys.stderr, flush=True)
-    report = merge_lora(pipe.unet, lora, strength)
+    report = merge_lora(pipe.unet if transformer is None else transformer, lora, strength)
     print(f"[tlcm] LoRA {name} @ {strength:g}: {report.summary()}", flush=True)
     return report
 

@@ -1,4 +1,4 @@
-"""``tlcm generate``: local SDXL + TLCM LoRA(s) -> PNGs with their settings embedded."""
+"""``tlcm generate``: local SDXL or FLUX.1 + TLCM LoRA(s) -> PNGs with their settings embedded."""
 from __future__ import annotations
 
 import argparse
@@ -23,9 +23,10 @@ def parse_lora(text: str) -> tuple[str, float]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("generate", help="generate images with a local SDXL model and a TLCM LoRA",
+    p = subparsers.add_parser("generate", help="generate images with a local SDXL or FLUX model and a TLCM LoRA",
                               description=__doc__)
-    p.add_argument("--model", required=True, help="SDXL diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--model", required=True, help="SDXL diffusers folder or single-file .safetensors checkpoint, "
+                                                  "or a FLUX.1 diffusers folder")
     p.add_argument("--config", help="diffusers folder whose configs describe a single-file checkpoint "
                                     "(default: the bundled SDXL base 1.0 configs)")
     p.add_argument("--lora", action="append", type=parse_lora, default=[], metavar="PATH[:STRENGTH]",
@@ -42,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--height", type=int, help="default: the model's native height (SDXL: 1024)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--cfg", type=float, default=1.0, help="CFG scale; 1 = off, as the official sampler")
+    p.add_argument("--flux-guidance", type=float,
+                   help="FLUX only: the guidance embedding (default 7, the official TLCM-FLUX value)")
     p.add_argument("--eta", type=float, default=1.0, help="stochasticity: 1 = official fresh noise, 0 = deterministic")
     p.add_argument("--schedule", default="tlcm", choices=["tlcm", "uniform"])
     p.add_argument("--init-image", help="img2img source image")
@@ -53,6 +56,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def _run_flux(args: argparse.Namespace, settings: GenerationSettings, given_size: dict) -> int:
+    import torch
+
+    from .generate_flux import check_flux_settings, generate_flux, load_flux_pipeline
+    check_flux_settings(settings)
+    unused = [flag for flag, value in (("--config", args.config), ("--init-image", args.init_image),
+                                       ("--chinese-text-model", args.chinese_text_model)) if value]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not available for FLUX models")
+    pipe = load_flux_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    native = pipe.default_sample_size * pipe.vae_scale_factor
+    settings.width, settings.height = given_size.get("width", native), given_size.get("height", native)
+    apply_loras(pipe, settings.loras, alpha=args.lora_alpha)
+    for path in save_images(generate_flux(pipe, settings), args.out, settings):
+        print(path)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -60,11 +81,18 @@ def run(args: argparse.Namespace) -> int:
     # An unset size is the model's native one, known only once it is loaded; the settings' valid default stands
     # in for it meanwhile, so that every other setting is checked before the (slow) model load.
     given_size = {name: value for name, value in (("width", args.width), ("height", args.height)) if value is not None}
+    from .generate_flux import FLUX_GUIDANCE, is_flux_folder
+    flux = is_flux_folder(args.model)
+    if args.flux_guidance is not None and not flux:
+        raise ValueError(f"--flux-guidance applies to FLUX models; {args.model} is not a FLUX folder")
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, seed=args.seed,
         batch_size=args.batch, guidance_scale=args.cfg, eta=args.eta, schedule=args.schedule,
-        strength=args.strength, loras=args.lora, model=args.model, **given_size)
+        strength=args.strength, loras=args.lora, model=args.model,
+        flux_guidance=(args.flux_guidance or FLUX_GUIDANCE) if flux else None, **given_size)
     settings.validate()
+    if flux:
+        return _run_flux(args, settings, given_size)
     init_image = None
     if args.init_image:
         if not Path(args.init_image).is_file():

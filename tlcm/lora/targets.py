@@ -39,10 +39,18 @@ def is_tlcm_target(name: str, suffixes: tuple[str, ...] = TLCM_TARGET_SUFFIXES) 
     return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
+def target_suffixes(model: nn.Module) -> tuple[str, ...]:
+    """The TLCM targets of ``model``'s architecture: FLUX's for a FLUX transformer (it has single-stream
+    blocks), the SDXL UNet's otherwise."""
+    return TLCM_FLUX_TARGET_SUFFIXES if hasattr(model, "single_transformer_blocks") else TLCM_TARGET_SUFFIXES
+
+
 def tlcm_target_modules(unet: nn.Module) -> list[str]:
-    """Names of the Linear/Conv2d modules of ``unet`` that a TLCM LoRA adapts (PEFT's suffix rule)."""
+    """Names of the Linear/Conv2d modules of ``unet`` (or a FLUX transformer) that a TLCM LoRA adapts
+    (PEFT's suffix rule)."""
+    suffixes = target_suffixes(unet)
     return [name for name, mod in unet.named_modules()
-            if isinstance(mod, (nn.Linear, nn.Conv2d)) and is_tlcm_target(name)]
+            if isinstance(mod, (nn.Linear, nn.Conv2d)) and is_tlcm_target(name, suffixes)]
 
 
 def _resnet(prefix: str, channels_in: int, channels_out: int) -> list[str]:
