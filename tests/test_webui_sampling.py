@@ -11,7 +11,7 @@ import torch
 
 from reference_tlcm import PARTIAL_DENOISE, README_TABLE, forward_diffuse, reference_loop
 from tlcm.testing.tiny import tiny_unet
-from webui_stub.harness import FakeSDXL, conditioning, load_extension, purge, start_webui
+from webui_stub.harness import FakeForgeFlux, FakeSDXL, conditioning, load_extension, purge, start_webui
 
 SEED = 1234
 
@@ -211,3 +211,29 @@ def test_sampler_refuses_to_run_without_the_host_rng(webui):
     from webui_tlcm.sampler import host_noise_sampler
     with pytest.raises(RuntimeError, match="seeded RNG"):
         host_noise_sampler(object(), torch.zeros(1))
+
+
+def test_forge_flux_runs_the_official_tlcm_flux_loop(webui):
+    """FLUX on Forge (its flow predictor): sigmas = FLUX's shift by the predictor's mu of linspace(1, 1/n, n),
+    then 0; start = Forge's σ0·ξ + (1 − σ0)·0 = ξ; each step x ← (1 − σ')·x̂0 + σ'·ξ' with the host's next
+    draw; the last x̂0 is the result (official scheduler, written out)."""
+    import math
+    webui.shared.sd_model = model = FakeForgeFlux(mu=0.8)
+    p = make_p(webui, steps=3)
+    samples, _ = webui.processing.process_images(p)
+    sigmas = [math.exp(0.8) / (math.exp(0.8) + (1 / t - 1)) for t in (1.0, 2 / 3, 1 / 3)] + [0.0]
+    assert [call[0] for call in model.sigmas_seen] == pytest.approx(sigmas[:3], abs=1e-6)
+    noise = host_noise([SEED])
+    x = noise()
+    for i in range(3):
+        sigma = torch.full((1,), sigmas[i])
+        x0 = x - FakeForgeFlux.velocity(x, sigma, p.cond) * sigmas[i]
+        x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise() if sigmas[i + 1] > 0 else x0
+    torch.testing.assert_close(samples, x, rtol=1e-5, atol=1e-5)
+
+
+def test_a_flow_model_without_the_flux_shift_is_refused(webui):
+    webui.shared.sd_model = model = FakeForgeFlux()
+    del model.forge_objects.unet.model.predictor.mu
+    with pytest.raises(ValueError, match="TLCM supports FLUX.1"):
+        webui.processing.process_images(make_p(webui))

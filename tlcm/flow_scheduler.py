@@ -28,6 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import SAMPLING_HINT, check_finite
 from .sampling import renoise_flow
+from .schedules import flux_time_shift
 from .scheduler import StepIndexMixin
 
 
@@ -92,7 +93,7 @@ class TLCMFlowMatchScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
         if len(sigmas) == 0 or not bool(((sigmas > 0) & (sigmas <= 1)).all()):
             raise ValueError(f"sigmas must be a non-empty list in (0, 1], got {sigmas.tolist()}")
         if self.config.use_dynamic_shifting:     # exponential time shift with exponent 1
-            sigmas = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+            sigmas = flux_time_shift(sigmas, mu)
         else:
             sigmas = self._static_shift(sigmas)
         sigmas = sigmas.float().to(device)

@@ -135,6 +135,11 @@ def flow_times(steps: int, *, denoise: float = 1.0) -> list[float]:
     return [1.0 - i / total for i in range(total)][-steps:]
 
 
+def flux_time_shift(t: torch.Tensor | float, mu: float) -> torch.Tensor | float:
+    """FLUX's resolution-dependent shift of a time t in (0, 1]: e^mu / (e^mu + 1/t − 1) (mu = 1.15 at 1024²)."""
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+
+
 def schedule_timesteps(steps: int, schedule: str = "tlcm", *, denoise: float = 1.0,
                        num_segments: int = OFFICIAL_NUM_SEGMENTS,
                        num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:

@@ -14,6 +14,9 @@ ControlNet, masks, interrupts and previews. Three things are TLCM-specific and d
 * **Partial denoise**: img2img always passes ``steps`` to the host, so the host takes its "fix steps"
   branch (schedule for ``int(steps/denoise)``, keep the last ``steps``) — the core's rule, identical to
   hires fix, ComfyUI and ``tlcm.generate``; 4 steps at 0.5 visit 499, 374, 249, 124.
+* **FLUX on Forge**: Forge samples FLUX through the same class with a flow predictor; there the start is
+  Forge's own (σ0·ξ + (1 − σ0)·latent) and each step is the official TLCM-FLUX one,
+  x ← (1 − σ')·x̂0 + σ'·ξ (``tlcm.sampling.sample_tlcm_flow``), on the schedule of ``schedule.py``.
 * **No negative-prompt pass at CFG 1**: A1111's CFG wrapper runs the UNet on cond and uncond even at CFG
   1, where the uncond output cannot change the result (uncond + (cond − uncond)·1 = cond): twice the UNet
   work of ComfyUI and Forge, which skip it. A1111 >= 1.10 skips it for the steps its ``skip_early_cond``
@@ -29,7 +32,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from tlcm.sampling import NoiseSampler, sample_tlcm
+from tlcm.sampling import NoiseSampler, sample_tlcm, sample_tlcm_flow
+
+from .schedule import flow_predictor
 
 
 def start_noise_factor(sigma0: torch.Tensor) -> torch.Tensor:
@@ -107,6 +112,9 @@ def build_sampler_class(base: type, opts: Any) -> type:
         def sample_tlcm(self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
                         extra_args: dict | None = None, callback: Callable[[dict], None] | None = None,
                         disable: bool | None = None) -> torch.Tensor:
+            if flow_predictor(self.model_wrap) is not None:      # FLUX on Forge: the host scaled x itself
+                return sample_tlcm_flow(model, x, sigmas, extra_args, callback, disable,
+                                        noise_sampler=host_noise_sampler(model, x))
             if self.rescale_start_noise:
                 x = x * start_noise_factor(sigmas[0])
             return sample_tlcm(model, x, sigmas, extra_args, callback, disable,

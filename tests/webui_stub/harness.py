@@ -62,6 +62,33 @@ class FakeSDXL:
                          added_cond_kwargs={"text_embeds": cond["vector"], "time_ids": cond["time_ids"]}).sample
 
 
+class FakeForgeFlux:
+    """Forge's FLUX model as its sampler sees it (Forge dfdcbab6): ``forge_objects.unet.model.predictor`` is
+    its flow predictor ``PredictionFlux``: ``prediction_type == "const"``, the resolution shift ``mu``, a σ
+    table of FLUX's shift of t = 1/10000 … 1, x̂0 = x − σ·v and start σ·ξ + (1 − σ)·latent.
+    ``apply_model(x, σ, cond)`` is a cheap smooth velocity; the σ of every call is kept."""
+
+    is_sdxl = False
+
+    def __init__(self, mu: float = 1.15) -> None:
+        import math
+        t = torch.arange(1, 10001, dtype=torch.float32) / 10000
+        predictor = SimpleNamespace(
+            prediction_type="const", mu=mu, sigmas=math.exp(mu) / (math.exp(mu) + (1 / t - 1)),
+            calculate_denoised=lambda sigma, out, x: x - out * sigma.view(-1, 1, 1, 1),
+            noise_scaling=lambda sigma, noise, latent, max_denoise=False: sigma * noise + (1.0 - sigma) * latent)
+        self.forge_objects = SimpleNamespace(unet=SimpleNamespace(model=SimpleNamespace(predictor=predictor)))
+        self.sigmas_seen: list[list[float]] = []
+
+    def apply_model(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        self.sigmas_seen.append(sigma.tolist())
+        return self.velocity(x, sigma, cond)
+
+    @staticmethod
+    def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        return torch.tanh(x + cond["vector"][:, :4, None, None]) * (0.5 + sigma.view(-1, 1, 1, 1) / 2)
+
+
 def conditioning(batch: int, seed: int) -> dict:
     """One prompt's SDXL-shaped conditioning for the tiny UNet (77 tokens, pooled embedding, six size ids),
     repeated for each image of the batch."""

@@ -21,9 +21,28 @@ samplers_data_k_diffusion = [
 ]
 
 
+class ForgeScheduleLinker(torch.nn.Module):
+    """Forge dfdcbab6 ``k_diffusion.external.ForgeScheduleLinker``: the model predictor's sigma table; the
+    model call returns the predictor's x̂0 (``calculate_denoised``) of the model's output."""
+
+    def __init__(self, predictor):
+        super().__init__()
+        self.predictor = predictor
+        self.sigmas = predictor.sigmas
+        self.inner_model = None
+
+    def forward(self, x, sigma, cond):
+        return self.predictor.calculate_denoised(sigma, self.inner_model.apply_model(x, sigma, cond), x)
+
+
 class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
     @property
     def inner_model(self):
+        forge_unet = getattr(getattr(shared.sd_model, "forge_objects", None), "unet", None)
+        predictor = getattr(getattr(forge_unet, "model", None), "predictor", None)
+        if self.model_wrap is None and predictor is not None:         # Forge (a model with its predictor)
+            self.model_wrap = ForgeScheduleLinker(predictor)
+            self.model_wrap.inner_model = shared.sd_model
         if self.model_wrap is None:
             self.model_wrap = k_diffusion.external.CompVisDenoiser(shared.sd_model, quantize=opts.enable_quantization)
         return self.model_wrap
@@ -89,7 +108,10 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
         sigmas = self.get_sigmas(p, steps)
-        if opts.sgm_noise_multiplier:
+        if hasattr(self.model_wrap, "predictor"):            # Forge: the predictor scales the start noise
+            x = self.model_wrap.predictor.noise_scaling(sigmas[0], x, torch.zeros_like(x),
+                                                        max_denoise=opts.sgm_noise_multiplier)
+        elif opts.sgm_noise_multiplier:
             p.extra_generation_params["SGM noise multiplier"] = True
             x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)
         else:
