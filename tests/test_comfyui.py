@@ -7,6 +7,7 @@ on the kit's diffusers UNet), never with ``tlcm.schedules``/``tlcm.sampling``, w
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -162,6 +163,37 @@ def test_ksampler_tlcm_latent_equals_reference_loop(comfy_nodes, loaded, conditi
     other_seed = model.model.process_latent_in(_ksampler(comfy_nodes, model, conditioning, 43, steps, latent))
     if steps > 1:   # fresh noise after step 1: another seed must change the result
         assert (other_seed - reference).abs().max() > 1e-2
+
+
+def test_ksampler_tlcm_on_a_v_prediction_zero_snr_model_equals_the_v_loop(comfy_nodes, loaded, conditioning,
+                                                                          tiny_pipe):
+    """ComfyUI's ModelSamplingDiscrete(v_prediction, zsnr) on the kit (how ComfyUI runs NoobAI-XL v-pred):
+    KSampler tlcm equals the official loop for a v-prediction model, written out on diffusers' zero-SNR ᾱ
+    (exactly 0 at t = 999, where x̂0 = −v): x̂0 = √ᾱ·z − √(1 − ᾱ)·v, re-noised with fresh noise. ComfyUI keeps
+    ᾱ_999 = 4.9e-8 instead of 0, a difference of √4.9e-8·z ≈ 2e-4·z in the first x̂0."""
+    from diffusers import DDPMScheduler
+    from reference_tlcm import seeded_normal
+    model = comfy_nodes.NODE_CLASS_MAPPINGS["ModelSamplingDiscrete"]().patch(loaded[0], "v_prediction", True)[0]
+    latent = _empty_latent(comfy_nodes)
+    out = model.model.process_latent_in(_ksampler(comfy_nodes, model, conditioning, 42, 4, latent))
+    alphas = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                           rescale_betas_zero_snr=True).alphas_cumprod.double()
+    assert float(alphas[999]) == 0.0
+    v_of = _kit_eps(tiny_pipe.unet, conditioning)                       # the kit's UNet output, read as v
+    shape = latent["samples"].shape
+    z, fresh = seeded_normal(42, shape)(), seeded_normal(43, shape)
+    timesteps = README_TABLE[4]
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            a = float(alphas[t])
+            x0 = math.sqrt(a) * z - math.sqrt(1 - a) * v_of(z, torch.tensor([t]))
+            if i + 1 == len(timesteps):
+                break
+            a_next = float(alphas[timesteps[i + 1]])
+            z = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * fresh()
+    torch.testing.assert_close(out, x0, rtol=0, atol=2e-3)
+    eps_out = model.model.process_latent_in(_ksampler(comfy_nodes, loaded[0], conditioning, 42, 4, latent))
+    assert (eps_out - x0).abs().max() > 0.1                              # the ε reading of the same UNet differs
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.0])

@@ -237,3 +237,35 @@ def test_a_flow_model_without_the_flux_shift_is_refused(webui):
     del model.forge_objects.unet.model.predictor.mu
     with pytest.raises(ValueError, match="TLCM supports FLUX.1"):
         webui.processing.process_images(make_p(webui))
+
+
+def test_v_prediction_zero_snr_model_runs_the_v_loop(webui_unet):
+    """A1111 1.10 on a v-prediction model with its "Zero Terminal SNR" noise schedule (NoobAI-XL v-pred):
+    the model's ᾱ is rescaled with ᾱ_999 kept at 4.9e-8 and the host's v denoiser (CompVisVDenoiser) gives
+    x̂0; the TLCM sampler visits 999/749/499/124 and equals the official loop for a v model written out on
+    diffusers' zero-SNR ᾱ (exactly 0 at 999, where x̂0 = −v), within the 4.9e-8 the host keeps."""
+    import math
+
+    from diffusers import DDPMScheduler
+    webui = webui_unet
+    model = webui.shared.sd_model
+    exact = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          rescale_betas_zero_snr=True).alphas_cumprod.double()
+    host = exact.clone()
+    host[-1] = 4.8973451890853435e-08                         # A1111's rescale_zero_terminal_snr_abar
+    model.alphas_cumprod, model.parameterization = host.float(), "v"
+    p = make_p(webui)
+    samples, _ = webui.processing.process_images(p)
+    assert unet_timesteps(model) == [999.0, 749.0, 499.0, 124.0]
+    noise = host_noise([SEED])
+    z, timesteps = noise(), README_TABLE[4]
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            a = float(exact[t])
+            v = model.eps(z, torch.full((1,), float(t)), p.cond)                # the UNet output, read as v
+            x0 = math.sqrt(a) * z - math.sqrt(1 - a) * v
+            if i + 1 == len(timesteps):
+                break
+            a_next = float(exact[timesteps[i + 1]])
+            z = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * noise()
+    torch.testing.assert_close(samples, x0, rtol=0, atol=2e-3)

@@ -43,8 +43,10 @@ class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
         if self.model_wrap is None and predictor is not None:         # Forge (a model with its predictor)
             self.model_wrap = ForgeScheduleLinker(predictor)
             self.model_wrap.inner_model = shared.sd_model
-        if self.model_wrap is None:
-            self.model_wrap = k_diffusion.external.CompVisDenoiser(shared.sd_model, quantize=opts.enable_quantization)
+        if self.model_wrap is None:          # A1111 1.10: the v denoiser for a v-parameterised model
+            denoiser = (k_diffusion.external.CompVisVDenoiser if getattr(shared.sd_model, "parameterization", "eps")
+                        == "v" else k_diffusion.external.CompVisDenoiser)
+            self.model_wrap = denoiser(shared.sd_model, quantize=opts.enable_quantization)
         return self.model_wrap
 
 
