@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -134,37 +134,44 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def build_mid_model(folder: Path, seed: int = SEED) -> Path:
-    """The mid-size SDXL-architecture diffusers folder (reused when its manifest matches)."""
+def build_sdxl_folder(folder: Path, unet: dict[str, Any], vae: dict[str, Any], text: tuple[int, int], *,
+                      text_layers: int = 2, half: bool = False, seed: int = SEED) -> Path:
+    """A seeded SDXL-architecture diffusers folder of these configs, text encoders of widths ``text`` (CLIP-L,
+    bigG stand-ins; used only to encode prompts before training); reused when its manifest matches."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from tlcm.testing.tiny import tiny_tokenizers
-    manifest = {"seed": seed, "unet": mid_unet_config(), "vae": mid_vae_config(), "text": MID_TEXT}
+    manifest = {"seed": seed, "unet": unet, "vae": vae, "text": text, "text_layers": text_layers, "half": half}
     stamp = folder / "bench_manifest.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(manifest)):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
 
-    def text(width: int, act: str) -> dict[str, Any]:
-        return dict(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
-                    num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=MID_TEXT[1],
+    def text_config(width: int, act: str) -> dict[str, Any]:
+        return dict(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=text_layers,
+                    num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=text[1],
                     hidden_act=act, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
 
     with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="tlcm-mem-") as scratch:
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**mid_unet_config()).eval()
-        vae = AutoencoderKL(**mid_vae_config()).eval()
-        te1 = CLIPTextModel(CLIPTextConfig(**text(MID_TEXT[0], "quick_gelu"))).eval()
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**text(MID_TEXT[1], "gelu"))).eval()
+        modules = [UNet2DConditionModel(**unet), AutoencoderKL(**vae),
+                   CLIPTextModel(CLIPTextConfig(**text_config(text[0], "quick_gelu"))),
+                   CLIPTextModelWithProjection(CLIPTextConfig(**text_config(text[1], "gelu")))]
+        unet_model, vae_model, te1, te2 = [(m.half() if half else m).eval() for m in modules]
         tok1, tok2 = tiny_tokenizers(scratch)
         scheduler = EulerDiscreteScheduler.from_config(json.loads((SDXL_CONFIG / "scheduler" /
                                                                    "scheduler_config.json").read_text()))
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1,
-                                         tokenizer_2=tok2, unet=unet, scheduler=scheduler)
+        pipe = StableDiffusionXLPipeline(vae=vae_model, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1,
+                                         tokenizer_2=tok2, unet=unet_model, scheduler=scheduler)
         pipe.save_pretrained(folder, safe_serialization=True)
     stamp.write_text(json.dumps(manifest))
     return folder
+
+
+def build_mid_model(folder: Path, seed: int = SEED) -> Path:
+    """The mid-size SDXL-architecture diffusers folder (reused when its manifest matches)."""
+    return build_sdxl_folder(folder, mid_unet_config(), mid_vae_config(), MID_TEXT, seed=seed)
 
 
 def _mid_scorer_model():

@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,35 +57,8 @@ SEED = 0
 
 def build_full_model(folder: Path) -> Path:
     """The full-size SDXL-architecture folder (fp16 safetensors), reused when its manifest matches."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from tlcm.testing.tiny import tiny_tokenizers
-    manifest = {"seed": SEED, "unet": ms.sdxl_unet_config(), "vae": ms.sdxl_vae_config(), "text": TEXT_WIDTHS,
-                "dtype": "fp16"}
-    stamp = folder / "bench_manifest.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(manifest)):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-    def text(width: int, act: str) -> dict[str, Any]:
-        return dict(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=1,
-                    num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=TEXT_WIDTHS[1],
-                    hidden_act=act, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
-
-    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="tlcm-full-") as scratch:
-        torch.manual_seed(SEED)
-        unet = UNet2DConditionModel(**ms.sdxl_unet_config()).eval().half()
-        vae = AutoencoderKL(**ms.sdxl_vae_config()).eval().half()
-        te1 = CLIPTextModel(CLIPTextConfig(**text(TEXT_WIDTHS[0], "quick_gelu"))).eval().half()
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**text(TEXT_WIDTHS[1], "gelu"))).eval().half()
-        tok1, tok2 = tiny_tokenizers(scratch)
-        scheduler = EulerDiscreteScheduler.from_config(
-            json.loads((ms.SDXL_CONFIG / "scheduler" / "scheduler_config.json").read_text()))
-        StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1, tokenizer_2=tok2,
-                                  unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
-    stamp.write_text(json.dumps(manifest))
-    return folder
+    return ms.build_sdxl_folder(folder, ms.sdxl_unet_config(), ms.sdxl_vae_config(), TEXT_WIDTHS, text_layers=1,
+                                half=True, seed=SEED)
 
 
 def official_layout_lora(unet: torch.nn.Module, folder: Path) -> Path:
@@ -141,7 +113,7 @@ def gib(x: float) -> str:
 
 def markdown(rec: dict[str, Any]) -> str:
     res, gen = rec["resolution"], rec["generate"]
-    lines = [f"# Full-size SDXL UNet through every training stage (CPU smoke)\n", f"`{rec['command']}`\n",
+    lines = ["# Full-size SDXL UNet through every training stage (CPU smoke)\n", f"`{rec['command']}`\n",
              f"{rec['machine']}; torch {rec['torch']}; {rec['threads']} threads; total {rec['runtime_s'] / 60:.0f} "
              f"min. Model: SDXL base's UNet config ({rec['measured_unet_params'] / 1e9:.3f} B parameters; real "
              f"SDXL: {rec['sdxl']['unet_base'] / 1e9:.3f} B) and VAE config, random weights (seed {SEED}), fp32 in "
@@ -165,7 +137,7 @@ def markdown(rec: dict[str, Any]) -> str:
               "", "## SDXL at 1024², batch 1, one GPU (estimate)\n",
               "The trainer's GPU defaults (bf16 UNet and decode, fp16 scorer, AdamW): resident = the exact bytes of "
               "the real parameters (counted on the meta device); transient = each phase's activations measured "
-              "above × the ratio of autograd-saved bytes, real UNet at 128² vs 16² latents "
+              f"above × the ratio of autograd-saved bytes, real UNet at 128² vs {res // 8}² latents "
               f"({rec['factors']['unet']:.1f}x), × 0.5 for bf16; the preference term's decode × "
               f"{rec['factors']['vae_unit_bf16']:.1f} (unit-checkpointed, bf16) or scorer × "
               f"{rec['factors']['scorer']:.1f}, whichever is larger (`memory_stages.sdxl_budget`).\n",
