@@ -51,8 +51,9 @@ def test_batch_uses_seed_plus_index(pipe):
     batch = generate(pipe, settings(steps=2, seed=10, batch_size=2))
     single = generate(pipe, settings(steps=2, seed=11))
     assert len(batch) == 2 and batch[0].size == (SIZE, SIZE)
-    assert list(batch[1].getdata()) == list(single[0].getdata())
-    assert list(batch[0].getdata()) != list(batch[1].getdata())
+    # the same noise; a batched convolution may round differently from a single one (seen at 1 thread)
+    assert np.abs(np.asarray(batch[1], np.int16) - np.asarray(single[0], np.int16)).max() <= 1
+    assert np.abs(np.asarray(batch[0], np.int16) - np.asarray(batch[1], np.int16)).max() > 10
 
 
 def reference_image(pipe, prompt, seed, timesteps):
