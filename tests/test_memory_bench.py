@@ -35,7 +35,9 @@ def test_measure_one_stage_on_the_tiny_kit(tmp_path):
                             "dm.steps=0", "mps.weight=0"], steps=1)
     assert result["stage"] == "mlcd" and result["batch"] == 2 and len(result["step_s"]) == 2
     assert result["phase_order"] == ["pair", "student_fwd", "backward", "optimizer", "rest"]   # the trainer's hook
-    assert 0 < result["rss_imports"] <= result["rss_after_load"] <= result["load_peak"] <= result["process_peak"]
+    # in-process after other tests, a load can hand freed memory back: RSS may even fall below the import
+    # reading (seen: 540 KB in a full CI run), so only the peaks are ordered
+    assert result["rss_imports"] > 0 and result["rss_after_load"] <= result["load_peak"] <= result["process_peak"]
     assert result["train_peak"] >= result["rss_after_warmup"] > 0
     counts = result["params"]
     assert counts["unet_base"] > 0 and counts["student_lora"] > 0 and counts["vae"] > 0
