@@ -164,14 +164,14 @@ def generate(pipe, settings: GenerationSettings, *, init_image: Image.Image | No
         kwargs.update(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                       num_images_per_prompt=settings.batch_size)
     if init_image is None:
-        return _to_pil(pipe(**kwargs).images)
+        return to_pil_images(pipe(**kwargs).images)
     from diffusers import StableDiffusionXLImg2ImgPipeline
     img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
     init = init_image.convert("RGB").resize((settings.width, settings.height))
-    return _to_pil(img2img(image=init, strength=1.0, **kwargs).images)   # the TLCM rule is in `timesteps`
+    return to_pil_images(img2img(image=init, strength=1.0, **kwargs).images)   # the TLCM rule is in `timesteps`
 
 
-def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
     """PIL images of the pipeline's [0, 1] output, which must be finite: PIL would turn NaN into black."""
     from diffusers.image_processor import VaeImageProcessor
     check_finite(images, "the decoded image", "the VAE overflowed (SDXL's VAE does in float16): run in bfloat16 "

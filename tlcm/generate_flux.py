@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from .file_readers import read_json
-from .generate import GenerationSettings, _to_pil
+from .generate import GenerationSettings, to_pil_images
 from .models.device import auto_device_dtype
-from .models.loader import _DAMAGED_FOLDER_ERRORS, _offline
+from .models.loader import DAMAGED_FOLDER_ERRORS, offline
 
 FLUX_GUIDANCE = 7.0
 FLUX_HINT = "pass a local diffusers FLUX.1-dev folder (black-forest-labs/FLUX.1-dev: model_index.json and its components)"
@@ -38,10 +38,10 @@ def load_flux_pipeline(path: str | os.PathLike, *, device: str | torch.device | 
     if not is_flux_folder(path):
         raise FileNotFoundError(f"no FLUX model at {path}: {FLUX_HINT}")
     device, auto_dtype = auto_device_dtype(device)
-    with _offline():
+    with offline():
         try:
             pipe = FluxPipeline.from_pretrained(path, dtype=dtype or auto_dtype, local_files_only=True)
-        except _DAMAGED_FOLDER_ERRORS as err:
+        except DAMAGED_FOLDER_ERRORS as err:
             raise ValueError(f"{path} could not be loaded ({type(err).__name__}: {err}); a component's files are "
                              "missing or damaged: re-download the model.") from err
     return pipe.to(device)
@@ -75,5 +75,5 @@ def generate_flux(pipe, settings: GenerationSettings) -> list[Image.Image]:
                        output_type="pt")
         finally:
             pipe.scheduler.set_noise_generator(None)
-        images += _to_pil(out.images)
+        images += to_pil_images(out.images)
     return images

@@ -84,15 +84,12 @@ def sample_image(pipe, sampler: Sampler, prompt: str, seed: int, width: int, hei
     if sampler.kind == "tlcm":
         settings = GenerationSettings(prompt=prompt, steps=sampler.steps, seed=seed, width=width, height=height)
         return generate(pipe, settings)[0]
-    from diffusers.image_processor import VaeImageProcessor
-
-    from ..errors import check_finite
+    from ..generate import to_pil_images
     generator = torch.Generator(pipe.unet.device).manual_seed(seed)
     images = pipe(prompt=prompt, num_inference_steps=sampler.steps,
                   guidance_scale=sampler.cfg if sampler.uses_cfg else 0.0, generator=generator,
                   width=width, height=height, output_type="pt").images
-    check_finite(images, "the decoded image", "the model overflowed: run in bfloat16 or float32")
-    return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images))[0]
+    return to_pil_images(images)[0]
 
 
 class UnetCounter:

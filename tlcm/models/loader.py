@@ -19,7 +19,7 @@ PIPELINE_KINDS = ("txt2img", "img2img")
 # What diffusers/transformers raise on a folder whose component files are missing, truncated or garbled
 # (OSError: missing files or invalid JSON; SafetensorError: damaged weights; TypeError/ValueError: configs
 # with wrong types or classes; RuntimeError/KeyError: weights that do not fit the config).
-_DAMAGED_FOLDER_ERRORS = (OSError, SafetensorError, ValueError, TypeError, KeyError, RuntimeError)
+DAMAGED_FOLDER_ERRORS = (OSError, SafetensorError, ValueError, TypeError, KeyError, RuntimeError)
 
 
 def _fp16_variant(folder: Path) -> str | None:
@@ -103,7 +103,7 @@ def _specialize(base: Any, pipeline: str, controlnet: Any, dtype: torch.dtype) -
 
 
 @contextmanager
-def _offline() -> Iterator[None]:
+def offline() -> Iterator[None]:
     """HF_HUB_OFFLINE=1 while loading (restored after), on top of local_files_only and local configs."""
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -125,7 +125,7 @@ def _load_base(path: Path, kind: str, dtype: torch.dtype, config: str | os.PathL
         try:
             return StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                              variant=_fp16_variant(path))
-        except _DAMAGED_FOLDER_ERRORS as err:
+        except DAMAGED_FOLDER_ERRORS as err:
             raise ValueError(f"{path} could not be loaded ({type(err).__name__}: {err}); a component's files are "
                              "missing or damaged: re-download the model.") from err
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -155,7 +155,7 @@ def load_sdxl_pipeline(path: str | os.PathLike, *, device: str | torch.device | 
     dtype = dtype or auto_dtype
     path = Path(path).expanduser()
     kind = _resolve(path)
-    with _offline():
+    with offline():
         base = _load_base(path, kind, dtype, config)
         _check_complete(base, path)
         pipe = _specialize(base, pipeline, controlnet, dtype).to(device)
