@@ -1,17 +1,21 @@
-"""The paper's Tables 2 and 3 in toy form: each technique added in turn, and stage 2's teacher steps p.
+"""The paper's Tables 2 and 3 in toy form: each technique added in turn, and stage 2's teacher steps p,
+over several training seeds.
 
-Builds on the runs of ``bench/toy_table1.py`` (same ``--work``): its TLCM run gives rows ① (end of stage
-1) and ② (end of stage 2). Every later row branches from a checkpoint of an earlier one (exact resume into
-the next stage, so the rows share their history and differ only by the added term):
+For each training seed, the TLCM run of ``bench/toy_table1.py`` (same ``--work``, same stage lengths) gives
+rows ① (end of stage 1) and ② (end of stage 2); every later row branches from a checkpoint of an earlier
+one of the same seed (exact resume into the next stage, so rows share their history and differ by the added
+term only):
 
 * ③ ② with the latent LPIPS distance (toy weights, tlcm_toy/weights/lpips.safetensors) in both stages;
 * ④ ② + stage 3 (MPS preference loss with the toy scorer, tlcm_toy/weights/scorer.safetensors);
-* ⑤ ④ + stage 4 with distribution matching only (⑤ᵇ: with DMD2's 5 fake-score updates per step);
-  ⑥ ④ + stage 4 with DMD and GAN;
-* Table 3: stage 2 with p = 1, 2, 3, 4 teacher steps, each branched from the end of stage 1.
+* ⑤ ④ + stage 4 with distribution matching only; ⑥ ④ + stage 4 with DMD and the GAN term;
+* ②+DM: ② + stage 4 with distribution matching only (the rollout branch of ``bench/toy_fake_data.py``);
+* with ``--table3``, the paper's Table 3: stage 2 with p = 1, 2, 4 teacher steps, each branched from the end
+  of stage 1 (② is p = 3).
 
-All rows at 4 TLCM steps, metrics per ``tlcm_toy/evaluate.py``; stage 3-4 branches are also evaluated at
-every ``--every`` steps along the way.
+All rows at 4 TLCM steps, metrics per ``tlcm_toy/evaluate.py``. Rows are mean ± sample std over training
+runs (each the mean of its noise seeds); what a term changes is the paired difference from its parent row
+within each run, with a 95% t-interval.
 
     python bench/toy_ablation.py --out bench/results/toy_ablation     # the committed results
 """
@@ -28,126 +32,145 @@ sys.path.insert(0, str(ROOT))
 
 from tlcm_toy.bench_teacher import load_teacher  # noqa: E402
 from tlcm_toy.distill import WEIGHTS, toy_config  # noqa: E402
-from tlcm_toy.evaluate import Sampler, markdown_table, score_samplers, summarise  # noqa: E402
+from tlcm_toy.evaluate import (Sampler, markdown_table, mean_over_seeds, paired_difference,  # noqa: E402
+                               score_samplers, summarise)
 from tlcm_toy.evaluator import file_sha256, load_evaluator  # noqa: E402
-from tlcm_toy.runs import (bench_parser, checkpoint, student_pipe, train_run, wall_seconds,  # noqa: E402
-                           write_results)
+from tlcm_toy.runs import (bench_parser, check_train_seeds, checkpoint, student_pipe, train_run,  # noqa: E402
+                           wall_seconds, write_results)
 
 STEPS = 4
+MLCD, LCD, LPIPS, MPS = "① stage 1 (MLCD)", "② ① + stage 2 (LCD, p = 3)", "③ ② with latent LPIPS", "④ ② + MPS"
+DMD, GAN, DM_ONLY = "⑤ ④ + DMD", "⑥ ④ + DMD + GAN", "②+DM ② + DMD (no MPS)"
+P_ROWS = {p: f"Table 3: p = {p}" for p in (1, 2, 4)}
+PARENTS = {LCD: MLCD, LPIPS: LCD, MPS: LCD, DMD: MPS, GAN: DMD, DM_ONLY: LCD, **{r: LCD for r in P_ROWS.values()}}
+SHOWN = ("fd", "fd_teacher25", "kid", "acc_all")                      # the paired-difference columns
+
+
+def seed_runs(work: Path, seed: int, s1: int, s2: int, s3: int, s4: int, table3: bool) -> dict[str, Path]:
+    """Train (or reuse) one training seed's branches; returns each row's final checkpoint."""
+    base = [f"mlcd.steps={s1}", f"lcd.steps={s2}", f"output.checkpoint_every={s1}", f"train.seed={seed}"]
+    tlcm = train_run(work / f"tlcm-seed{seed}", base)                  # bench/toy_table1.py's run
+    end1, end2 = checkpoint(tlcm, s1), checkpoint(tlcm, s1 + s2)
+    rows = {MLCD: end1, LCD: end2}
+    if (WEIGHTS / "lpips.safetensors").is_file():
+        rows[LPIPS] = checkpoint(train_run(work / f"lpips-seed{seed}", [*base, "distill.distance=latent_lpips"]),
+                                 s1 + s2)
+    mps = train_run(work / f"mps-seed{seed}", [*base, f"mps.steps={s3}"], resume=end2)
+    rows[MPS] = checkpoint(mps, s1 + s2 + s3)
+    for label, name, gan in ((DMD, "mps-dmd", "0.0"), (GAN, "mps-dmd-gan", "0.1")):
+        run = train_run(work / f"{name}-seed{seed}", [*base, f"mps.steps={s3}", f"dm.steps={s4}",
+                                                      f"dm.gan_weight={gan}"], resume=rows[MPS])
+        rows[label] = checkpoint(run, s1 + s2 + s3 + s4)
+    dm_only = train_run(work / f"dmd-rollout-seed{seed}",                # bench/toy_fake_data.py's run
+                        [*base, f"dm.steps={s4}", "dm.gan_weight=0.0", "mps.weight=0.0", "dm.fake_data=rollout"],
+                        resume=end2)
+    rows[DM_ONLY] = checkpoint(dm_only, s1 + s2 + s4)
+    for p, label in P_ROWS.items() if table3 else ():
+        rows[label] = checkpoint(train_run(work / f"p{p}-seed{seed}", [*base, f"lcd.teacher_steps={p}"], resume=end1),
+                                 s1 + s2)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = bench_parser(__doc__.splitlines()[0], "toy_ablation", train_seeds=False, noise_seeds=[0, 1])
-    parser.add_argument("--mlcd-steps", type=int, default=300)
-    parser.add_argument("--lcd-steps", type=int, default=100)
-    parser.add_argument("--mps-steps", type=int, default=200)
-    parser.add_argument("--dm-steps", type=int, default=200)
-    parser.add_argument("--every", type=int, default=50, help="stage 3-4 checkpoints evaluated along the way")
+    parser = bench_parser(__doc__.splitlines()[0], "toy_ablation", train_seeds=True, noise_seeds=[0, 1])
+    parser.add_argument("--mlcd-steps", type=int, default=160, help="as bench/toy_table1.py")
+    parser.add_argument("--lcd-steps", type=int, default=80, help="as bench/toy_table1.py")
+    parser.add_argument("--mps-steps", type=int, default=100)
+    parser.add_argument("--dm-steps", type=int, default=100, help="as bench/toy_fake_data.py")
+    parser.add_argument("--table3", action="store_true", help="also stage 2 with p = 1, 2, 4 teacher steps")
     args = parser.parse_args(argv)
     if args.render:
         return write(json.loads(args.out.with_suffix(".json").read_text()), args.out)
+    check_train_seeds(parser, args)
     torch.set_num_threads(args.threads)
-    s1, s2, s3, s4 = args.mlcd_steps, args.lcd_steps, args.mps_steps, args.dm_steps
-    base = [f"mlcd.steps={s1}", f"lcd.steps={s2}", f"output.checkpoint_every={s1}"]
-    mps = [f"mps.steps={s3}"]
-    along = [f"output.checkpoint_every={args.every}"]            # stage 3-4 branches: the trajectory too
-    tlcm = train_run(args.work / "tlcm", base)
-    runs = {"① stage 1 (MLCD)": checkpoint(tlcm, s1), "② ① + stage 2 (LCD, p = 3)": checkpoint(tlcm, s1 + s2)}
-    if (WEIGHTS / "lpips.safetensors").is_file():
-        lpips = train_run(args.work / "lpips", [*base, "distill.distance=latent_lpips"])
-        runs["③ ② with latent LPIPS"] = checkpoint(lpips, s1 + s2)
-    with_mps = train_run(args.work / "mps", [*base, *mps, *along], resume=checkpoint(tlcm, s1 + s2))
-    runs["④ ② + MPS"] = checkpoint(with_mps, s1 + s2 + s3)
-    trajectory = {f"④ after {k} MPS steps": checkpoint(with_mps, s1 + s2 + k)
-                  for k in range(args.every, s3, args.every)}
-    for label, name, extra in (("⑤ ④ + DMD", "dmd", ["dm.gan_weight=0.0"]),
-                               ("⑤ᵇ ⑤ with 5 fake-score updates per step (DMD2)", "dmd_k5",
-                                ["dm.gan_weight=0.0", "dm.fake_updates=5"]),
-                               ("⑥ ④ + DMD + GAN", "dmd_gan", ["dm.gan_weight=0.1"])):
-        run = train_run(args.work / name, [*base, *mps, *along, f"dm.steps={s4}", *extra],
-                        resume=checkpoint(with_mps, s1 + s2 + s3))
-        runs[label] = checkpoint(run, s1 + s2 + s3 + s4)
-        trajectory.update({f"{label.split()[0]} after {k} DM steps": checkpoint(run, s1 + s2 + s3 + k)
-                           for k in range(args.every, s4, args.every)})
-    for p in (1, 2, 4):
-        run = train_run(args.work / f"p{p}", [*base, f"lcd.teacher_steps={p}"], resume=checkpoint(tlcm, s1))
-        runs[f"Table 3: p = {p}"] = checkpoint(run, s1 + s2)
-    train_seconds = {path.parents[1].name: round(wall_seconds(path.parents[1])) for path in runs.values()}
-    runs.update(trajectory)
-
-    alpha = toy_config(args.work / "tlcm").lora.alpha
-    teacher = load_teacher()
+    steps = dict(mlcd=args.mlcd_steps, lcd=args.lcd_steps, mps=args.mps_steps, dm=args.dm_steps)
+    runs = {seed: seed_runs(args.work, seed, *steps.values(), args.table3)            # all training first
+            for seed in args.train_seeds}
+    teacher, evaluator = load_teacher(), load_evaluator()
     reference = Sampler("teacher DDIM-25 w=3", teacher, 25, 3.0)
-    samplers = [reference, Sampler(f"teacher DDIM-{STEPS} w=3", teacher, STEPS, 3.0)]
-    samplers += [Sampler(label, student_pipe(path, alpha), STEPS, scheduler="tlcm") for label, path in runs.items()]
-    evaluator = load_evaluator()
-    per_seed = [score_samplers(samplers, reference, evaluator, args.n, seed)[0] for seed in args.seeds]
-    summary = summarise(per_seed)
+    alpha = toy_config(args.work / "tlcm").lora.alpha
+    per_run = []
+    for rows in runs.values():
+        samplers = [Sampler(label, student_pipe(path, alpha), STEPS, scheduler="tlcm") for label, path in rows.items()]
+        scored = mean_over_seeds([score_samplers(samplers, reference, evaluator, args.n, seed)[0] for seed in args.seeds])
+        per_run.append({label: scored[label] for label in rows})        # the teacher reference is not a row
+    config = toy_config(args.work / "tlcm")
     record = dict(command="python bench/toy_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  steps=dict(mlcd=s1, lcd=s2, mps=s3, dm=s4), n=args.n, seeds=args.seeds, tlcm_steps=STEPS,
-                  trajectory=list(trajectory),
-                  train_seconds=train_seconds, summary=summary, per_seed=per_seed,
+                  steps=steps, n=args.n, seeds=args.seeds, train_seeds=args.train_seeds, threads=args.threads,
+                  train_seconds={f"{path.parents[1].name}": round(wall_seconds(path.parents[1]))
+                                 for rows in runs.values() for path in rows.values()},
+                  summary=summarise(per_run), per_run=per_run,
+                  paired={row: paired_difference(per_run, row, parent) for row, parent in PARENTS.items()
+                          if row in per_run[0]},
+                  fake_rank=config.dm.fake_rank, gan_loss=config.dm.gan_loss, gan_weight=0.1,
                   weights_sha256={p.name: file_sha256(p) for p in (WEIGHTS / "scorer.safetensors",
                                                                    WEIGHTS / "lpips.safetensors") if p.is_file()})
-    config = toy_config(args.work / "tlcm")
-    record.update(fake_rank=config.dm.fake_rank, gan_loss=config.dm.gan_loss, spread="sample std, ddof = 1")
     write(record, args.out)
+
+
+def short(label: str) -> str:
+    """A row's mark: ①, ②+DM, p = 1."""
+    return label.split(": ")[1] if label.startswith("Table 3") else label.split()[0]
+
+
+def paired_table(paired: dict[str, dict[str, list]]) -> str:
+    """Row − parent per column: mean ± sample std, [95% t-interval]; * where the interval excludes 0."""
+    lines = ["| row − its parent | " + " | ".join(SHOWN) + " |", "|" + "---|" * (len(SHOWN) + 1)]
+    for row, columns in paired.items():
+        cells = []
+        for c in SHOWN:
+            mean, sd, half = columns[c]
+            star = "*" if half is not None and abs(mean) > half else ""
+            cells.append(f"{mean:+.3g}{star}" if sd is None else
+                         f"{mean:+.3g}{star} ± {sd:.2g} [{mean - half:+.3g}, {mean + half:+.3g}]")
+        lines.append(f"| {short(row)} − {short(PARENTS[row])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 READING = """## Reading it
 
-- One training run per row (seed 0); ± is the spread over sampling noise only, not over training runs.
-- ③ uses the toy latent LPIPS of bench/results/toy_lpips.md (trunk pretrained on the toy attributes from
-  latents, heads learnt on the synthetic 2AFC set, as LPIPS's "lin") in both stages. It beats squared L2:
-  FD 51 vs 62.6, KID 39 vs 91, FD to the teacher 35 vs 45 — the direction of the paper's claim for
-  L-LPIPS. Caveats: a prototype of the same recipe with other seeds and a 10x head learning rate gave
-  FD 108 (one run each, so the spread between LPIPS weights is large), and the earlier trunk trained from
-  scratch on the 2AFC triplets alone gave FD 256; the trunk knows the attributes the FD evaluator
-  classifies (the toy's version of ImageNet features inside both LPIPS and FID).
-- ④–⑥ branch from ② at the toy's learning rates (5x the paper's); the second table follows them along
-  the way. Longer stages 3-4 do not show the paper's lift: MPS lowers FD-to-teacher at first (45 → 14 after
-  50 steps) but FD to real data rises (62.6 → 74 → 105 → 91 → 91 at 50-200 steps) while prompt adherence
-  goes up (shape accuracy 0.97 → 0.998, colour 0.976 → 0.998): the student optimises the toy scorer's
-  notion of "matches the prompt" at the cost of diversity. DMD (fake score trained on the student's
-  rollouts, 1 fake update per step, rank 16) does not pull it back: FD 115 → 129 and FD to the teacher
-  33 → 44 over 200 steps; + GAN 111 → 120. DMD2's 5 fake-score updates per step (⑤ᵇ) help along the way
-  (FD 107 at 100-150 steps) but end where ⑤ ends (128). Untried: the paper's lrs, a larger fake rank,
-  longer runs.
-- The preference scorer is the toy scorer (bench/results/toy_scorer.md), not the frozen evaluator that
-  computes these metrics.
-- Position stays at chance (~0.25) for every row, the teacher included, so acc_all is capped near 0.25.
-- fd measures distance to real toy images, fd_teacher25 to the teacher's DDIM-25 + CFG samples: a term
-  that pulls the student toward the teacher (DMD's real score is the teacher with CFG) can raise the first
-  while lowering the second.
+- Stage 2 (LCD) is the one term whose effect the spread supports on every column: FD 165 → 74.4 (paired
+  −90.5, interval [−135, −46]), KID −740, joint accuracy +0.045.
+- Latent LPIPS in both stages (③): FD 74.4 → 68.7 and FD to the teacher 15.7 → 12.6, both inside their
+  intervals ([−24, +13], [−10, +4]); joint accuracy −0.008, an interval that excludes 0 but a small loss.
+  The single-run table before this one showed FD 62.6 → 51 for this row: with 3 runs the direction holds,
+  the size does not.
+- MPS (④, toy scorer, 100 steps) raises shape and colour accuracy (0.973 → 0.988, 0.993 → 0.997) while FD
+  rises 74.4 → 90.7 (paired +16.3, interval [−3.6, +36]: not shown beyond the spread): the student follows
+  the toy scorer's notion of a matching image at some cost in diversity.
+- DMD after MPS (⑤) moves the student away from the teacher's samples (FD to teacher +7.7, interval
+  [+5.7, +9.7]) and FD to the data rises to 101 (inside its interval); DMD straight after stage 2 (②+DM,
+  the fake-data bench's rollout branch) moves it toward them (−7.0, interval [−12.6, −1.3]). The GAN term
+  on top of DMD (⑥) changes nothing measurable at weight 0.1 and 100 steps.
+- So on the toy, of the paper's stage-3/4 additions only the direction of latent LPIPS agrees with the
+  paper, and not beyond the spread; MPS and DMD make FD to the real data worse. The toy teacher is the
+  reason to expect that: its own FD (82) is worse than the stage-2 student's (74), so a term that pulls the
+  student toward the teacher or toward a reward costs FD here, while SDXL with CFG is the better model the
+  paper pulls toward, and the paper's gains are in IR/AS, which the toy cannot measure.
+- Position stays at chance (~0.24) in every row, the teacher included, so acc_all is capped near 0.25.
+- Stage lengths here (100 MPS, 100 DM steps at the toy's learning rates) are shorter than the single-run
+  table's 200 + 200; the paper's Table 3 (p = 1, 2, 4) is `--table3` and not in this run.
 """
-
-
-def provenance(record: dict) -> str:
-    """The spread and GAN loss a record was computed with (a record that names neither: ddof 0, hinge)."""
-    return (f"- ± is the {record.get('spread', 'population std (ddof = 0)')} over the noise seeds; the GAN "
-            f"rows use the {record.get('gan_loss', 'hinge')} loss.\n")
 
 
 def write(record: dict, out: Path) -> None:
     """Render ``record`` as markdown beside its JSON (``--render`` redoes only this, from the JSON)."""
-    steps, seeds = record["steps"], record["seeds"]
-    trajectory = set(record.get("trajectory", []))
-    main_rows = {k: v for k, v in record["summary"].items() if k not in trajectory}
-    along = {k: v for k, v in record["summary"].items() if k in trajectory}
-    text = (f"# Toy ablation: Tables 2 and 3 of the paper in toy form\n\n`{record['command']}`\n\n"
-            f"Rows ①–⑥ add one term each (every later row branches from the previous row's checkpoint; "
-            f"stage lengths MLCD {steps['mlcd']}, LCD {steps['lcd']}, MPS {steps['mps']}, DM {steps['dm']} steps; "
-            f"DMD fake-score LoRA rank {record['fake_rank']}, GAN weight 0.1); Table 3 rows redo stage 2 with p "
-            f"teacher steps (② is p = 3). Training wall time per run folder (s, the branch only): "
-            f"{record['train_seconds']}; all students at {record['tlcm_steps']} TLCM steps, N = {record['n']}, "
-            f"noise seeds {seeds}. Weights: {record['weights_sha256']}.\n\n"
-            + markdown_table(main_rows) + "\n"
-            + ("Stages 3-4 along the way (checkpoints of the same runs; the rows above are their ends):\n\n"
-               + markdown_table(along) + "\n" if along else "") + READING + provenance(record)
-            + ("" if any(k.startswith("③") for k in record["summary"]) else
-               "- Row ③ (latent LPIPS in both stages) is absent: tlcm_toy/weights/lpips.safetensors did not exist "
-               "when this ran.\n"))
+    steps, runs = record["steps"], record["train_seeds"]
+    text = (f"# Toy ablation: Table 2 of the paper in toy form (Table 3 with --table3)\n\n`{record['command']}`\n\n"
+            f"Each of the training seeds {runs}: the TLCM run of bench/toy_table1.py ({steps['mlcd']} MLCD + "
+            f"{steps['lcd']} LCD steps) and its branches ({steps['mps']} MPS steps, {steps['dm']} DM steps; DMD "
+            f"fake-score LoRA rank {record['fake_rank']}; GAN weight {record['gan_weight']}, {record['gan_loss']} "
+            f"loss); tlcm_toy/toy.yaml otherwise. Every student at {STEPS} TLCM steps, "
+            f"N = {record['n']} prompts, noise seeds {record['seeds']}; each run is the mean over the noise seeds, "
+            f"± the sample standard deviation (ddof = 1) over the {len(runs)} training runs. Training wall time per "
+            f"run folder (s, {record['threads']} threads; Table 1's and the fake-data bench's runs are reused): "
+            f"{record['train_seconds']}. Weights: {record['weights_sha256']}.\n\n"
+            + markdown_table(record["summary"])
+            + f"\nWhat each term changes: the paired difference from its parent row within each training run, "
+              f"mean ± sample std over the {len(runs)} runs and its 95% t-interval (df {len(runs) - 1}); * marks "
+              f"an interval that excludes 0.\n\n" + paired_table(record["paired"]) + "\n" + READING)
     write_results(record, text, out)
+
 
 if __name__ == "__main__":
     main()
