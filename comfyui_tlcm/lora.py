@@ -20,8 +20,8 @@ import comfy.model_sampling
 import comfy.utils
 import torch
 
-from ..tlcm.lora import (TLCM_FLUX_TARGET_SUFFIXES, BaseKind, LoraFile, LoraMatchError, base_mismatch, load_lora,
-                         match_lora, to_kohya_state_dict)
+from ..tlcm.lora import (TLCM_FLUX_TARGET_SUFFIXES, TLCM_TARGET_SUFFIXES, BaseKind, LoraFile, LoraMatchError,
+                         base_mismatch, load_lora, match_lora, to_kohya_state_dict)
 from ..tlcm.lora.reading import locate_weights, read_state_dict
 
 
@@ -117,7 +117,7 @@ def apply_tlcm_lora(model, clip, path: str | Path, strength: float) -> AppliedLo
     lora = load_lora(path)
     flux = is_flux(model)
     shapes = _diffusers_to_comfy(model, model.model_state_dict())
-    report = match_lora(lora, set(shapes), **({"target_suffixes": TLCM_FLUX_TARGET_SUFFIXES} if flux else {}))
+    report = match_lora(lora, set(shapes), target_suffixes=TLCM_FLUX_TARGET_SUFFIXES if flux else TLCM_TARGET_SUFFIXES)
     _check_shapes(lora, report.matched, shapes)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     state = _flux_state_dict(lora, report.matched) if flux else to_kohya_state_dict(lora)

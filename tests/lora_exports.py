@@ -10,12 +10,27 @@ Used with alpha != rank, so an export that writes alpha = rank (or drops the sca
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+
+
+def write_official_peft(folder: Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
+                        alpha: float, target_modules: tuple[str, ...]) -> Path:
+    """The official TLCM release layout, written out: ``adapter_model.safetensors`` with
+    ``base_model.model.<diffusers path>.lora_A/B.weight`` (A, B per module) and ``adapter_config.json``
+    holding r, lora_alpha and the target list."""
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({f"base_model.model.{n}.lora_{ab}.weight": t.contiguous() for n, (a, b) in factors.items()
+               for ab, t in (("A", a), ("B", b))}, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(target_modules)}))
+    return folder
 
 
 def hand_deltas(student: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

@@ -7,12 +7,11 @@ with ComfyUI's scale/shift swap of the final modulation. No ComfyUI key map is u
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from comfy_harness import comfy_base, comfy_nodes, pack_module  # noqa: F401
+from lora_exports import write_official_peft
 from tlcm.lora import TLCM_FLUX_TARGET_SUFFIXES
 
 HIDDEN = 128             # ComfyUI detects FLUX heads as hidden / 128: one head of 128
@@ -98,16 +97,11 @@ def flux_model(comfy_nodes, comfy_base):
 def official_flux_lora(comfy_base):
     """The official TLCM-FLUX layout: a PEFT folder, ``base_model.model.<diffusers path>.lora_A/B.weight``,
     adapter_config.json with r and lora_alpha; random non-zero factors on every target."""
-    from safetensors.torch import save_file
     g = torch.Generator().manual_seed(9)
     modules = {name: (torch.randn(RANK, shape[1], generator=g), torch.randn(shape[0], RANK, generator=g))
                for name, shape in diffusers_flux_targets().items()}
-    folder = comfy_base / "models" / "loras" / "tiny_tlcm_flux"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({f"base_model.model.{n}.lora_{ab}.weight": t for n, (a, b) in modules.items()
-               for ab, t in (("A", a), ("B", b))}, str(folder / "adapter_model.safetensors"))
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "target_modules": list(TLCM_FLUX_TARGET_SUFFIXES)}))
+    folder = write_official_peft(comfy_base / "models" / "loras" / "tiny_tlcm_flux", modules, RANK, ALPHA,
+                                 TLCM_FLUX_TARGET_SUFFIXES)
     return folder, modules
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_exports import write_official_peft
 from tlcm.cli import main
 from tlcm.lora import TLCM_FLUX_TARGET_SUFFIXES
 
@@ -40,18 +41,13 @@ def official_lora(flux_folder, tmp_path_factory):
     """The official TLCM-FLUX layout: PEFT keys ``base_model.model.<path>.lora_A/B.weight``, r and lora_alpha
     in adapter_config.json; random non-zero factors on every target of the tiny transformer."""
     from diffusers import FluxTransformer2DModel
-    from safetensors.torch import save_file
     transformer = FluxTransformer2DModel.from_pretrained(flux_folder / "transformer")
     g = torch.Generator().manual_seed(4)
     factors = {name: (0.2 * torch.randn(RANK, m.in_features, generator=g),
                       0.2 * torch.randn(m.out_features, RANK, generator=g))
                for name, m in flux_targets(transformer).items()}
-    folder = tmp_path_factory.mktemp("flux_lora") / "TLCMFlux"
-    folder.mkdir()
-    save_file({f"base_model.model.{n}.lora_{ab}.weight": t for n, (a, b) in factors.items()
-               for ab, t in (("A", a), ("B", b))}, str(folder / "adapter_model.safetensors"))
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "target_modules": list(TLCM_FLUX_TARGET_SUFFIXES)}))
+    folder = write_official_peft(tmp_path_factory.mktemp("flux_lora") / "TLCMFlux", factors, RANK, ALPHA,
+                                 TLCM_FLUX_TARGET_SUFFIXES)
     return folder, factors
 
 

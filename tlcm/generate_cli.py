@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, seed=args.seed,
         batch_size=args.batch, guidance_scale=args.cfg, eta=args.eta, schedule=args.schedule,
         strength=args.strength, loras=args.lora, model=args.model,
-        flux_guidance=(args.flux_guidance or FLUX_GUIDANCE) if flux else None, **given_size)
+        flux_guidance=(FLUX_GUIDANCE if args.flux_guidance is None else args.flux_guidance) if flux else None, **given_size)
     settings.validate()
     if flux:
         return _run_flux(args, settings, given_size)

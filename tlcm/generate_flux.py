@@ -70,7 +70,7 @@ def generate_flux(pipe, settings: GenerationSettings) -> list[Image.Image]:
         pipe.scheduler.set_noise_generator(generator)       # after the start latents, from the same stream
         try:
             out = pipe(settings.prompt, height=settings.height, width=settings.width,
-                       num_inference_steps=settings.steps, guidance_scale=settings.flux_guidance or FLUX_GUIDANCE,
+                       num_inference_steps=settings.steps, guidance_scale=FLUX_GUIDANCE if settings.flux_guidance is None else settings.flux_guidance,
                        generator=generator,
                        output_type="pt")
         finally:
