@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny seeded SDXL kit, built once per test session (seconds, offline)."""
+"""Shared fixtures: the tiny seeded SDXL kit and a tiny FLUX folder with an official-layout TLCM-FLUX LoRA,
+built once per test session (seconds, offline)."""
 from __future__ import annotations
 
 import os
@@ -57,3 +58,31 @@ def pytest_make_collect_report(collector):
     if REQUIRE_ALL_LAYERS and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"required layer skipped (TLCM_REQUIRE_ALL_LAYERS=1): {_skip_reason(report)}"
+
+
+@pytest.fixture(scope="session")
+def flux_folder(tmp_path_factory):
+    """A saved tiny FLUX.1-architecture diffusers folder (seeded)."""
+    from tlcm.testing.tiny_flux import tiny_flux_pipeline
+    root = tmp_path_factory.mktemp("tiny_flux")
+    tiny_flux_pipeline(root / "cache", seed=0).save_pretrained(root / "tiny-flux")
+    return root / "tiny-flux"
+
+
+@pytest.fixture(scope="session")
+def official_flux_lora(flux_folder, tmp_path_factory):
+    """The official TLCM-FLUX layout (PEFT keys ``base_model.model.<path>.lora_A/B.weight``, r and lora_alpha
+    in adapter_config.json, alpha != r) with random non-zero factors on every target: (folder, factors)."""
+    from diffusers import FluxTransformer2DModel
+
+    from lora_exports import write_official_peft
+    from reference_flux import FLUX_LORA_ALPHA, FLUX_LORA_RANK, flux_targets
+    from tlcm.lora import TLCM_FLUX_TARGET_SUFFIXES
+    transformer = FluxTransformer2DModel.from_pretrained(flux_folder / "transformer")
+    g = torch.Generator().manual_seed(4)
+    factors = {name: (0.2 * torch.randn(FLUX_LORA_RANK, m.in_features, generator=g),
+                      0.2 * torch.randn(m.out_features, FLUX_LORA_RANK, generator=g))
+               for name, m in flux_targets(transformer).items()}
+    folder = write_official_peft(tmp_path_factory.mktemp("flux_lora") / "TLCMFlux", factors, FLUX_LORA_RANK,
+                                 FLUX_LORA_ALPHA, TLCM_FLUX_TARGET_SUFFIXES)
+    return folder, factors

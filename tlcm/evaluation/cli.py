@@ -26,12 +26,15 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="MSCOCO-2017 5K evaluation: generate, then CLIP score, aesthetic score and FID",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="SDXL diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--model", required=True,
+                   help="SDXL diffusers folder or single-file .safetensors checkpoint, or a FLUX.1 diffusers folder")
     p.add_argument("--config", help="diffusers folder whose configs describe a single-file checkpoint")
     p.add_argument("--lora", action="append", type=_parse_lora, default=[], metavar="PATH[:STRENGTH]",
                    help="LoRA (official TLCM PEFT folder, diffusers or kohya; an LCM-LoRA for lcm:N); repeatable")
     p.add_argument("--lora-alpha", type=float, help="override the LoRA alpha")
     p.add_argument("--sampler", required=True, help=SPEC_HELP)
+    p.add_argument("--flux-guidance", type=float,
+                   help="tlcm:N on a FLUX model: the guidance embedding (default 7, the official TLCM-FLUX value)")
     p.add_argument("--limit", type=int, metavar="K", help="only the first K prompts (default: all 5,000)")
     p.add_argument("--seed", type=int, default=0, help="base seed: prompt i uses seed + i (default 0)")
     p.add_argument("--width", type=int, help="default: the model's native width (SDXL: 1024)")
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from .report import table_row
     config = EvalConfig(
         model=args.model, model_config=args.config, loras=args.lora, lora_alpha=args.lora_alpha,
+        flux_guidance=args.flux_guidance,
         sampler=args.sampler, out=args.out, limit=args.limit, seed=args.seed, width=args.width, height=args.height,
         device=args.device, dtype=args.dtype, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
         aesthetic_clip=args.aesthetic_clip, aesthetic_head=args.aesthetic_head,

@@ -18,14 +18,15 @@ from .fid import FeatureExtractor, fid_from_features, folder_features, image_fil
 from .generation import check_folder, generate_set, image_path, load_images
 from .prompts import PROMPT_RULE, PROMPT_SET, PROMPTS_SHA256, load_coco_prompts, prompts_sha256
 from .report import write_results
-from .samplers import Sampler, parse_sampler
+from .samplers import Sampler, denoiser, parse_sampler
 from .weights import weights_sha256
 
 RESULT_FORMAT = 1
 IMAGES_FOLDER = "images"
 MODEL_HINT = ("pass a local SDXL model: download stabilityai/stable-diffusion-xl-base-1.0 (diffusers folder) or "
-              "sd_xl_base_1.0.safetensors from huggingface.co")
-LORA_HINT = "pass a local TLCM LoRA: download OPPOer/TLCMSDXL (adapter_model.safetensors + adapter_config.json)"
+              "sd_xl_base_1.0.safetensors from huggingface.co; or a FLUX.1-dev diffusers folder")
+LORA_HINT = ("pass a local TLCM LoRA: download OPPOer/TLCMSDXL (or OPPOer/TLCMFlux for FLUX; "
+             "adapter_model.safetensors + adapter_config.json)")
 CLIP_WEIGHTS_HINT = "pass a transformers CLIP folder, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
 FID_WEIGHTS_HINT = "pass the feature extractor's weight file"
 NOT_COMPUTED = {
@@ -42,6 +43,7 @@ class EvalConfig:
     loras: list[tuple[str, float]] = field(default_factory=list)
     lora_alpha: float | None = None
     model_config: str | None = None
+    flux_guidance: float | None = None              # tlcm:N on a FLUX model: its guidance embedding (default 7)
     limit: int | None = None
     seed: int = 0
     width: int | None = None
@@ -117,15 +119,20 @@ def _check_inputs(config: EvalConfig, count: int) -> tuple[dict, FeatureExtracto
     return weights, extractor
 
 
-def _load_pipeline(config: EvalConfig, device: str | None):
+def _load_pipeline(config: EvalConfig, device: str | None, flux: bool):
     from ..generate import apply_loras, native_size
-    from ..models import load_sdxl_pipeline
     from ..models.device import DTYPE_NAMES
     dtype = DTYPE_NAMES[config.dtype] if config.dtype else None
-    pipe = load_sdxl_pipeline(config.model, device=device, dtype=dtype, config=config.model_config)
+    if flux:
+        from ..generate_flux import load_flux_pipeline
+        pipe = load_flux_pipeline(config.model, device=device, dtype=dtype)
+        width = height = pipe.default_sample_size * pipe.vae_scale_factor
+    else:
+        from ..models import load_sdxl_pipeline
+        pipe = load_sdxl_pipeline(config.model, device=device, dtype=dtype, config=config.model_config)
+        width, height = native_size(pipe)
     apply_loras(pipe, config.loras, alpha=config.lora_alpha)
     pipe.set_progress_bar_config(disable=True)
-    width, height = native_size(pipe)
     return pipe, config.width or width, config.height or height
 
 
@@ -181,7 +188,11 @@ def launched_processes(device: str | None):
 def run_evaluation(config: EvalConfig) -> dict | None:
     """Run the whole evaluation; returns the result written to ``<out>/eval.json``, or None in a process
     that only makes its shard of the images (``config.shard``, or a non-main process of a launch)."""
-    sampler: Sampler = parse_sampler(config.sampler)
+    from ..generate_flux import is_flux_folder
+    flux = is_flux_folder(config.model)
+    if flux and config.model_config:
+        raise ValueError("--config describes a single-file SDXL checkpoint; a FLUX model is a diffusers folder")
+    sampler: Sampler = parse_sampler(config.sampler).for_model(flux, config.flux_guidance)
     processes = launched_processes(config.device)
     if processes is not None and config.shard is not None:
         raise ValueError("--shard is for separate runs; under accelerate launch every process takes its shard")
@@ -195,10 +206,12 @@ def run_evaluation(config: EvalConfig) -> dict | None:
     out = Path(config.out)
     known = {"sampler": sampler.spec, "model_sha256": weights["model"],
              "loras": [{"sha256": h, "strength": s} for h, (_, s) in zip(weights["loras"], config.loras)]}
-    known.update({k: v for k, v in (("width", config.width), ("height", config.height)) if v is not None})
+    known.update({k: v for k, v in (("width", config.width), ("height", config.height),
+                                    ("guidance_embedding", sampler.guidance)) if v is not None})
     check_folder(out / IMAGES_FOLDER, prompts, config.seed, known)
-    pipe, width, height = _load_pipeline(config, device)
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+    pipe, width, height = _load_pipeline(config, device, flux)
+    network = denoiser(pipe)
+    device, dtype = network.device, network.dtype
     run = {**known, "width": width, "height": height, "dtype": str(dtype).replace("torch.", "")}
     make = dict(out_dir=out / IMAGES_FOLDER, base_seed=config.seed, width=width, height=height, run=run,
                 progress=config.progress and (processes is None or processes.is_main_process))
@@ -249,7 +262,7 @@ def run_evaluation(config: EvalConfig) -> dict | None:
     result = {
         "format": RESULT_FORMAT, "tool": "tlcm eval",
         "model": {"path": str(config.model), "name": Path(config.model).name, "sha256": weights["model"],
-                  "config": config.model_config},
+                  "config": config.model_config, "family": "flux" if flux else "sdxl"},
         "loras": [{"path": str(p), "name": Path(p).name, "strength": s, "sha256": h}
                   for (p, s), h in zip(config.loras, weights["loras"])],
         "lora_alpha": config.lora_alpha,

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from ..files import atomic_write
-from .samplers import Sampler, UnetCounter, prepare_pipeline, sample_image
+from .samplers import Sampler, UnetCounter, denoiser, prepare_pipeline, sample_image
 
 RECORD_KEY = "tlcm_eval"
 
@@ -108,8 +108,9 @@ def generate_set(pipe, prompts: Sequence[str], sampler: Sampler, *, out_dir: str
         records[index] = record
     if todo:
         prepare_pipeline(pipe, sampler)
-        counter = UnetCounter(pipe.unet)
-        device = pipe.unet.device
+        network = denoiser(pipe)
+        counter = UnetCounter(network)
+        device = network.device
         try:
             bar = tqdm(todo, desc=f"[tlcm eval] {sampler.spec}", unit="img", disable=not progress, dynamic_ncols=True)
             for index in bar:

@@ -47,17 +47,20 @@ def table_row(result: dict) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    """The paper's rows, then this run's, then what the row's numbers are (so they are not misread)."""
+    """The paper's rows (SDXL runs only: the paper publishes none for FLUX), then this run's, then what the
+    row's numbers are (so they are not misread)."""
+    flux = result["model"].get("family") == "flux"
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for method, n, *values in PAPER_TABLE1:
+    for method, n, *values in () if flux else PAPER_TABLE1:
         lines.append("| " + " | ".join([f"{method} (paper)", str(n)] + [f"{v:.2f}" for v in values]) + " |")
     lines.append(table_row(result))
     metrics, timing = result["metrics"], result["timing"]
-    notes = [f"Paper rows: {PAPER_SOURCE}.",
+    network = "transformer" if flux else "UNet"
+    notes = ["Paper rows: none; the paper's Table 1 is SDXL only." if flux else f"Paper rows: {PAPER_SOURCE}.",
              f"This run: {result['prompts']['count']} prompts of {result['prompts']['set']} "
              f"(sha256 of the list {result['prompts']['list_sha256'][:16]}…), seeds {result['seeds']['base']} + index, "
              f"{result['size']['width']}x{result['size']['height']}, Time = median seconds per image on "
-             f"{timing['device']} ({timing['dtype']}), {timing['median_unet_evals_per_image']:g} UNet evaluations per image."]
+             f"{timing['device']} ({timing['dtype']}), {timing['median_unet_evals_per_image']:g} {network} evaluations per image."]
     for key in ("fid", "fid_to_teacher", "clip_score", "aesthetic_score", "image_reward"):
         entry = metrics.get(key, {})
         if entry.get("value") is None:
