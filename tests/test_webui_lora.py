@@ -191,6 +191,82 @@ def test_a1111_partial_and_empty_matches_reach_the_infotext(webui, monkeypatch, 
     assert len(p.comments) == 2
 
 
+def distilled_lora(path, base):
+    """A one-module kohya LoRA as tlcm-train writes it: its base recorded in the file's metadata."""
+    from tlcm.lora import LoraFile, LoraModule, save_lora
+    module = LoraModule(torch.ones(2, 8), torch.ones(8, 2), 3.0)
+    return save_lora(LoraFile({"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": module}, "peft",
+                              base=base), path, "kohya")
+
+
+@pytest.fixture
+def distilled_loras(tmp_path):
+    """LoRAs distilled from an ε model, a v-prediction zero-SNR model, and one without a record."""
+    from tlcm.lora import BaseKind
+    return [network(name, distilled_lora(tmp_path / f"{name}.safetensors", base), {"m": None})
+            for name, base in (("eps", BaseKind("epsilon")), ("vz", BaseKind("v_prediction", True)),
+                               ("plain", None))]
+
+
+def test_a1111_warns_when_a_lora_was_distilled_from_another_kind_of_model(webui, monkeypatch, distilled_loras):
+    """A1111 on a v-prediction checkpoint (``parameterization == "v"``) with its "Zero Terminal SNR" noise
+    schedule: the ε LoRA is a warning naming both kinds; the v zero-SNR LoRA and the unrecorded one are not."""
+    webui.shared.sd_model.parameterization = "v"
+    webui.shared.opts.sd_noise_schedule = "Zero Terminal SNR"
+    p, infotext = generate(webui, monkeypatch, distilled_loras)
+    expected = ("LoRA eps was distilled from a epsilon model, but this model is v_prediction with zero terminal "
+                "SNR: its steps will misread the model's output")
+    assert [c for c in p.comments] == [next(c for c in p.comments if expected in c)]
+    assert expected in infotext
+
+
+def test_a1111_default_schedule_flags_the_zero_snr_lora_instead(webui, monkeypatch, distilled_loras):
+    webui.shared.sd_model.parameterization = "v"
+    p, _ = generate(webui, monkeypatch, distilled_loras)
+    assert len(p.comments) == 2
+    assert all("this model is v_prediction:" in c for c in p.comments)
+    assert any("LoRA eps was distilled from a epsilon model" in c for c in p.comments)
+    assert any("LoRA vz was distilled from a v_prediction with zero terminal SNR model" in c for c in p.comments)
+
+
+def v_denoised(sigma, v, x):
+    """x̂0 of a v-prediction output in σ space (σ_data = 1), as Forge's predictor computes it."""
+    return x / (1 + sigma ** 2) - v * sigma / (1 + sigma ** 2).sqrt()
+
+
+def test_forge_reads_its_predictor_and_the_checkpoints_zero_snr_flag(webui, monkeypatch, distilled_loras):
+    """Forge: the predictor's ``prediction_type`` and ``model_config.ztsnr`` (a v-pred zero-SNR checkpoint
+    rescales Forge's σ table without the setting); an ``eps`` parameterization left on the model is not read."""
+    model = webui.shared.sd_model
+    model.parameterization = "eps"
+    sigmas = ((1 - model.alphas_cumprod) / model.alphas_cumprod).sqrt()
+    predictor = SimpleNamespace(      # Forge's Prediction(prediction_type="v_prediction"), σ_data = 1
+        prediction_type="v_prediction", sigmas=sigmas,
+        calculate_denoised=lambda sigma, out, x: v_denoised(sigma.view(-1, 1, 1, 1), out, x),
+        noise_scaling=lambda sigma, noise, latent, max_denoise=False: sigma * noise + latent)
+    model.forge_objects = SimpleNamespace(unet=SimpleNamespace(model=SimpleNamespace(predictor=predictor)))
+    model.model_config = SimpleNamespace(ztsnr=True)
+    p, _ = generate(webui, monkeypatch, distilled_loras)
+    assert [c for c in p.comments if "distilled from" in c] == [
+        next(c for c in p.comments if "LoRA eps was distilled from a epsilon model, but this model is "
+             "v_prediction with zero terminal SNR" in c)]
+
+
+def test_the_model_kind_is_not_guessed():
+    """A flow model, an unknown prediction type and a model without the attribute are not judged."""
+    from tlcm.lora import BaseKind
+    from webui_tlcm.model_kind import webui_model_kind
+    opts = SimpleNamespace(sd_noise_schedule="Default")
+    forge = lambda kind: SimpleNamespace(forge_objects=SimpleNamespace(unet=SimpleNamespace(  # noqa: E731
+        model=SimpleNamespace(predictor=SimpleNamespace(prediction_type=kind)))))
+    assert webui_model_kind(forge("const"), opts) is None
+    assert webui_model_kind(forge("edm"), opts) is None
+    assert webui_model_kind(forge("epsilon"), opts) == BaseKind("epsilon", False)
+    assert webui_model_kind(SimpleNamespace(), opts) is None
+    assert webui_model_kind(SimpleNamespace(parameterization="eps"), opts) == BaseKind("epsilon", False)
+    assert webui_model_kind(SimpleNamespace(parameterization="eps"), SimpleNamespace()) == BaseKind("epsilon")
+
+
 def test_callbacks_turn_any_error_into_one_line(webui, peft_file, monkeypatch):
     """The Convert button and the status panel answer with a message, never an exception (HTTP 500)."""
     from webui_tlcm import lora_folder

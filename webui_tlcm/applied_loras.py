@@ -6,7 +6,8 @@
   ``(filename, strength_patch, strength_model, online_mode)`` with one entry per patched weight. Where that
   structure is not found the count is unknown (None) and nothing is reported: never a false alarm.
 
-The file's own module count (distinct key prefixes) tells a partial match from a full one.
+The file's own module count (distinct key prefixes) tells a partial match from a full one, and its metadata
+the kind of model it was distilled from (``tlcm.lora.BaseKind``, written by tlcm-train).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from tlcm.lora import BaseKind
+
 _LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_mid.weight", ".dora_scale")
 
 
@@ -24,6 +27,7 @@ class AppliedLora:
     name: str
     applied: int | None      # modules the host patched; None: this host cannot tell
     in_file: int | None      # modules the file holds; None: unreadable or not a kohya-style file
+    base: BaseKind | None = None   # the kind of model it was distilled from; None: not recorded
 
     def warning(self) -> str | None:
         """A one-line warning for a LoRA that patched nothing or only part of the file; else None."""
@@ -34,17 +38,18 @@ class AppliedLora:
         return None
 
 
-def file_module_count(path: str | Path | None) -> int | None:
-    """Distinct modules of a kohya-style LoRA file (key prefixes before ``.lora_down.weight`` etc.)."""
+def read_lora_file(path: str | Path | None) -> tuple[int | None, BaseKind | None]:
+    """Distinct modules of a kohya-style LoRA file (key prefixes before ``.lora_down.weight`` etc.) and the
+    base it records; (None, None) for a file that cannot be read."""
     if not path:
-        return None
+        return None, None
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
+            keys, metadata = list(f.keys()), f.metadata()
     except (OSError, SafetensorError, ValueError):
-        return None
+        return None, None
     prefixes = {key[:-len(suffix)] for key in keys for suffix in _LORA_SUFFIXES if key.endswith(suffix)}
-    return len(prefixes) or None
+    return len(prefixes) or None, BaseKind.from_metadata(metadata)
 
 
 def _forge_patch_count(sd_model: Any, filename: str | None) -> int | None:
@@ -70,5 +75,5 @@ def applied_loras(networks: Any, sd_model: Any) -> list[AppliedLora]:
         else:
             modules = getattr(net, "modules", None)
             applied = len(modules) if modules is not None else None
-        out.append(AppliedLora(str(getattr(net, "name", "?")), applied, file_module_count(filename)))
+        out.append(AppliedLora(str(getattr(net, "name", "?")), applied, *read_lora_file(filename)))
     return out

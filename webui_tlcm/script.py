@@ -17,13 +17,13 @@ import gradio as gr
 from modules import scripts, shared
 
 from tlcm.errors import one_line
+from tlcm.lora import base_mismatch
+from tlcm.schedules import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
 
 from . import SAMPLER_NAME, lora_folder
 from .applied_loras import applied_loras
-from tlcm.schedules import DEFAULT_STEPS, MAX_STEPS, MIN_STEPS, STEP_RANGE_TEXT
-
-from .mode import apply_tlcm_mode, check_mode_args, main_control_values, \
-    mode_from_infotext, steps_from_infotext
+from .mode import apply_tlcm_mode, check_mode_args, main_control_values, mode_from_infotext, steps_from_infotext
+from .model_kind import webui_model_kind
 
 TITLE = "TLCM"
 
@@ -110,8 +110,12 @@ def warn_about_peft_loras(p: Any) -> None:
 
 def report_applied_loras(p: Any) -> None:
     """After the Lora extension activated its networks: how many modules each one really patched (where the
-    host can tell); no match and partial matches are warnings."""
+    host can tell); no match, partial matches and a LoRA distilled from another kind of model (ε/v, zero
+    SNR) are warnings."""
+    model = webui_model_kind(shared.sd_model, shared.opts)
     for lora in applied_loras(sys.modules.get("networks"), shared.sd_model):
+        if model is not None and (mismatch := base_mismatch(lora.base, model, f"LoRA {lora.name}")):
+            report(p, mismatch)
         if (warning := lora.warning()) is not None:
             report(p, warning)
         elif lora.applied is not None:

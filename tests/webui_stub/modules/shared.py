@@ -29,7 +29,7 @@ opts = Options(dict(
     hide_samplers=[], sgm_noise_multiplier=False, always_discard_next_to_last_sigma=False,
     use_old_karras_scheduler_sigmas=False, sigma_min=0.0, sigma_max=0.0, rho=0.0, eta_ancestral=1.0,
     eta_noise_seed_delta=0, img2img_fix_steps=False, img2img_extra_noise=0.0, enable_quantization=False,
-    skip_early_cond=0.0, s_min_uncond_all=False,
+    skip_early_cond=0.0, s_min_uncond_all=False, sd_noise_schedule="Default",
 ))
 cmd_opts = SimpleNamespace(lora_dir=None)
 sd_model = None
