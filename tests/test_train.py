@@ -303,32 +303,37 @@ def test_sample_grid_images_decode_one_at_a_time_like_a_batched_decode():
     assert len({image.tobytes() for image in images}) == 3
 
 
-def zero_snr_model(kit, folder, prediction_type: str):
-    """The kit's diffusers folder with a zero-terminal-SNR scheduler config of ``prediction_type`` (the
-    shape of NoobAI-XL v-pred's config)."""
+def teacher_model(kit, folder, prediction_type: str, zero_snr: bool = True):
+    """The kit's diffusers folder with a scheduler config of ``prediction_type``; with ``zero_snr`` the
+    zero-terminal-SNR shape of NoobAI-XL v-pred's config."""
     import shutil
     paths, _ = kit
     shutil.copytree(paths.diffusers, folder)
     config_file = folder / "scheduler" / "scheduler_config.json"
     config = json.loads(config_file.read_text())
-    config.update(prediction_type=prediction_type, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    config.update(prediction_type=prediction_type)
+    if zero_snr:
+        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     config_file.write_text(json.dumps(config))
     return folder
 
 
-def test_v_prediction_zero_snr_teacher_distils_and_samples_with_its_own_schedule(kit, tmp_path):
+@pytest.mark.parametrize("zero_snr", [True, False], ids=["zero-snr", "sdxl-schedule"])
+def test_v_prediction_teacher_distils_and_samples_with_its_own_schedule(kit, tmp_path, zero_snr):
     from diffusers import DDPMScheduler
 
+    from tlcm.lora import BaseKind
     from tlcm.scheduler import TLCMScheduler
-    model = zero_snr_model(kit, tmp_path / "vpred", "v_prediction")
+    model = teacher_model(kit, tmp_path / "vpred", "v_prediction", zero_snr)
     stages = ("mlcd.steps=2", "lcd.steps=1", "dm.steps=2", "mps.weight=0", "dm.fake_rank=2",
               "dm.gan_teacher_steps=1", "output.formats=[diffusers]")
     trainer = Trainer(tiny_config(kit, tmp_path / "out", f"model.path={model}", *stages))
-    # the teacher's own schedule: ᾱ is diffusers' zero-SNR table (0 at t = 999), predictions are v
+    # the teacher's own schedule (zero SNR: diffusers' rescaled table, 0 at t = 999), predictions read as v
     reference = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              rescale_betas_zero_snr=True).alphas_cumprod
+                              rescale_betas_zero_snr=zero_snr).alphas_cumprod
     torch.testing.assert_close(trainer.denoiser.alphas, reference.float(), rtol=0, atol=1e-6)
-    assert trainer.denoiser.prediction_type == "v_prediction" and float(trainer.denoiser.alphas[999]) == 0.0
+    assert trainer.denoiser.prediction_type == "v_prediction"
+    assert (float(trainer.denoiser.alphas[999]) == 0.0) == zero_snr
     result = trainer.run()
     assert result.state == "finished" and len(result.losses) == 5
     assert all(torch.isfinite(torch.tensor(result.losses))), result.losses
@@ -338,10 +343,10 @@ def test_v_prediction_zero_snr_teacher_distils_and_samples_with_its_own_schedule
 
     pipe = load_sdxl_pipeline(str(model), device="cpu", dtype=torch.float32)
     pipe.scheduler = TLCMScheduler.from_config(pipe.scheduler.config)
-    assert pipe.scheduler.config.rescale_betas_zero_snr and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.rescale_betas_zero_snr == zero_snr
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
     exported = tmp_path / "out" / "lora" / "tlcm_lora_diffusers.safetensors"
-    from tlcm.lora import BaseKind
-    assert load_lora(exported).base == BaseKind("v_prediction", zero_terminal_snr=True)   # recorded for hosts
+    assert load_lora(exported).base == BaseKind("v_prediction", zero_terminal_snr=zero_snr)   # recorded for hosts
     pipe.load_lora_weights(str(exported))
     image = pipe(["a red cat"], num_inference_steps=2, guidance_scale=1.0, height=64, width=64,
                  generator=torch.Generator().manual_seed(0), output_type="latent").images
@@ -349,7 +354,7 @@ def test_v_prediction_zero_snr_teacher_distils_and_samples_with_its_own_schedule
 
 
 def test_epsilon_zero_snr_teacher_is_refused_in_one_line(kit, tmp_path):
-    model = zero_snr_model(kit, tmp_path / "eps", "epsilon")
+    model = teacher_model(kit, tmp_path / "eps", "epsilon")
     with pytest.raises(ValueError, match="zero terminal SNR .* prediction_type 'epsilon'.*v-prediction"):
         Trainer(tiny_config(kit, tmp_path / "out", f"model.path={model}"))
 
