@@ -116,9 +116,11 @@ def _ensure_requirements() -> None:
     missing = [req for mod, req in RUNTIME_REQUIREMENTS.items() if importlib.util.find_spec(mod) is None]
     if not missing:
         return
-    import torch
+    from importlib.metadata import version
     with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=CACHE, delete=False) as pin:
-        pin.write(f"torch=={torch.__version__}\n")   # never let pip replace the installed torch
+        # never let pip replace the installed torch; pip matches the distribution's version, which may lack
+        # the local label torch.__version__ carries ("2.12.1" beside "2.12.1+cu130")
+        pin.write(f"torch=={version('torch')}\n")
     try:
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", pin.name, *missing],
                               capture_output=True, text=True)
@@ -201,15 +203,18 @@ KIT_FILES = {
 KIT_SIZE = 64
 
 
-def on_tiny_kit(prompt: dict) -> dict:
-    """A copy of an API-format example with its file names and latent size moved to the kit."""
+SIZED_NODES = ("EmptyLatentImage", "EmptySD3LatentImage", "ModelSamplingFlux")   # width/height of the image
+
+
+def on_tiny_kit(prompt: dict, files: dict[str, str] = KIT_FILES) -> dict:
+    """A copy of an API-format example with its file names (``files``) and image size moved to the kit."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
         for key, value in inputs.items():
-            if isinstance(value, str) and value in KIT_FILES:
-                inputs[key] = KIT_FILES[value]
-        if node["class_type"] == "EmptyLatentImage":
+            if isinstance(value, str) and value in files:
+                inputs[key] = files[value]
+        if node["class_type"] in SIZED_NODES:
             inputs.update(width=KIT_SIZE, height=KIT_SIZE)
     return prompt
 

@@ -10,17 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_harness import comfy_base, comfy_nodes, pack_module  # noqa: F401
-from lora_exports import write_official_peft
-from tlcm.lora import TLCM_FLUX_TARGET_SUFFIXES
-
-HIDDEN = 128             # ComfyUI detects FLUX heads as hidden / 128: one head of 128
-MLP = 4 * HIDDEN
-FLUX_PARAMS = dict(in_channels=16, out_channels=16, vec_in_dim=16, context_in_dim=32, hidden_size=HIDDEN,
-                   mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
-                   patch_size=2, qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
-RANK, ALPHA = 4, 3.0     # alpha != rank: a loader that drops alpha is off by 4/3
-CHECKPOINT = "tiny_flux.safetensors"
+from comfy_flux_kit import (ALPHA, CHECKPOINT, FLUX_KIT_FILES, FLUX_PARAMS, HIDDEN, MLP, RANK,  # noqa: F401
+                            diffusers_flux_targets, flux_kit)
+from comfy_harness import KIT_FILES, KIT_SIZE, REPO, comfy_base, comfy_nodes, comfy_server, on_tiny_kit, pack_module  # noqa: F401
 
 
 def _rows(start: int, size: int) -> slice:
@@ -62,47 +54,30 @@ WHERE = {
 }
 
 
-def diffusers_flux_targets() -> dict[str, tuple[int, int]]:
-    """TLCM-FLUX target modules of the diffusers FLUX transformer of the same size: name -> (out, in)."""
-    from diffusers import FluxTransformer2DModel
-    with torch.device("meta"):
-        model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
-                                       attention_head_dim=HIDDEN, num_attention_heads=1, joint_attention_dim=32,
-                                       pooled_projection_dim=16, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-    return {name: tuple(m.weight.shape) for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)
-            and any(name == s or name.endswith("." + s) for s in TLCM_FLUX_TARGET_SUFFIXES)}
+def merged_by_hand(transformer: dict[str, torch.Tensor], factors: dict, strength: float) -> dict[str, torch.Tensor]:
+    """The ComfyUI-named FLUX weights with every LoRA module added at strength · alpha/r into the rows WHERE
+    names (float32 copies)."""
+    merged = {key: w.float().clone() for key, w in transformer.items()}
+    for name, (target, rows) in WHERE.items():
+        a, b = factors[name]
+        delta = strength * (ALPHA / RANK) * (b @ a)
+        if name == "norm_out.linear":
+            delta = torch.cat([delta[HIDDEN:], delta[:HIDDEN]])
+        merged[f"{target}.weight"][rows] += delta
+    return merged
 
 
 @pytest.fixture(scope="module")
-def flux_model(comfy_nodes, comfy_base):
-    """The tiny FLUX through ComfyUI's UNETLoader, from a file in ComfyUI's (BFL) layout."""
-    import comfy.ldm.flux.model
-    import comfy.ops
-    import folder_paths
-    from safetensors.torch import save_file
-    net = comfy.ldm.flux.model.Flux(image_model="flux", dtype=torch.float32, device="cpu",
-                                    operations=comfy.ops.disable_weight_init, **FLUX_PARAMS)
-    g = torch.Generator().manual_seed(5)
-    state = {k: 0.05 * torch.randn(v.shape, generator=g) for k, v in net.state_dict().items()}
-    folder = comfy_base / "models" / "diffusion_models"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / CHECKPOINT))
-    folder_paths.add_model_folder_path("diffusion_models", str(folder))
-    folder_paths.filename_list_cache.clear()
+def flux_model(comfy_nodes, flux_kit):
+    """The tiny FLUX through ComfyUI's UNETLoader, from its file in ComfyUI's (BFL) layout."""
     return comfy_nodes.UNETLoader().load_unet(CHECKPOINT, "default")[0]
 
 
 @pytest.fixture(scope="module")
-def official_flux_lora(comfy_base):
+def official_flux_lora(flux_kit):
     """The official TLCM-FLUX layout: a PEFT folder, ``base_model.model.<diffusers path>.lora_A/B.weight``,
     adapter_config.json with r and lora_alpha; random non-zero factors on every target."""
-    g = torch.Generator().manual_seed(9)
-    modules = {name: (torch.randn(RANK, shape[1], generator=g), torch.randn(shape[0], RANK, generator=g))
-               for name, shape in diffusers_flux_targets().items()}
-    folder = write_official_peft(comfy_base / "models" / "loras" / "tiny_tlcm_flux", modules, RANK, ALPHA,
-                                 TLCM_FLUX_TARGET_SUFFIXES)
-    return folder, modules
+    return flux_kit.lora_folder, flux_kit.lora_factors
 
 
 def test_flux_targets_of_diffusers_are_all_placed():
@@ -119,13 +94,9 @@ def test_official_flux_lora_patches_every_target_at_alpha_over_rank(flux_model, 
     assert f"{n}/{n} modules patched in the FLUX transformer" in applied.report
     assert f"TLCM targets covered {n}/{n}" in applied.report and "scale alpha/rank 0.75" in applied.report
     weights = flux_model.model_state_dict()
-    expected = {key: w.float().clone() for key, w in weights.items() if key.startswith("diffusion_model.")}
-    for name, (target, rows) in WHERE.items():
-        a, b = modules[name]
-        delta = strength * (ALPHA / RANK) * (b @ a)
-        if name == "norm_out.linear":
-            delta = torch.cat([delta[HIDDEN:], delta[:HIDDEN]])
-        expected[f"diffusion_model.{target}.weight"][rows] += delta
+    expected = {f"diffusion_model.{key}": w for key, w in merged_by_hand(
+        {key.removeprefix("diffusion_model."): w for key, w in weights.items() if key.startswith("diffusion_model.")},
+        modules, strength).items()}
     patched = applied.model.patches
     for key, want in expected.items():
         got = (comfy.lora.calculate_weight(patched[key], weights[key].float().clone(), key)
@@ -172,3 +143,66 @@ def test_ksampler_tlcm_on_the_flux_checkpoint_equals_the_official_loop(comfy_nod
         x = (1 - nxt) * denoised + nxt * fresh() if nxt > 0 else denoised
     expected = x / 0.3611 + 0.1159                                 # FLUX latent format, out of model space
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_flux_example_workflow_equals_the_official_loop(comfy_server, comfy_base, comfy_nodes, flux_kit):
+    """example_workflows/tlcm_flux.json, unchanged but for the file names and the 64 px size, in the headless
+    server: it saves an image, and its sampled latent (SaveLatent in place of the decode) equals the official
+    TLCM-FLUX loop written out here: the transformer with the LoRA merged by hand at alpha/r, the resolution
+    shift of diffusers' FluxPipeline for 64 px (16 tokens), ComfyUI's seeded start and fresh noise, the
+    workflow's own conditioning and guidance 7."""
+    import json
+    import math
+
+    import comfy.ldm.flux.model
+    import comfy.ops
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from reference_tlcm import seeded_normal
+    api = json.loads((REPO / "example_workflows" / "api" / "tlcm_flux.json").read_text(encoding="utf-8"))
+    prompt = on_tiny_kit(api, {**KIT_FILES, **FLUX_KIT_FILES})
+    ids = {node["class_type"]: key for key, node in prompt.items()}
+
+    entry = comfy_server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    (image,) = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    with Image.open(comfy_base / "output" / image["subfolder"] / image["filename"]) as saved:
+        assert saved.size == (KIT_SIZE, KIT_SIZE)
+    report = next(out for key, out in entry["outputs"].items() if key == ids["PreviewAny"])
+    assert f"{len(WHERE)}/{len(WHERE)} modules patched in the FLUX transformer" in json.dumps(report)
+
+    for node in ("VAEDecode", "SaveImage", "PreviewAny"):
+        del prompt[ids[node]]
+    prompt["90"] = {"class_type": "SaveLatent", "inputs": {"samples": [ids["KSampler"], 0],
+                                                           "filename_prefix": "tlcm/flux_latent"}}
+    entry = comfy_server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    (saved,) = entry["outputs"]["90"]["latents"]
+    sampled = load_file(str(comfy_base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
+    sampler = prompt[ids["KSampler"]]["inputs"]
+    seed, steps = sampler["seed"], sampler["steps"]
+    (guidance,) = [prompt[ids["FluxGuidance"]]["inputs"]["guidance"]]
+    clip = comfy_nodes.DualCLIPLoader().load_clip(**prompt[ids["DualCLIPLoader"]]["inputs"])[0]
+    (context, extra), = comfy_nodes.CLIPTextEncode().encode(clip, prompt[ids["CLIPTextEncode"]]["inputs"]["text"])[0]
+    net = comfy.ldm.flux.model.Flux(image_model="flux", dtype=torch.float32, device="cpu",
+                                    operations=comfy.ops.disable_weight_init, **FLUX_PARAMS)
+    net.load_state_dict(merged_by_hand(flux_kit.transformer_state, flux_kit.lora_factors, 1.0))
+
+    tokens = (KIT_SIZE // 16) ** 2                                 # FluxPipeline's image_seq_len
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (tokens - 256)        # its calculate_shift defaults
+    sigmas = [math.exp(mu) / (math.exp(mu) + (1 / t - 1)) for t in (1 - i / steps for i in range(steps))] + [0.0]
+
+    def x0(x, sigma):                      # FLUX predicts the velocity v; x̂0 = x − σ·v
+        with torch.no_grad():
+            v = net(x, torch.tensor([sigma]), context=context, y=extra["pooled_output"],
+                    guidance=torch.tensor([guidance]))
+        return x - sigma * v
+
+    shape = (1, 16, KIT_SIZE // 8, KIT_SIZE // 8)
+    x, fresh = seeded_normal(seed, shape)(), seeded_normal(seed + 1, shape)
+    for i in range(steps):
+        denoised, nxt = x0(x, sigmas[i]), sigmas[i + 1]
+        x = (1 - nxt) * denoised + nxt * fresh() if nxt > 0 else denoised
+    torch.testing.assert_close(sampled, x / 0.3611 + 0.1159, rtol=1e-4, atol=1e-4)   # FLUX latent format

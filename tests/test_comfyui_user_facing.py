@@ -30,6 +30,10 @@ WRONG_ARCH_LORA = "wrong_arch_sd15_kohya.safetensors"
 # (node type, input) -> the folder its dropdown lists: a ComfyUI model folder, or "input" for images.
 FILE_INPUTS = {
     ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
     ("TLCMLoraLoader", "lora_name"): "loras",
     ("ControlNetLoader", "control_net_name"): "controlnet",
     ("TLCMChineseTextEncoderLoader", "text_model"): "chinese_clip",

@@ -4,11 +4,17 @@ ComfyUI accepts only full-size SDXL checkpoints. This registers a config for the
 architecture (same classes: ``model_base.SDXL``, the SDXL CLIP-L + bigG pair, sizes from
 ``tlcm/testing/tiny.py``) at the front of ``comfy.supported_models.models``, so a kit checkpoint loads
 through CheckpointLoaderSimple like a real one: EPS model sampling, SDXL adm, real CLIP tokenizers.
+
+FLUX's text encoders (CLIP-L and T5-XXL, through DualCLIPLoader with type ``flux``) are built by ComfyUI
+from fixed full-size configs; here every FLUX text-encoder pair gets the narrow widths of
+``TINY_FLUX_CLIP_L`` / ``TINY_FLUX_T5`` (ComfyUI's own classes and tokenizers), the widths the tiny FLUX
+transformer of the tests reads (pooled 16, context 32).
 """
 import sys
 from pathlib import Path
 
 import comfy.supported_models as supported_models
+import comfy.text_encoders.flux as flux_text_encoders
 import torch
 from comfy import sd1_clip, sdxl_clip, supported_models_base
 
@@ -58,3 +64,25 @@ class TinySDXL(supported_models.SDXL):
 
 if not any(m.__name__ == TinySDXL.__name__ for m in supported_models.models):
     supported_models.models.insert(0, TinySDXL)
+
+
+TINY_FLUX_CLIP_L = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                    "projection_dim": 16}
+TINY_FLUX_T5 = {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1}
+
+
+def _tiny_flux_clip(full_size_flux_clip):
+    def flux_clip(**kwargs):
+        full_size = full_size_flux_clip(**kwargs)
+
+        class TinyFluxClipModel(full_size):
+            def __init__(self, device="cpu", dtype=None, model_options={}):
+                options = {**model_options, "clip_l_model_config": TINY_FLUX_CLIP_L, "t5xxl_model_config": TINY_FLUX_T5}
+                super().__init__(device=device, dtype=dtype, model_options=options)
+        return TinyFluxClipModel
+    flux_clip.tiny = True
+    return flux_clip
+
+
+if not getattr(flux_text_encoders.flux_clip, "tiny", False):
+    flux_text_encoders.flux_clip = _tiny_flux_clip(flux_text_encoders.flux_clip)
