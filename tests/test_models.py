@@ -55,6 +55,18 @@ def test_folder_load_is_bit_identical_to_the_in_memory_kit(folder_pipe, tiny_pip
     assert torch.equal(image, _image(tiny_pipe))
 
 
+@pytest.mark.parametrize("stored, wanted", [(torch.float16, torch.float32), (torch.float32, torch.float16)])
+def test_the_requested_dtype_is_what_loads(tiny_pipe, tmp_path, stored, wanted):
+    """Weights stored in one dtype load in the one asked for, under whichever diffusers is installed (the
+    keyword was renamed; an old release ignores the new name and leaves fp16 weights that fail on a CPU)."""
+    import copy
+    folder = tmp_path / "stored"
+    copy.deepcopy(tiny_pipe).to(dtype=stored).save_pretrained(folder)
+    pipe = load_sdxl_pipeline(folder, device="cpu", dtype=wanted)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert getattr(pipe, name).dtype == wanted, name
+
+
 def test_single_file_and_folder_give_identical_images(kit, folder_pipe):
     """Needs the tiny text encoders to differ in width (tlcm.testing.tiny): diffusers' single-file loader tells
     them apart by width, and load_sdxl_pipeline refuses equally wide ones (test_bad_input_gives_a_clear_error)."""

@@ -18,6 +18,7 @@ from PIL import Image
 from .file_readers import read_json
 from .generate import GenerationSettings, to_pil_images
 from .models.device import auto_device_dtype
+from .models.dtype_argument import dtype_argument
 from .models.loader import DAMAGED_FOLDER_ERRORS, offline
 
 FLUX_GUIDANCE = 7.0
@@ -40,7 +41,8 @@ def load_flux_pipeline(path: str | os.PathLike, *, device: str | torch.device | 
     device, auto_dtype = auto_device_dtype(device)
     with offline():
         try:
-            pipe = FluxPipeline.from_pretrained(path, dtype=dtype or auto_dtype, local_files_only=True)
+            pipe = FluxPipeline.from_pretrained(path, **dtype_argument("diffusers", dtype or auto_dtype),
+                                                local_files_only=True)
         except DAMAGED_FOLDER_ERRORS as err:
             raise ValueError(f"{path} could not be loaded ({type(err).__name__}: {err}); a component's files are "
                              "missing or damaged: re-download the model.") from err

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.dtype_argument import dtype_argument
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_HINT = ("a transformers CLIP folder (config.json, model.safetensors, tokenizer files), e.g. the files of "
@@ -63,7 +65,8 @@ class ClipScorer:
                     dtype: torch.dtype = torch.float32) -> "ClipScorer":
         from transformers import AutoTokenizer, CLIPModel
         folder = check_clip_folder(folder)
-        model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True, dtype=dtype)
+        model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True,
+                                          **dtype_argument("transformers", dtype))
         model = model.to(device).eval().requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_size = int(model.config.vision_config.image_size)

@@ -13,6 +13,7 @@ from ..file_readers import PICKLE_SUFFIXES
 from .configs import single_file_config
 from .detect import DOWNLOAD_HINT, check_sdxl_folder, inspect_single_file
 from .device import auto_device_dtype
+from .dtype_argument import dtype_argument
 
 PIPELINE_KINDS = ("txt2img", "img2img")
 
@@ -83,7 +84,7 @@ def _controlnet_model(controlnet: Any, dtype: torch.dtype):
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"No ControlNet at {folder}: pass a local diffusers ControlNet folder "
                                 "(config.json + diffusion_pytorch_model.safetensors) or a ControlNetModel.")
-    return ControlNetModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return ControlNetModel.from_pretrained(folder, **dtype_argument("diffusers", dtype), local_files_only=True)
 
 
 def _specialize(base: Any, pipeline: str, controlnet: Any, dtype: torch.dtype) -> Any:
@@ -123,7 +124,8 @@ def _load_base(path: Path, kind: str, dtype: torch.dtype, config: str | os.PathL
             raise ValueError(f"config= only applies to single-file checkpoints; {path} is a diffusers folder "
                              "with its own configs.")
         try:
-            return StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True,
+            return StableDiffusionXLPipeline.from_pretrained(path, **dtype_argument("diffusers", dtype),
+                                                             local_files_only=True,
                                                              variant=_fp16_variant(path))
         except DAMAGED_FOLDER_ERRORS as err:
             raise ValueError(f"{path} could not be loaded ({type(err).__name__}: {err}); a component's files are "
@@ -131,7 +133,8 @@ def _load_base(path: Path, kind: str, dtype: torch.dtype, config: str | os.PathL
     from diffusers.loaders.single_file_utils import SingleFileComponentError
     with single_file_config(inspect_single_file(path), config) as config_dir:
         try:
-            return StableDiffusionXLPipeline.from_single_file(str(path), config=str(config_dir), dtype=dtype,
+            return StableDiffusionXLPipeline.from_single_file(str(path), config=str(config_dir),
+                                                              **dtype_argument("diffusers", dtype),
                                                               local_files_only=True)
         except (KeyError, RuntimeError, SingleFileComponentError) as err:   # diffusers' conversion errors
             raise ValueError(f"{path} could not be converted with the configs in {config_dir} "
