@@ -1,4 +1,5 @@
-"""The committed toy teacher: SDXL classes, loads through the kit's loader (folder and single file), samples."""
+"""The committed toy teacher: SDXL classes, loads through the kit's loader (folder and single file), samples,
+follows the position prompt."""
 from __future__ import annotations
 
 import shutil
@@ -43,6 +44,21 @@ def test_teacher_samples_follow_the_prompt_noise_and_schedule(teacher):
     scheduler = ddim_trailing(teacher)
     scheduler.set_timesteps(2)
     assert scheduler.timesteps.tolist() == uniform_timesteps(2) == [999, 499]
+
+
+def test_teacher_puts_the_shape_in_the_prompted_quadrant(teacher):
+    """Position follows the prompt (docs/eval.md §7): every quadrant, two colours and textures, English and
+    Chinese, from the same noise seed; the quadrant read off each image directly as the brightest one (the
+    canvas is dark), not by the evaluator."""
+    from tlcm_toy.data import POSITIONS, prompt
+    cases = [(shape, colour, texture, position, language) for position in range(len(POSITIONS))
+             for shape, colour, texture in ((0, 0, 0), (1, 2, 1)) for language in ("en", "zh")]
+    images = sample(teacher, [prompt(*case) for case in cases], steps=8, guidance=3.0, seed=0)
+    half = images.shape[-1] // 2
+    quadrant_means = np.stack([images[:, :, :half, :half], images[:, :, :half, half:],
+                               images[:, :, half:, :half], images[:, :, half:, half:]], axis=1).mean(axis=(2, 3, 4))
+    hits = quadrant_means.argmax(axis=1) == np.array([case[3] for case in cases])
+    assert hits.mean() >= 0.9, [prompt(*case) for case, hit in zip(cases, hits) if not hit]
 
 
 def test_single_file_round_trip(teacher, tmp_path):

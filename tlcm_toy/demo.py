@@ -30,10 +30,6 @@ from .evaluator import load_evaluator
 
 GRID_STEPS = (1, 2, 3, 4, 8)
 GRID_ROWS, SCALE = 6, 3
-POSITION_NOTE = ("acc_position stays near chance (0.25, four quadrants) for every sampler, the teacher's own "
-                 "DDIM-25 included: the toy teacher does not learn positions (bench/results/toy_teacher.md), so a LoRA "
-                 "distilled from it cannot either, and acc_all cannot exceed ~0.25; shape, colour and texture carry "
-                 "the comparison.")
 
 
 def samplers(teacher, student, tlcm_steps=GRID_STEPS) -> tuple[Sampler, list[Sampler]]:
@@ -178,7 +174,7 @@ def run_demo(out: Path, n: int, seed: int, overrides: list[str]) -> dict[str, Pa
              f"{result.step} steps ({config.mlcd.steps} MLCD + {config.lcd.steps} LCD) at batch "
              f"{config.train.batch_size}; N = {n} held-out prompts, noise seed {seed}; FD/KID against real toy "
              "images, fd_teacher25 = FD to the teacher's DDIM-25 + CFG samples (evaluator features). "
-             f"{POSITION_NOTE} One training run and one noise seed, so no spread: the benchmark "
+             "One training run and one noise seed, so no spread: the benchmark "
              "(bench/results/toy_table1.md) repeats this run over several training seeds.\n\n"
              + markdown_table(summary))
     paths = {"lora": result.lora_files["kohya"].parent, "grid": comparison_grid(previews, out / "comparison.png"),

@@ -289,8 +289,8 @@ def markdown(record: dict) -> str:
     lines += [f"| {k} | {v['mean']:.2f} | {v['std']:.2f} | {v['share_ge_16']:.3f} |" for k, v in levels.items()]
     if record["generated"]:
         lines += ["", f"Generated sets: N = {record['generated_n']} prompts (seed {record['generated_seed']}); "
-                  "the toy teacher ignores position (bench/results/toy_teacher.md), so most of its samples "
-                  "have one wrong attribute and score near 0."]
+                  f"each wrong attribute costs {PER_WRONG_ATTRIBUTE:g}, so a set's mean reads against the "
+                  "held-out levels above."]
     return "\n".join(lines) + "\n"
 
 

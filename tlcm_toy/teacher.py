@@ -7,8 +7,11 @@ host load it like SDXL. Design choices against docs/eval.md §7's failures:
 * x2 AutoencoderKL (:mod:`tlcm_toy.vae`): 16x16x4 latents keep the 2-px textures;
 * the text encoders are trained with the UNet (a frozen random CLIP left position at chance);
 * prompt dropout to **zero** embeddings (10%), the unconditional input SDXL pipelines and the trainer use;
-* min-SNR-5 loss weighting and an EMA of the UNet for a short CPU run;
-* constant learning rate after warm-up, so the checkpoint at step k is exactly the run with ``--steps k``.
+* the loss weighted in x0 space where SNR < 1, and a quarter of each batch drawn from t in [800, 999]: the
+  quadrant must be laid out from the prompt at high noise, where the plain ε-loss weighs an x0 error by
+  SNR (0.005 at t = 999) and a teacher trained with it leaves position at chance (docs/eval.md §7);
+  min-SNR-5 weighting at low noise; an EMA of the UNet for a short CPU run;
+* constant learning rate after warm-up, then a linear decay to a tenth over the last quarter of the steps.
 
 Reproduce: ``python -m tlcm_toy.teacher --out tlcm_toy/weights/teacher`` (defaults = committed run; the
 committed run trained the VAE first with ``python -m tlcm_toy.vae --out V`` and passed ``--vae V``, which runs
@@ -50,6 +53,9 @@ SCHEDULER_CONFIG: dict[str, Any] = dict(   # SDXL base 1.0's
 )
 PROMPT_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
+HIGH_NOISE_SHARE, HIGH_NOISE_FROM = 0.25, 800     # a quarter of each batch from t in [800, 999]
+DECAY_SHARE, FINAL_LR_SHARE = 0.25, 0.1           # the last quarter of the steps decays the lr to a tenth
+WARMUP_STEPS = 100
 
 
 def _text_config(width: int, act: str):
@@ -99,10 +105,29 @@ def encode_dataset(vae, n: int, seed: int, batch: int = 256) -> tuple[torch.Tens
     return torch.cat(latents) * vae.config.scaling_factor, data.labels
 
 
-def min_snr_weights(alphas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """min(SNR, γ)/SNR for ε-prediction (Hang et al. 2023): stops the many easy low-noise steps dominating."""
+def loss_weights(alphas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Weights of the ε-loss per sample: 1/SNR where SNR < 1 (the loss in x0 space, so the layout decided at
+    high noise counts), min(SNR, γ)/SNR above (min-SNR, Hang et al. 2023: the many easy low-noise steps do
+    not dominate)."""
     snr = alphas[t] / (1.0 - alphas[t])
-    return snr.clamp(max=MIN_SNR_GAMMA) / snr
+    return torch.where(snr < 1.0, 1.0 / snr, snr.clamp(max=MIN_SNR_GAMMA) / snr)
+
+
+def sample_timesteps(batch: int, generator: torch.Generator, total: int = 1000) -> torch.Tensor:
+    """Uniform timesteps, the first ``HIGH_NOISE_SHARE`` of the batch drawn from [HIGH_NOISE_FROM, total)."""
+    t = torch.randint(0, total, (batch,), generator=generator)
+    high = round(HIGH_NOISE_SHARE * batch)
+    if high:
+        t[:high] = torch.randint(HIGH_NOISE_FROM, total, (high,), generator=generator)
+    return t
+
+
+def learning_rate_factor(step: int, steps: int) -> float:
+    """Linear warm-up, constant, then a linear decay to ``FINAL_LR_SHARE`` over the last ``DECAY_SHARE``."""
+    decay_from = steps - round(DECAY_SHARE * steps)
+    if step >= decay_from:
+        return 1.0 - (1.0 - FINAL_LR_SHARE) * (step - decay_from + 1) / (steps - decay_from)
+    return min(1.0, (step + 1) / WARMUP_STEPS)
 
 
 def save_teacher(pipe, unet_ema, out: Path, meta: dict) -> None:
@@ -131,20 +156,20 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, n_latents: in
     unet_ema = copy.deepcopy(unet).eval().requires_grad_(False)
     params = [*unet.parameters(), *te1.parameters(), *te2.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    warmup = 100
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: learning_rate_factor(s, steps))
     alphas = make_alphas_cumprod().float()
     time_ids = torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]], dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed + 3)
     meta = dict(seed=seed, batch=batch, lr=lr, n_latents=n_latents, ema_decay=ema_decay,
-                prompt_dropout=PROMPT_DROPOUT, min_snr_gamma=MIN_SNR_GAMMA, vae_steps=VAE_STEPS,
-                vae_batch=VAE_BATCH)
+                prompt_dropout=PROMPT_DROPOUT, min_snr_gamma=MIN_SNR_GAMMA, loss="x0 where SNR < 1, min-SNR above",
+                high_noise_share=HIGH_NOISE_SHARE, high_noise_from=HIGH_NOISE_FROM, decay_share=DECAY_SHARE,
+                final_lr_share=FINAL_LR_SHARE, total_steps=steps, vae_steps=VAE_STEPS, vae_batch=VAE_BATCH)
     start = time.perf_counter()
     for step in range(1, steps + 1):
         idx = torch.randint(0, n_latents, (batch,), generator=gen)
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, len(alphas), (batch,), generator=gen)
+        t = sample_timesteps(batch, gen, len(alphas))
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         embeds, pooled = encode(pipe, ids1[idx], ids2[idx])
@@ -152,7 +177,7 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, n_latents: in
         embeds, pooled = embeds * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
         pred = unet(zt, t, encoder_hidden_states=embeds,
                     added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(batch, 6)}).sample
-        loss = (min_snr_weights(alphas, t) * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (loss_weights(alphas, t) * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -173,7 +198,7 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, n_latents: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the toy SDXL-architecture teacher from scratch.")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--steps", type=int, default=3200)
+    parser.add_argument("--steps", type=int, default=6400)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
