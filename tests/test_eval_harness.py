@@ -454,6 +454,14 @@ def test_a_missing_weight_is_a_one_line_error_naming_it(tmp_path, kit, metric_we
     assert not (tmp_path / "out" / "images").exists()      # refused before any image was made
 
 
+def test_fid_without_weights_names_the_file_to_download(tmp_path, kit, metric_weights, capsys):
+    code, _, err = _eval(capsys, "--model", kit.diffusers, "--sampler", "tlcm:2", "--limit", "2",
+                         "--fid-reference", metric_weights["reference"], "--out", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--fid-weights" in err and "pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05" in err
+    assert not (tmp_path / "out" / "images").exists()      # refused before any image was made
+
+
 def readme_eval_commands() -> list[list[str]]:
     """The commands of the README's Evaluate section, as a shell would split them."""
     import shlex
@@ -466,8 +474,13 @@ def readme_eval_commands() -> list[list[str]]:
 
 
 def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weights):
-    """A dry run of the README's own commands: only the weight paths are swapped for tiny stand-ins and the
-    prompt count is limited, so a renamed flag or a wrong sampler spec in the README fails here."""
+    """A dry run of the README's own commands: only the weight paths are swapped for tiny stand-ins (the FID
+    Inception at its real size, random weights) and the prompt count is limited, so a renamed flag or a
+    wrong sampler spec in the README fails here."""
+    from fid_reference import random_fid_state
+    from tlcm.evaluation.inception import InceptionFeatures
+    fid_inception_weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(random_fid_state(6), fid_inception_weights)
     from tlcm.lora import LoraFile, LoraModule, save_lora
     from tlcm.models import load_sdxl_pipeline
     unet = load_sdxl_pipeline(kit.diffusers, device="cpu").unet
@@ -483,11 +496,9 @@ def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weight
                  "/models/CLIP-ViT-g-14-laion2B-s12B-b42K": metric_weights["clip"],
                  "/models/clip-vit-large-patch14": metric_weights["clip"],
                  "/models/sac+logos+ava1-l14-linearMSE.pth": metric_weights["aesthetic_head"],
-                 "MODULE:FACTORY": "eval_test_features:factory",
-                 "/models/inception.safetensors": metric_weights["features"]}
+                 "/models/pt_inception-2015-12-05-6726825d.pth": fid_inception_weights}
     commands = readme_eval_commands()
     assert len(commands) == 2 and all(c[:4] == ["python", "-m", "tlcm", "eval"] for c in commands)
-    sys.path.insert(0, str(metric_weights["plugin"]))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -496,9 +507,9 @@ def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weight
             assert not [a for a in args if a.startswith("/models/")], args     # every weight has a stand-in
             assert main([*args, "--limit", "2", "--no-progress", "--device", "cpu"]) == 0, command
     finally:
-        sys.path.remove(str(metric_weights["plugin"]))
         torch.set_num_threads(threads)
     result = json.loads((tmp_path / "eval" / "tlcm4" / "eval.json").read_text(encoding="utf-8"))
     assert result["prompts"]["count"] == 2 and result["sampler"]["spec"] == "tlcm:4"
     assert all(result["metrics"][key]["value"] is not None for key in ("clip_score", "aesthetic_score", "fid_to_teacher"))
+    assert result["metrics"]["fid_to_teacher"]["features"] == InceptionFeatures.name     # the built-in default
     assert "| TLCM (this run, tlcm:4) | 4 |" in (tmp_path / "eval" / "tlcm4" / "table1.md").read_text()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .fid import BUILT_IN_FEATURES
+from .inception import WEIGHTS_HINT
 from .samplers import SPEC_HELP
 
 
@@ -53,11 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--fid-reference", metavar="DIR", help="FID against this folder of reference images (COCO val2017)")
     p.add_argument("--fid-teacher", metavar="DIR",
                    help="FID-to-teacher against another `tlcm eval` output folder (same --limit and --seed)")
-    p.add_argument("--fid-features", metavar="MODULE:FACTORY",
+    p.add_argument("--fid-features", metavar="MODULE:FACTORY", default=BUILT_IN_FEATURES,
                    help="FID feature extractor plugin: FACTORY(weights, device) returns an object with .name and "
-                        "__call__(list of PIL images) -> (n, d) array (the FID convention: 2048-d Inception pool "
-                        "features)")
-    p.add_argument("--fid-weights", metavar="FILE", help="weight file handed to the FID feature extractor")
+                        "__call__(list of PIL images) -> (n, d) array. Default: the FID convention, the 2048-d "
+                        "pool features of pytorch-fid's TF-Inception, built in")
+    p.add_argument("--fid-weights", metavar="FILE",
+                   help=f"weight file handed to the FID feature extractor; for the default, {WEIGHTS_HINT}")
     p.add_argument("--shard", type=_parse_shard, metavar="K/N",
                    help="make only the images i with i %% N == K and score nothing (one run per GPU, e.g. "
                         "CUDA_VISIBLE_DEVICES=K); a final run without --shard then scores them all. Under "

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .fid import FeatureExtractor, fid_from_features, folder_features, image_files, load_feature_extractor
+from .fid import (BUILT_IN_FEATURES, FeatureExtractor, fid_from_features, folder_features, image_files,
+                  load_feature_extractor)
 from .generation import check_folder, generate_set, image_path, load_images
+from .inception import WEIGHTS_HINT
 from .prompts import PROMPT_RULE, PROMPT_SET, PROMPTS_SHA256, load_coco_prompts, prompts_sha256
 from .report import write_results
 from .samplers import Sampler, denoiser, parse_sampler
@@ -28,7 +30,7 @@ MODEL_HINT = ("pass a local SDXL model: download stabilityai/stable-diffusion-xl
 LORA_HINT = ("pass a local TLCM LoRA: download OPPOer/TLCMSDXL (or OPPOer/TLCMFlux for FLUX; "
              "adapter_model.safetensors + adapter_config.json)")
 CLIP_WEIGHTS_HINT = "pass a transformers CLIP folder, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
-FID_WEIGHTS_HINT = "pass the feature extractor's weight file"
+FID_WEIGHTS_HINT = f"pass the feature extractor's weight file (the default extractor's: {WEIGHTS_HINT})"
 NOT_COMPUTED = {
     "image_reward": ("IR", "ImageReward (BLIP-based reward model with its own dependency set, docs/eval.md §3) "
                            "is not part of this harness yet"),
@@ -56,7 +58,7 @@ class EvalConfig:
     aesthetic_head: str | None = None
     fid_reference: str | None = None
     fid_teacher: str | None = None
-    fid_features: str | None = None
+    fid_features: str = BUILT_IN_FEATURES
     fid_weights: str | None = None
     progress: bool = True
     shard: tuple[int, int] | None = None           # (k, n): make only the images i % n == k, score nothing
@@ -109,9 +111,6 @@ def _check_inputs(config: EvalConfig, count: int) -> tuple[dict, FeatureExtracto
                 raise FileNotFoundError(f"teacher image {missing[0]} not found ({len(missing)} of {count} missing): "
                                         "generate the teacher folder with the same --limit first")
         if extractor is None:
-            if not config.fid_features:
-                raise ValueError("FID needs a feature extractor: pass --fid-features MODULE:FACTORY "
-                                 "(and --fid-weights FILE), see `tlcm eval --help`")
             if config.fid_weights:
                 weights["fid_features"] = weights_sha256(config.fid_weights, FID_WEIGHTS_HINT)
             extractor = load_feature_extractor(config.fid_features, config.fid_weights,

@@ -6,7 +6,8 @@ complex round-off of a general ``sqrtm``). The features are another matter: the 
 2048-d pool features of the TF-Inception network of ``pytorch-fid`` / ``clean-fid``, whose usual packages
 need torchvision, and whose weights are not bundled. So the extractor is a plugin, named as
 ``module:factory``; ``factory(weights, device)`` returns an object with ``name`` (recorded in the result)
-and ``__call__(images) -> (n, d) array``. A result names the extractor and hashes its weights; numbers from
+and ``__call__(images) -> (n, d) array``. The default plugin is that network written out in plain torch
+(:mod:`tlcm.evaluation.inception`), on pytorch-fid's weight file. A result names the extractor and hashes its weights; numbers from
 different extractors do not compare.
 
 Two uses, labelled apart: against a folder of real reference images (COCO val2017 photos) it is FID;
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+BUILT_IN_FEATURES = "tlcm.evaluation.inception:fid_inception"      # the default: pytorch-fid's Inception
 
 
 class FeatureExtractor(Protocol):
