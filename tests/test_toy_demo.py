@@ -33,11 +33,11 @@ def test_demo_distils_and_writes_lora_grid_and_metrics(tmp_path, capsys):
     assert record["rows"]["TLCM-4"]["fd"] != record["rows"]["TLCM-2"]["fd"]
     # At 2 UNet evaluations the LoRA beats the teacher's 2-step DDIM + CFG (4 evaluations) on FD to real images.
     # The committed benchmark (bench/results/toy_table1.md: the demo's 240 steps, 3 training seeds, N = 250) has
-    # 86.7 ± 4.6 vs 240 ± 26, a ratio of 0.36. This 3-step run at N = 8 cannot show that margin: it measured
-    # 621 vs 887 (0.70) at the test's noise seed 0 and 0.73-0.87 at seeds 1-3, so it asserts a 10 % gap, which
-    # every one of those runs clears. (A 2-step DDIM with CFG w = 3 is the teacher's weakest 2-step row, so an
-    # almost untrained LoRA already clears it; what fails is a broken TLCM sampler or a swapped FD column.)
-    assert record["rows"]["TLCM-2"]["fd"] < 0.9 * record["rows"]["teacher DDIM-2 + CFG"]["fd"]
+    # 96.1 ± 10 vs 356 ± 12, a ratio of 0.27. This 3-step run at N = 8 measured 586 vs 1348 (0.43) at the test's
+    # noise seed 0 and 0.28-0.43 at seeds 1-3, so it asserts a ratio below 0.6, which every one of those runs
+    # clears. (A 2-step DDIM with CFG w = 3 is the teacher's weakest 2-step row, so an almost untrained LoRA
+    # already clears it; what fails is a broken TLCM sampler or a swapped FD column.)
+    assert record["rows"]["TLCM-2"]["fd"] < 0.6 * record["rows"]["teacher DDIM-2 + CFG"]["fd"]
     table = (tmp_path / "metrics.md").read_text()
     assert all(f"| {label} |" in table for label in labels)
     cited = re.findall(r"bench/results/[\w.]+", table)
