@@ -204,6 +204,9 @@ class TrainConfig:
     mixed_precision: str = setting("no", check=one_of(MIXED_PRECISION))
     gradient_checkpointing: bool = True
     allow_tf32: bool = True             # on CUDA: TF32 matmuls/convolutions for the fp32 parts (Ampere and newer)
+    # torch.compile of the UNet's forward (the student, teacher and fake-score passes; one graph per adapter
+    # state): the first steps wait for the compiler, long runs gain; off by default
+    compile: bool = False
     optimizer: str = setting("adamw", check=one_of(OPTIMIZERS))
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999

@@ -165,6 +165,8 @@ class Trainer:
         if config.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.unet.train()
+        if config.train.compile:
+            self.unet.compile()     # in place: parameter names, hence checkpoints and exports, stay the same
         self.denoiser = Denoiser(self.unet, dict(pipe.scheduler.config), self.device)
         self.base_kind = BaseKind.from_scheduler_config(pipe.scheduler.config)      # recorded in the exports
         self.sampler = TLCMScheduler.from_config(pipe.scheduler.config)
