@@ -9,20 +9,13 @@ resizing are pytorch-fid's and torchvision's own code.
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
+from pip_target import installed, run_reference, torchvision_requirement
 from tlcm.evaluation.inception import FEATURES, FidInception
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE = REPO / ".cache" / "fid-reference"
 PYTORCH_FID = "pytorch-fid==0.3.0"
 
 _SCRIPT = r"""
@@ -42,44 +35,13 @@ print(json.dumps(rows))
 """
 
 
-class FidReferenceUnavailable(RuntimeError):
-    """pip could not fetch pytorch-fid or its torchvision; the message is the reason."""
-
-
-def torchvision_requirement() -> str:
-    """The torchvision that pairs with the installed torch (its minor version is torch's + 15)."""
-    major, minor = map(int, re.match(r"(\d+)\.(\d+)", version("torch")).groups())
-    return f"torchvision=={major - 2}.{minor + 15}.*"
-
-
-def reference_folder() -> Path:
-    requirement = torchvision_requirement()
-    folder = CACHE / re.sub(r"[^0-9a-z.]+", "-", requirement)
-    if not (folder / "pytorch_fid").is_dir():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="installing-", dir=CACHE))
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(scratch),
-                               requirement, PYTORCH_FID], capture_output=True, text=True)
-        if proc.returncode != 0:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise FidReferenceUnavailable(f"pip could not install {requirement} {PYTORCH_FID}: "
-                                          f"{proc.stderr.strip()[-300:]}")
-        try:
-            scratch.rename(folder)
-        except OSError:            # another run finished first
-            shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+PYTORCH_FID_REQUIREMENTS = [torchvision_requirement(), PYTORCH_FID]
 
 
 def pytorch_fid_features(weights: Path, images: list[Path]) -> list[list[float]]:
     """pytorch-fid's 2048-d pool3 features of ``images`` with the state dict in ``weights`` (a torch.save file)."""
-    folder = reference_folder()
-    env = {"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(weights), *map(str, images)], capture_output=True,
-                          text=True, env=env)
-    if proc.returncode != 0:
-        raise FidReferenceUnavailable(f"pytorch-fid did not run: {proc.stderr.strip()[-600:]}")
-    return json.loads(proc.stdout)
+    folder = installed("fid-reference", PYTORCH_FID_REQUIREMENTS, "pytorch_fid")
+    return json.loads(run_reference(folder, _SCRIPT, [str(weights), *map(str, images)], "pytorch-fid"))
 
 
 def random_fid_state(seed: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""`tlcm eval` end to end on the tiny SDXL kit: prompts, samplers, resume, CLIP score and FID.
+"""`tlcm eval` end to end on the tiny SDXL kit: prompts, samplers, resume, CLIP score, aesthetic score,
+ImageReward and FID.
 
 Every metric is recomputed here from the written PNGs by an independent route: the CLIP score through
 ``CLIPModel.forward``'s normalised embeddings with the preprocessing written out in numpy, the FID with
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from image_reward_reference import VOCABULARY, write_tokenizer
 from tlcm.cli import main
 from tlcm.evaluation.fid import frechet_distance
 from tlcm.evaluation.prompts import PROMPT_FILE, derive_coco_prompts, load_coco_prompts, prompts_sha256
@@ -173,9 +175,46 @@ def metric_weights(tmp_path_factory, kit):
         head[f"layers.{i}.weight"] = torch.randn(n_out, n_in) / n_in ** 0.5
         head[f"layers.{i}.bias"] = 0.5 + 0.1 * torch.randn(n_out)
     torch.save(head, root / "aesthetic-head.pth")
+    torch.save(tiny_reward_state(), root / "ImageReward.pt")       # the released format: a torch.save'd dict
     return {"clip": clip_dir, "plugin": plugin_dir, "features": root / "features.safetensors",
             "projection": projection, "reference": ref, "aesthetic_head": root / "aesthetic-head.pth",
-            "head": {k: v.double().numpy() for k, v in head.items()}}
+            "head": {k: v.double().numpy() for k, v in head.items()},
+            "image_reward": root / "ImageReward.pt", "reward_tokenizer": write_tokenizer(root / "bert-tokenizer")}
+
+
+def tiny_reward_state() -> dict[str, torch.Tensor]:
+    """ImageReward's layout at test size (a 64-wide ViT on 32² images, one block; a 64-wide text encoder
+    with one layer; the five-layer head), with random weights: only the keys and shapes matter here, the
+    network itself is checked against the ImageReward package in tests/test_image_reward.py."""
+    g = torch.Generator().manual_seed(5)
+    shapes = {"blip.visual_encoder.cls_token": (1, 1, 64), "blip.visual_encoder.pos_embed": (1, 5, 64),
+              "blip.visual_encoder.patch_embed.proj.weight": (64, 3, 16, 16),
+              "blip.visual_encoder.patch_embed.proj.bias": (64,),
+              "blip.text_encoder.embeddings.word_embeddings.weight": (len(VOCABULARY) + 2, 64),
+              "blip.text_encoder.embeddings.position_embeddings.weight": (40, 64),
+              "blip.text_proj.weight": (8, 64)}                         # a BLIP part the reward never runs
+    linear = {"blip.visual_encoder.blocks.0.attn.qkv": (192, 64), "blip.visual_encoder.blocks.0.attn.proj": (64, 64),
+              "blip.visual_encoder.blocks.0.mlp.fc1": (128, 64), "blip.visual_encoder.blocks.0.mlp.fc2": (64, 128),
+              "blip.text_encoder.encoder.layer.0.intermediate.dense": (128, 64),
+              "blip.text_encoder.encoder.layer.0.output.dense": (64, 128)}
+    for part in ("attention", "crossattention"):
+        for name in ("self.query", "self.key", "self.value", "output.dense"):
+            linear[f"blip.text_encoder.encoder.layer.0.{part}.{name}"] = (64, 64)
+    widths = (64, 1024, 128, 64, 16, 1)
+    for i, (n_in, n_out) in zip((0, 2, 4, 6, 7), zip(widths, widths[1:])):
+        linear[f"mlp.layers.{i}"] = (n_out, n_in)
+    norms = ["blip.visual_encoder.blocks.0.norm1", "blip.visual_encoder.blocks.0.norm2", "blip.visual_encoder.norm",
+             "blip.text_encoder.embeddings.LayerNorm", "blip.text_encoder.encoder.layer.0.output.LayerNorm",
+             "blip.text_encoder.encoder.layer.0.attention.output.LayerNorm",
+             "blip.text_encoder.encoder.layer.0.crossattention.output.LayerNorm"]
+    state = {key: torch.randn(shape, generator=g) * 0.5 for key, shape in shapes.items()}
+    for name, (n_out, n_in) in linear.items():
+        state[f"{name}.weight"] = torch.randn(n_out, n_in, generator=g) / n_in ** 0.5
+        state[f"{name}.bias"] = 0.1 * torch.randn(n_out, generator=g)
+    for name in norms:
+        state[f"{name}.weight"] = 1 + 0.2 * torch.randn(64, generator=g)
+        state[f"{name}.bias"] = 0.1 * torch.randn(64, generator=g)
+    return state
 
 
 def _eval(capsys, *args) -> tuple[int, str, str]:
@@ -200,6 +239,8 @@ def runs(tmp_path_factory, kit, metric_weights):
                         "--clip-model", str(metric_weights["clip"]), "--clip-pretrained", "tiny-test",
                         "--aesthetic-clip", str(metric_weights["clip"]),
                         "--aesthetic-head", str(metric_weights["aesthetic_head"]),
+                        "--image-reward", str(metric_weights["image_reward"]),
+                        "--image-reward-tokenizer", str(metric_weights["reward_tokenizer"]),
                         "--fid-reference", str(metric_weights["reference"]), "--fid-teacher", str(teacher),
                         "--fid-features", "eval_test_features:factory", "--fid-weights", str(metric_weights["features"])]
         assert main(student_args) == 0
@@ -221,8 +262,10 @@ def test_end_to_end_result_files(runs, kit):
     assert result["timing"]["median_unet_evals_per_image"] == 2
     assert len(result["timing"]["seconds_per_image"]) == 3
     assert result["metrics"]["clip_score"]["variant"]["pretrained_tag"] == "tiny-test"
-    assert result["metrics"]["image_reward"]["value"] is None
-    assert "not computed" in (runs["student"] / "table1.md").read_text(encoding="utf-8")
+    assert all(entry["value"] is not None for entry in result["metrics"].values())     # every metric was asked for
+    assert "not computed" not in (runs["student"] / "table1.md").read_text(encoding="utf-8")
+    teacher_metrics = json.loads((runs["teacher"] / "eval.json").read_text(encoding="utf-8"))["metrics"]
+    assert teacher_metrics["image_reward"]["not_computed"] == "no --image-reward / --image-reward-tokenizer given"
     teacher = json.loads((runs["teacher"] / "eval.json").read_text(encoding="utf-8"))
     assert teacher["timing"]["median_unet_evals_per_image"] == 4     # 2 steps x CFG
     for i, prompt in enumerate(load_coco_prompts()[:3]):
@@ -244,7 +287,25 @@ def test_table_has_the_paper_rows_and_this_run(runs):
     assert len(ours) == 1
     metrics = result["metrics"]
     assert (f"| {metrics['fid']['value']:.2f} | {metrics['clip_score']['value']:.2f} | "
-            f"{metrics['aesthetic_score']['value']:.2f} | – |") in ours[0]
+            f"{metrics['aesthetic_score']['value']:.2f} | {metrics['image_reward']['value']:.2f} |") in ours[0]
+
+
+def test_image_reward_scores_each_saved_image_with_its_own_prompt(runs, metric_weights):
+    """The harness's IR is the built-in scorer (checked against the ImageReward package in
+    tests/test_image_reward.py) on image i and prompt i, in order, its weights hashed; a swapped pairing or
+    a stale image changes the numbers."""
+    from tlcm.evaluation.image_reward import ImageRewardScorer
+    result = json.loads((runs["student"] / "eval.json").read_text(encoding="utf-8"))
+    scorer = ImageRewardScorer.from_paths(metric_weights["image_reward"], metric_weights["reward_tokenizer"])
+    prompts = load_coco_prompts()[:3]
+    images = [Image.open(runs["student"] / "images" / f"{i:05d}.png") for i in range(3)]
+    expected = [scorer.scores([image], [prompt])[0] for image, prompt in zip(images, prompts)]
+    assert np.std(expected) > 1e-3 and scorer.scores(images[:1], prompts[1:2])[0] != pytest.approx(expected[0])
+    reward = result["metrics"]["image_reward"]
+    assert reward["per_image"] == pytest.approx(expected, abs=1e-5)
+    assert reward["value"] == pytest.approx(np.mean(expected), abs=1e-5)
+    assert result["weights_sha256"]["image_reward"] == {
+        "ImageReward.pt": hashlib.sha256(metric_weights["image_reward"].read_bytes()).hexdigest()}
 
 
 def test_clip_score_equals_an_independent_computation(runs, metric_weights):

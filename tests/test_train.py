@@ -390,7 +390,8 @@ def test_compiled_unet_trains_like_the_eager_one_and_exports_the_same_names(kit,
     inductor's code generation, which takes minutes per graph on two CPU cores."""
     from torch._dynamo.utils import counters
     compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kw: compile_module(module, backend="aot_eager", **kw))
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda module, **kw: compile_module(module, backend="aot_eager", **kw))
     runs = {}
     for name, flag in (("eager", "false"), ("compiled", "true")):
         torch._dynamo.reset()

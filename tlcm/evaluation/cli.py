@@ -26,7 +26,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="MSCOCO-2017 5K evaluation: generate, then CLIP score, aesthetic score and FID",
+    p = subparsers.add_parser("eval", help="MSCOCO-2017 5K evaluation: generate, then score CS, AS, IR and FID",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="SDXL diffusers folder or single-file .safetensors checkpoint, or a FLUX.1 diffusers folder")
@@ -52,6 +52,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--aesthetic-head", metavar="FILE",
                    help="AS: the LAION improved aesthetic predictor head (sac+logos+ava1-l14-linearMSE.pth or a "
                         ".safetensors copy)")
+    p.add_argument("--image-reward", metavar="FILE",
+                   help="IR: ImageReward v1.0's ImageReward.pt (THUDM/ImageReward) or a .safetensors copy")
+    p.add_argument("--image-reward-tokenizer", metavar="DIR",
+                   help="IR: the bert-base-uncased tokenizer folder (vocab.txt) ImageReward reads prompts with")
     p.add_argument("--fid-reference", metavar="DIR", help="FID against this folder of reference images (COCO val2017)")
     p.add_argument("--fid-teacher", metavar="DIR",
                    help="FID-to-teacher against another `tlcm eval` output folder (same --limit and --seed)")
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler, out=args.out, limit=args.limit, seed=args.seed, width=args.width, height=args.height,
         device=args.device, dtype=args.dtype, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
         aesthetic_clip=args.aesthetic_clip, aesthetic_head=args.aesthetic_head,
+        image_reward=args.image_reward, image_reward_tokenizer=args.image_reward_tokenizer,
         fid_reference=args.fid_reference, fid_teacher=args.fid_teacher, fid_features=args.fid_features,
         fid_weights=args.fid_weights, progress=not args.no_progress, shard=args.shard)
     result = run_evaluation(config)

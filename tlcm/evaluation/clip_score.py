@@ -50,6 +50,23 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
     return left, top, left + size, top + size
 
 
+def clip_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """CLIP's evaluation transform as torchvision composes it: shortest side to ``size`` (PIL bicubic, the
+    long side ``int(size * long / short)`` as ``Resize`` computes it), centre crop, [0, 1], normalised;
+    (batch, 3, size, size) float32."""
+    batch = []
+    for image in images:
+        image = image.convert("RGB")
+        w, h = image.size
+        short, long = min(w, h), max(w, h)
+        resized = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+        image = image.crop(center_crop_box(*image.size, size))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        batch.append((array - np.array(mean, np.float32)) / np.array(std, np.float32))
+    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+
+
 @dataclass
 class ClipScorer:
     model: object
@@ -86,18 +103,7 @@ class ClipScorer:
         return cls(model, tokenizer, image_size, mean, std, torch.device(device), variant)
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        size = self.image_size
-        batch = []
-        for image in images:
-            image = image.convert("RGB")
-            w, h = image.size
-            scale = size / min(w, h)
-            image = image.resize((max(size, int(round(w * scale))), max(size, int(round(h * scale)))),
-                                 Image.Resampling.BICUBIC)
-            image = image.crop(center_crop_box(*image.size, size))
-            array = np.asarray(image, dtype=np.float32) / 255.0
-            batch.append((array - np.array(self.mean, np.float32)) / np.array(self.std, np.float32))
-        return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+        return clip_pixels(images, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:

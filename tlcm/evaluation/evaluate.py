@@ -31,12 +31,6 @@ LORA_HINT = ("pass a local TLCM LoRA: download OPPOer/TLCMSDXL (or OPPOer/TLCMFl
              "adapter_model.safetensors + adapter_config.json)")
 CLIP_WEIGHTS_HINT = "pass a transformers CLIP folder, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
 FID_WEIGHTS_HINT = f"pass the feature extractor's weight file (the default extractor's: {WEIGHTS_HINT})"
-NOT_COMPUTED = {
-    "image_reward": ("IR", "ImageReward (BLIP-based reward model with its own dependency set, docs/eval.md §3) "
-                           "is not part of this harness yet"),
-}
-
-
 @dataclass
 class EvalConfig:
     model: str
@@ -56,6 +50,8 @@ class EvalConfig:
     clip_pretrained: str = ""
     aesthetic_clip: str | None = None
     aesthetic_head: str | None = None
+    image_reward: str | None = None
+    image_reward_tokenizer: str | None = None
     fid_reference: str | None = None
     fid_teacher: str | None = None
     fid_features: str = BUILT_IN_FEATURES
@@ -100,6 +96,15 @@ def _check_inputs(config: EvalConfig, count: int) -> tuple[dict, FeatureExtracto
         weights["aesthetic_clip"] = weights_sha256(config.aesthetic_clip, AESTHETIC_CLIP_HINT)
         weights["aesthetic_head"] = weights_sha256(config.aesthetic_head, HEAD_HINT)
         check_aesthetic_inputs(config.aesthetic_clip, config.aesthetic_head)
+    if bool(config.image_reward) != bool(config.image_reward_tokenizer):
+        raise ValueError("IR needs both --image-reward (ImageReward.pt) and --image-reward-tokenizer "
+                         "(a bert-base-uncased tokenizer folder)")
+    if config.image_reward:
+        from .image_reward import REWARD_HINT, TOKENIZER_HINT, load_reward_tokenizer, load_reward_weights
+        weights["image_reward"] = weights_sha256(config.image_reward, REWARD_HINT)
+        weights["image_reward_tokenizer"] = weights_sha256(config.image_reward_tokenizer, TOKENIZER_HINT)
+        load_reward_weights(config.image_reward)
+        load_reward_tokenizer(config.image_reward_tokenizer)
     extractor = config.extractor
     if config.fid_reference or config.fid_teacher:
         if config.fid_reference:
@@ -135,30 +140,39 @@ def _load_pipeline(config: EvalConfig, device: str | None, flux: bool):
     return pipe, config.width or width, config.height or height
 
 
-def _clip_metric(config: EvalConfig, folder: Path, prompts, device, batch_size: int = 32) -> dict:
-    """Scored batch by batch from disk: 5,000 decoded 1024² images would hold about 15 GB."""
-    from .clip_score import ClipScorer
-    scorer = ClipScorer.from_folder(config.clip_model, pretrained_tag=config.clip_pretrained, device=device)
+def _per_image(score, folder: Path, prompts: list[str], batch_size: int = 32) -> list[float]:
+    """``score(images, prompts)`` batch by batch from disk: 5,000 decoded 1024² images would hold about 15 GB."""
     scores = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        scores += scorer.scores(load_images(folder, range(start, start + len(batch))), batch, batch_size)
+        scores += score(load_images(folder, range(start, start + len(batch))), batch)
+    return scores
+
+
+def _clip_metric(config: EvalConfig, folder: Path, prompts, device) -> dict:
+    from .clip_score import ClipScorer
+    scorer = ClipScorer.from_folder(config.clip_model, pretrained_tag=config.clip_pretrained, device=device)
+    scores = _per_image(scorer.scores, folder, prompts)
     variant = scorer.variant
-    del scorer
     return {"label": "CS", "value": statistics.fmean(scores), "per_image": scores, "variant": variant,
             "variant_text": f"{variant['model']} {variant['pretrained_tag']}".strip() + ", " + variant["score"]}
 
 
-def _aesthetic_metric(config: EvalConfig, folder: Path, count: int, device, batch_size: int = 32) -> dict:
+def _aesthetic_metric(config: EvalConfig, folder: Path, prompts, device) -> dict:
     from .aesthetic import AestheticScorer
     scorer = AestheticScorer.from_paths(config.aesthetic_clip, config.aesthetic_head, device=device)
-    scores = []
-    for start in range(0, count, batch_size):
-        scores += scorer.scores(load_images(folder, range(start, min(start + batch_size, count))), batch_size)
+    scores = _per_image(lambda images, _: scorer.scores(images), folder, prompts)
     variant = scorer.variant
-    del scorer
     return {"label": "AS", "value": statistics.fmean(scores), "per_image": scores, "variant": variant,
             "variant_text": f"{variant['head']} on {variant['clip']}"}
+
+
+def _image_reward_metric(config: EvalConfig, folder: Path, prompts, device) -> dict:
+    from .image_reward import ImageRewardScorer
+    scorer = ImageRewardScorer.from_paths(config.image_reward, config.image_reward_tokenizer, device=device)
+    scores = _per_image(scorer.scores, folder, prompts)
+    return {"label": "IR", "value": statistics.fmean(scores), "per_image": scores, "variant": scorer.variant,
+            "variant_text": f"ImageReward v1.0 ({scorer.variant['weights']})"}
 
 
 def _fid_metric(label: str, against: str, extractor, own, other_files) -> dict:
@@ -233,10 +247,15 @@ def run_evaluation(config: EvalConfig) -> dict | None:
     else:
         metrics["clip_score"] = {"label": "CS", "value": None, "not_computed": "no --clip-model given"}
     if config.aesthetic_head:
-        metrics["aesthetic_score"] = _aesthetic_metric(config, out / IMAGES_FOLDER, len(prompts), device)
+        metrics["aesthetic_score"] = _aesthetic_metric(config, out / IMAGES_FOLDER, prompts, device)
     else:
         metrics["aesthetic_score"] = {"label": "AS", "value": None,
                                       "not_computed": "no --aesthetic-clip / --aesthetic-head given"}
+    if config.image_reward:
+        metrics["image_reward"] = _image_reward_metric(config, out / IMAGES_FOLDER, prompts, device)
+    else:
+        metrics["image_reward"] = {"label": "IR", "value": None,
+                                   "not_computed": "no --image-reward / --image-reward-tokenizer given"}
     own_features = None
     if extractor is not None:
         own_features = folder_features(extractor, [image_path(out / IMAGES_FOLDER, i) for i in range(len(prompts))])
@@ -253,8 +272,6 @@ def run_evaluation(config: EvalConfig) -> dict | None:
     else:
         metrics["fid_to_teacher"] = {"label": "FID-to-teacher", "value": None,
                                      "not_computed": "no --fid-teacher folder given"}
-    for key, (label, why) in NOT_COMPUTED.items():
-        metrics[key] = {"label": label, "value": None, "not_computed": why}
 
     seconds = [r.seconds for r in records]
     evals = [r.unet_evals for r in records]
