@@ -557,7 +557,9 @@ def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weight
                  "/models/CLIP-ViT-g-14-laion2B-s12B-b42K": metric_weights["clip"],
                  "/models/clip-vit-large-patch14": metric_weights["clip"],
                  "/models/sac+logos+ava1-l14-linearMSE.pth": metric_weights["aesthetic_head"],
-                 "/models/pt_inception-2015-12-05-6726825d.pth": fid_inception_weights}
+                 "/models/pt_inception-2015-12-05-6726825d.pth": fid_inception_weights,
+                 "/models/ImageReward/ImageReward.pt": metric_weights["image_reward"],
+                 "/models/bert-base-uncased": metric_weights["reward_tokenizer"]}
     commands = readme_eval_commands()
     assert len(commands) == 2 and all(c[:4] == ["python", "-m", "tlcm", "eval"] for c in commands)
     threads = torch.get_num_threads()
@@ -571,6 +573,7 @@ def test_readme_table1_commands_run_on_the_tiny_kit(tmp_path, kit, metric_weight
         torch.set_num_threads(threads)
     result = json.loads((tmp_path / "eval" / "tlcm4" / "eval.json").read_text(encoding="utf-8"))
     assert result["prompts"]["count"] == 2 and result["sampler"]["spec"] == "tlcm:4"
-    assert all(result["metrics"][key]["value"] is not None for key in ("clip_score", "aesthetic_score", "fid_to_teacher"))
+    assert all(result["metrics"][key]["value"] is not None
+               for key in ("clip_score", "aesthetic_score", "image_reward", "fid_to_teacher"))
     assert result["metrics"]["fid_to_teacher"]["features"] == InceptionFeatures.name     # the built-in default
     assert "| TLCM (this run, tlcm:4) | 4 |" in (tmp_path / "eval" / "tlcm4" / "table1.md").read_text()
