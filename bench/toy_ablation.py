@@ -129,27 +129,28 @@ def paired_table(paired: dict[str, dict[str, list]]) -> str:
 
 READING = """## Reading it
 
-- Stage 2 (LCD) is the one term whose effect the spread supports on every column: FD 165 → 74.4 (paired
-  −90.5, interval [−135, −46]), KID −740, joint accuracy +0.045.
-- Latent LPIPS in both stages (③): FD 74.4 → 68.7 and FD to the teacher 15.7 → 12.6, both inside their
-  intervals ([−24, +13], [−10, +4]); joint accuracy −0.008, an interval that excludes 0 but a small loss.
-  The single-run table before this one showed FD 62.6 → 51 for this row: with 3 runs the direction holds,
-  the size does not.
-- MPS (④, toy scorer, 100 steps) raises shape and colour accuracy (0.973 → 0.988, 0.993 → 0.997) while FD
-  rises 74.4 → 90.7 (paired +16.3, interval [−3.6, +36]: not shown beyond the spread): the student follows
-  the toy scorer's notion of a matching image at some cost in diversity.
-- DMD after MPS (⑤) moves the student away from the teacher's samples (FD to teacher +7.7, interval
-  [+5.7, +9.7]) and FD to the data rises to 101 (inside its interval); DMD straight after stage 2 (②+DM,
-  the fake-data bench's rollout branch) moves it toward them (−7.0, interval [−12.6, −1.3]). The GAN term
-  on top of DMD (⑥) changes nothing measurable at weight 0.1 and 100 steps.
-- So on the toy, of the paper's stage-3/4 additions only the direction of latent LPIPS agrees with the
-  paper, and not beyond the spread; MPS and DMD make FD to the real data worse. The toy teacher is the
-  reason to expect that: its own FD (82) is worse than the stage-2 student's (74), so a term that pulls the
-  student toward the teacher or toward a reward costs FD here, while SDXL with CFG is the better model the
-  paper pulls toward, and the paper's gains are in IR/AS, which the toy cannot measure.
-- Position stays at chance (~0.24) in every row, the teacher included, so acc_all is capped near 0.25.
-- Stage lengths here (100 MPS, 100 DM steps at the toy's learning rates) are shorter than the single-run
-  table's 200 + 200; the paper's Table 3 (p = 1, 2, 4) is `--table3` and not in this run.
+- Stage 2 (LCD) lowers FD to the data 80.2 → 51.3 (paired −28.9, interval [−52.5, −5.3]) and KID by 364,
+  both beyond the spread; FD to the teacher does not move (+0.6). At 2–3 steps its effect is far larger
+  (bench/results/toy_table1.md): stage 1 alone trains 4 segments.
+- Latent LPIPS in both stages (③): FD 51.3 → 49.6, FD to the teacher +0.3, accuracy +0.006, all well
+  inside their intervals. On this teacher the toy latent LPIPS neither helps nor hurts measurably.
+- MPS (④, toy scorer, 100 steps) is the largest change: FD to the data 51.3 → 13.7 (paired −37.6,
+  [−66, −9.3]), KID −322, joint accuracy 0.80 → 0.93 (+0.12, [+0.04, +0.21]), all beyond the spread,
+  while FD to the teacher's own samples rises 10.4 → 30.3 (+20, [+15, +25]). The student leaves its
+  teacher behind: its FD (13.7) is below the teacher's DDIM-25 + CFG (47.3). The toy scorer was trained to rank
+  clean, matching toy images above degraded or mismatched ones (tlcm_toy/scorer.py), so its reward points at the data; the
+  evaluator that measures FD is a separate network (docs/eval.md §5), but the two learnt from the same
+  kind of images, so part of this gain may be the scorer's and the evaluator's shared view of the toy world.
+- DMD after MPS (⑤): accuracy +0.025 ([+0.022, +0.028]); FD −2.8 and FD to the teacher +4.8, both inside
+  their intervals. DMD straight after stage 2 (②+DM): FD −5.4, accuracy +0.06, inside their intervals.
+- The GAN term on top of DMD (⑥) changes nothing measurable at weight 0.1 and 100 steps.
+- So on this teacher the paper's order of stages holds in direction for every term: stage 2 and MPS beyond
+  the spread, DMD by a small accuracy gain, latent LPIPS and the GAN term within the noise. On the previous
+  teacher (position at chance, FD 82 at DDIM-25) MPS and DMD had made FD worse; a teacher that follows its
+  prompts changes which terms pay off, which is a reason not to carry toy conclusions to SDXL unmeasured.
+- Position is followed in every sample of every row (acc_position 1.00).
+- Stage lengths here (100 MPS, 100 DM steps at the toy's learning rates) are the toy's; the paper's
+  Table 3 (p = 1, 2, 4) is `--table3` and not in this run.
 """
 
 
