@@ -31,6 +31,8 @@ LORA_HINT = ("pass a local TLCM LoRA: download OPPOer/TLCMSDXL (or OPPOer/TLCMFl
              "adapter_model.safetensors + adapter_config.json)")
 CLIP_WEIGHTS_HINT = "pass a transformers CLIP folder, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
 FID_WEIGHTS_HINT = f"pass the feature extractor's weight file (the default extractor's: {WEIGHTS_HINT})"
+
+
 @dataclass
 class EvalConfig:
     model: str

@@ -43,8 +43,9 @@ TOKENIZER_HINT = ("the bert-base-uncased tokenizer as a local folder (huggingfac
 
 def load_reward_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The scoring part of the state dict (image tower, text encoder, head) as float32; the BLIP parts the
-    reward never runs are dropped, and a file without the scoring part is refused naming what is missing."""
-    state = read_state_dict(path)
+    reward never runs are dropped, and a file without the scoring part is refused naming what is missing.
+    A pickle is mapped, not read, so the check before sampling costs no second read of the file."""
+    state = read_state_dict(path, mmap=True)
     needed = [f"{VIT}cls_token", f"{VIT}pos_embed", f"{VIT}patch_embed.proj.weight", f"{VIT}norm.weight",
               f"{TEXT}embeddings.word_embeddings.weight", f"{TEXT}encoder.layer.0.crossattention.self.key.weight",
               *(f"{HEAD}{i}.weight" for i in HEAD_LAYERS)]
