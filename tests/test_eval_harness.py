@@ -125,7 +125,45 @@ def test_samplers_count_unet_evaluations(tiny_pipe, one_thread, tmp_path, spec, 
     assert Image.open(tmp_path / "00000.png").size == (64, 64)
 
 
-@pytest.mark.parametrize("bad", ["tlcm", "tlcm:0", "ddim:25", "lcm:4:2", "euler:4", "ddim:4:0.5", "tlcm:x"])
+@pytest.mark.parametrize("spec, scheduler", [("diffusers:EulerAncestralDiscreteScheduler:3:2.5",
+                                               "EulerAncestralDiscreteScheduler"),
+                                              ("diffusers:unipcmultistepscheduler:2:1", "UniPCMultistepScheduler"),
+                                              ("diffusers:TCDScheduler:2:1", "TCDScheduler")])
+def test_a_diffusers_scheduler_by_name_samples_as_the_pipeline_does(tiny_pipe, one_thread, tmp_path, spec, scheduler):
+    """The image equals the diffusers pipeline called by hand with that scheduler class on the model's config,
+    the seed on a CPU generator and CFG as given; UNet evaluations are steps x 2 under CFG."""
+    import diffusers
+    from tlcm.evaluation.generation import generate_set
+    from tlcm.evaluation.samplers import parse_sampler
+    own = tiny_pipe.scheduler
+    steps, cfg = int(spec.split(":")[2]), float(spec.split(":")[3])
+    try:
+        records, _ = generate_set(tiny_pipe, ["a red cube"], parse_sampler(spec), out_dir=tmp_path, base_seed=5,
+                                  width=64, height=64, run={"sampler": spec}, progress=False)
+        assert type(tiny_pipe.scheduler).__name__ == scheduler
+        tiny_pipe.scheduler = getattr(diffusers, scheduler).from_config(own.config)
+        by_hand = tiny_pipe(prompt="a red cube", num_inference_steps=steps, guidance_scale=cfg if cfg > 1 else 0.0,
+                            generator=torch.Generator("cpu").manual_seed(5), width=64, height=64,
+                            output_type="np").images[0]
+    finally:
+        tiny_pipe.scheduler = own
+    assert records[0].unet_evals == steps * (2 if cfg > 1 else 1)
+    made = np.asarray(Image.open(tmp_path / "00000.png"), dtype=np.float64)
+    assert np.abs(made - np.round(by_hand * 255)).max() <= 1
+
+
+def test_a_diffusers_scheduler_off_the_models_noise_schedule_is_refused(tiny_pipe):
+    from tlcm.evaluation.samplers import parse_sampler, prepare_pipeline
+    own = tiny_pipe.scheduler
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler does not share the noise schedule"):
+        prepare_pipeline(tiny_pipe, parse_sampler("diffusers:FlowMatchEulerDiscreteScheduler:4:1"))
+    assert tiny_pipe.scheduler is own
+
+
+@pytest.mark.parametrize("bad", ["tlcm", "tlcm:0", "ddim:25", "lcm:4:2", "euler:4", "ddim:4:0.5", "tlcm:x",
+                                 "diffusers:EulerDiscreteScheduler:4", "diffusers:NoSuchScheduler:4:1",
+                                 "diffusers:FlaxDDIMScheduler:4:1", "diffusers:EulerDiscreteScheduler:0:1",
+                                 "diffusers:EulerDiscreteScheduler:4:0.5"])
 def test_bad_sampler_specs_are_refused(bad):
     from tlcm.evaluation.samplers import parse_sampler
     with pytest.raises(ValueError):

@@ -6,7 +6,8 @@ image from each.
 through ``tlcm.generate_flux`` with the guidance embedding); ``ddim:N:CFG`` is the teacher with
 classifier-free guidance on trailing DDIM timesteps (docs/eval.md §6: the strongest few-step teacher
 baseline, and 999-first at any N); ``lcm:N`` is diffusers' ``LCMScheduler`` on the model's own config, the
-way LCM-LoRA is sampled, without CFG; ``flux:N:G`` is a FLUX model's own sampler (diffusers'
+way LCM-LoRA is sampled, without CFG; ``diffusers:NAME:N:CFG`` is any diffusers scheduler by class name on
+the model's scheduler config (a baseline such as ``diffusers:DPMSolverMultistepScheduler:25:5``); ``flux:N:G`` is a FLUX model's own sampler (diffusers'
 ``FlowMatchEulerDiscreteScheduler`` on the model's config) with guidance embedding G, the FLUX teacher.
 Each setting states what it ran in ``describe()``, so the result file says it too.
 """
@@ -16,10 +17,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-KINDS = ("tlcm", "ddim", "lcm", "flux")
-SDXL_ONLY, FLUX_ONLY = ("ddim", "lcm"), ("flux",)
+KINDS = ("tlcm", "ddim", "lcm", "diffusers", "flux")
+SDXL_ONLY, FLUX_ONLY = ("ddim", "lcm", "diffusers"), ("flux",)
 SPEC_HELP = ("tlcm:N (TLCMScheduler, CFG off), ddim:N:CFG (teacher DDIM, trailing timesteps, CFG), lcm:N "
-             "(LCMScheduler); FLUX models: tlcm:N, flux:N:GUIDANCE (FLUX's own Euler sampler)")
+             "(LCMScheduler), diffusers:NAME:N:CFG (any diffusers scheduler by class name, e.g. "
+             "diffusers:EulerDiscreteScheduler:25:5); FLUX models: tlcm:N, flux:N:GUIDANCE (FLUX's own Euler sampler)")
+# Consistency-model samplers run on the DDPM schedule of SDXL but are absent from diffusers' ``compatibles`` lists.
+CONSISTENCY_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 FLUX_TEACHER_HINT = "a FLUX model takes tlcm:N or flux:N:GUIDANCE (its own sampler, e.g. flux:28:3.5)"
 
 
@@ -31,6 +35,7 @@ class Sampler:
     steps: int
     cfg: float = 1.0
     guidance: float | None = None
+    scheduler: str | None = None
 
     @property
     def spec(self) -> str:
@@ -38,6 +43,8 @@ class Sampler:
             return f"ddim:{self.steps}:{self.cfg:g}"
         if self.kind == "flux":
             return f"flux:{self.steps}:{self.guidance:g}"
+        if self.kind == "diffusers":
+            return f"diffusers:{self.scheduler}:{self.steps}:{self.cfg:g}"
         return f"{self.kind}:{self.steps}"
 
     @property
@@ -47,6 +54,8 @@ class Sampler:
     @property
     def label(self) -> str:
         """The Table 1 method name."""
+        if self.kind == "diffusers":
+            return self.scheduler
         return {"tlcm": "TLCM", "ddim": "DDIM", "lcm": "LCM", "flux": "FLUX Euler"}[self.kind]
 
     def for_model(self, flux: bool, flux_guidance: float | None = None) -> "Sampler":
@@ -70,7 +79,8 @@ class Sampler:
         scheduler = {"tlcm": "tlcm.TLCMScheduler (official milestones, eta 1)",
                      "ddim": "diffusers.DDIMScheduler (timestep_spacing trailing)",
                      "lcm": "diffusers.LCMScheduler (the model's scheduler config)",
-                     "flux": "diffusers.FlowMatchEulerDiscreteScheduler (the model's config, resolution shift)"}[self.kind]
+                     "flux": "diffusers.FlowMatchEulerDiscreteScheduler (the model's config, resolution shift)",
+                     "diffusers": f"diffusers.{self.scheduler} (the model's scheduler config)"}[self.kind]
         if self.kind == "tlcm" and self.guidance is not None:
             scheduler = "tlcm.TLCMFlowMatchScheduler (official TLCM-FLUX step, resolution shift, fresh noise)"
         described = {"spec": self.spec, "kind": self.kind, "steps": self.steps, "cfg": self.cfg,
@@ -80,11 +90,28 @@ class Sampler:
         return described
 
 
+def diffusers_scheduler_name(name: str, spec: str) -> str:
+    """The diffusers scheduler class spelled ``name`` in any case; ``ValueError`` when diffusers has none."""
+    import diffusers
+    from diffusers import SchedulerMixin
+    classes = {n.lower(): n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("Flax")}
+    found = classes.get(name.lower())
+    if found is None or not issubclass(getattr(diffusers, found), SchedulerMixin):
+        raise ValueError(f"sampler {spec!r}: {name!r} is not a diffusers scheduler class "
+                         "(e.g. EulerDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler)")
+    return found
+
+
 def parse_sampler(text: str) -> Sampler:
-    """``tlcm:4``, ``ddim:25:5``, ``lcm:4`` or ``flux:28:3.5``; ``ValueError`` naming the accepted forms otherwise."""
-    parts = text.strip().lower().split(":")
-    kind = parts[0]
-    expected_parts = 3 if kind in ("ddim", "flux") else 2
+    """``tlcm:4``, ``ddim:25:5``, ``lcm:4``, ``diffusers:EulerDiscreteScheduler:25:5`` or ``flux:28:3.5``;
+    ``ValueError`` naming the accepted forms otherwise."""
+    parts = text.strip().split(":")
+    kind, scheduler = parts[0].lower(), None
+    if kind == "diffusers":
+        if len(parts) != 4:
+            raise ValueError(f"sampler {text!r}: expected {SPEC_HELP}")
+        scheduler = diffusers_scheduler_name(parts.pop(1), text)
+    expected_parts = 3 if kind in ("ddim", "flux", "diffusers") else 2
     if kind not in KINDS or len(parts) != expected_parts:
         raise ValueError(f"sampler {text!r}: expected {SPEC_HELP}")
     try:
@@ -103,7 +130,7 @@ def parse_sampler(text: str) -> Sampler:
     if kind == "tlcm":
         from ..schedules import check_step_count
         check_step_count(steps)
-    return Sampler(kind, steps, third)
+    return Sampler(kind, steps, third, scheduler=scheduler)
 
 
 def denoiser(pipe) -> torch.nn.Module:
@@ -123,6 +150,14 @@ def prepare_pipeline(pipe, sampler: Sampler) -> None:
     elif sampler.kind == "flux":
         from diffusers import FlowMatchEulerDiscreteScheduler
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    elif sampler.kind == "diffusers":
+        import diffusers
+        chosen, own = getattr(diffusers, sampler.scheduler), pipe.scheduler
+        if chosen not in own.compatibles and sampler.scheduler not in CONSISTENCY_SCHEDULERS:
+            names = sorted(c.__name__ for c in own.compatibles) + list(CONSISTENCY_SCHEDULERS)
+            raise ValueError(f"sampler {sampler.spec}: {sampler.scheduler} does not share the noise schedule of "
+                             f"this model's {type(own).__name__}; compatible: {', '.join(names)}")
+        pipe.scheduler = chosen.from_config(own.config)
 
 
 def sample_image(pipe, sampler: Sampler, prompt: str, seed: int, width: int, height: int):
