@@ -70,13 +70,18 @@ def main(argv: list[str] | None = None) -> None:
 
 READING = """## Reading it
 
-- Neither choice is measurably better here: the paired FD difference (one_step − rollout) is −2.8 ± 2.3
-  over 3 seeds, whose 95% t-interval (df 2: ± 4.303 · 2.3/√3 = ± 5.7) includes 0; FD to the teacher
-  +0.7 ± 0.8, likewise. So `dm.fake_data` keeps the paper's choice, rollout: TLCM (with Eq. 12) fine-tunes s_fake
-  "on synthetic data ẑ0".
-- Both DMD branches pull the student toward the teacher's samples (FD to the teacher 15.7 → 8.7 / 9.5) and
-  away from the real data (FD 74.4 → 81.7 / 78.9): the real score is the teacher with CFG, and the toy
-  teacher's own FD is 82.2. 100 DM steps at the toy's learning rates; longer runs are untried.
+- The paper's choice is the better one here, beyond the spread: one_step − rollout (same start, prompts and
+  noise per seed) is FD +6.3 ± 0.7 (95% t-interval, df 2: [+4.5, +8.1]; positive for every seed), KID
+  +65 [+33, +98], joint accuracy −0.014 [−0.019, −0.009] (texture −0.013); FD to the teacher +0.7
+  [−2.0, +3.3], no difference. So `dm.fake_data` defaults to rollout, the paper's "s_fake is finetuned on
+  synthetic data ẑ0". A likely reason, not tested here: the rollout ẑ0 is what the student's multi-step
+  sampler outputs, so the fake score learns the distribution that is sampled; the one-step x̂0 is a
+  single step's estimate, which the sampler never returns.
+- Against the branch point, DMD alone (100 steps, no MPS) moves nothing beyond the spread: rollout FD −5.4
+  [−54, +44], accuracy +0.06 [−0.09, +0.21], FD to the teacher +3.7 [−4.6, +12]; one-step FD +0.9
+  [−49, +51]. The seeds disagree in direction (seed 0: FD −27; seed 1: +11), so this table settles the
+  choice of fake data from the same start, not whether DMD alone helps; Table 2
+  (bench/results/toy_ablation.md) finds DMD's measurable gain after MPS, in accuracy.
 """
 
 
