@@ -24,8 +24,10 @@ What it does:
    mid-size measurements by the ratio of autograd-saved bytes of real vs mid-size modules (also counted on
    ``meta``).
 
-All mid-size figures are CPU RSS in fp32 with gradient checkpointing on, not CUDA allocator figures. glibc's
-dynamic mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in the children so freed tensors leave RSS.
+On a CPU the mid-size figures are RSS in fp32 with gradient checkpointing on, not CUDA allocator figures;
+glibc's dynamic mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in the children so freed tensors leave
+RSS. On a machine with a GPU the trainer runs there and the same script records the CUDA allocator instead
+(``torch.cuda.max_memory_allocated``, reset at every phase boundary): no runtime baseline to subtract.
 
 Run: ``python bench/memory_stages.py --out bench/results/memory_stages`` (about 6 min on a 2-core CPU; the
 committed .md and .json).
@@ -265,6 +267,48 @@ class Mem:
             self.resettable = False
 
 
+class CudaMem:
+    """The CUDA caching allocator's bytes on the current device, in ``Mem``'s interface: ``rss`` = allocated
+    now, ``hwm`` = its peak since ``reset``. No Python runtime is in them; the CUDA context and blocks the
+    allocator caches but does not use are not counted (``torch.cuda.memory_reserved`` would)."""
+
+    resettable = True
+
+    @staticmethod
+    def rss() -> int:
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    @staticmethod
+    def hwm() -> int:
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+
+    def rss_and_hwm(self) -> tuple[int, int]:
+        return self.rss(), self.hwm()
+
+    @staticmethod
+    def reset() -> None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_probe() -> Mem | CudaMem:
+    """Where the trainer runs: CUDA allocator figures on a GPU (the trainer takes the GPU whenever there is
+    one), CPU RSS otherwise."""
+    return CudaMem() if torch.cuda.is_available() else Mem()
+
+
+def memory_kind(rec: dict[str, Any]) -> str:
+    """How a results record measured memory: ``cuda`` (allocator) or ``rss`` (CPU process)."""
+    return rec.get("memory", "rss")
+
+
+def mid_memory_words(row: dict[str, Any]) -> str:
+    return ("CUDA allocated, no runtime" if memory_kind(row) == "cuda" else
+            f"CPU RSS, {row['rss_imports'] / 2 ** 20:,.0f} MiB runtime included")
+
+
 def ru_maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -338,7 +382,7 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
     from tlcm_train.config import load_config
     from tlcm_train.loop import Trainer
     torch.set_num_threads(threads)
-    mem = Mem()
+    mem = memory_probe()
     gc.collect()
     rss_imports, imports_peak = mem.rss_and_hwm()
     mem.reset()
@@ -353,6 +397,7 @@ def measure(overrides: list[str], *, scorer_weights: str | None = None, scorer_t
     out: dict[str, Any] = {"rss_imports": rss_imports, "imports_peak": imports_peak, "load_peak": load_peak,
                            "rss_after_load": rss_after_load, "ru_maxrss_after_load": ru_maxrss(),
                            "load_s": time.perf_counter() - started, "params": param_counts(trainer),
+                           "memory": "cuda" if isinstance(mem, CudaMem) else "rss", "device": str(trainer.device),
                            "stage": trainer.stage(0).name, "batch": trainer.config.train.batch_size}
     times = []
     for i in range(warmup + steps):
@@ -395,7 +440,7 @@ def preference_components(trainer, mem: Mem) -> dict[str, int]:
     tech, batch = trainer.techniques["mps"], trainer.config.train.batch_size
     g = torch.Generator().manual_seed(1)
     result = {}
-    latents = torch.randn(batch, *trainer.latent_shape, generator=g).requires_grad_(True)
+    latents = torch.randn(batch, *trainer.latent_shape, generator=g).to(trainer.device).requires_grad_(True)
     gc.collect()
     mem.reset()
     before = mem.rss()
@@ -408,7 +453,7 @@ def preference_components(trainer, mem: Mem) -> dict[str, int]:
     size = trainer.config.train.resolution
     del images
     n_images = 2 * batch if batch > 1 else 1          # positives + negatives (none in a batch of one prompt)
-    pixels = torch.rand(n_images, 3, size, size, generator=g).requires_grad_(True)
+    pixels = torch.rand(n_images, 3, size, size, generator=g).to(trainer.device).requires_grad_(True)
     prompts = (trainer.prompts * 2)[:n_images]
     gc.collect()
     mem.reset()
@@ -701,17 +746,24 @@ def markdown(rec: dict[str, Any]) -> str:
     b0 = rec["batches"][0]
     first, full = mid[f"mlcd_b{b0}"], mid[f"dm_b{b0}"]
     counts = full["params"]
+    cuda = memory_kind(rec) == "cuda"
+    label = "CUDA allocated" if cuda else "RSS"
+    how = ("**These are CUDA allocator figures of a mid-size model** on " + rec.get("gpu", "a GPU") + ": "
+           "`torch.cuda.max_memory_allocated`, its peak reset with `torch.cuda.reset_peak_memory_stats` after the "
+           "model load and at every phase boundary. No Python runtime is in them; the CUDA context and blocks the "
+           "allocator caches without using them are not either." if cuda else
+           "**These are CPU RSS figures of a mid-size model, not CUDA figures.** RSS counts the Python/torch runtime "
+           f"({mib(first['rss_imports'])} MiB after imports) and whatever the allocator holds; glibc's mmap threshold "
+           "is pinned in the measuring processes so freed tensors leave RSS. Peaks are Linux `VmHWM`, reset via "
+           "`/proc/self/clear_refs` after the model load and at every phase boundary, so the load does not mask "
+           "the training peak; the whole-process peak is the largest segment peak. `getrusage().ru_maxrss` is "
+           f"recorded in the JSON but not used: it read {mib(first['ru_maxrss_raw'])} MiB in every child, because "
+           "`exec` folds the forking parent's high-water mark into it.")
     lines = [
         "# Peak memory per training stage (issue 6 item 8)", "",
         f"Reproduce: `{rec['command']}` ({rec['runtime_s'] / 60:.1f} min). Machine: {rec['machine']}; torch "
         f"{rec['torch']}, 1 thread, fp32 (`train.mixed_precision=no`), gradient checkpointing on, AdamW.", "",
-        "**These are CPU RSS figures of a mid-size model, not CUDA figures.** RSS counts the Python/torch runtime "
-        f"({mib(first['rss_imports'])} MiB after imports) and whatever the allocator holds; glibc's mmap threshold "
-        "is pinned in the measuring processes so freed tensors leave RSS. Peaks are Linux `VmHWM`, reset via "
-        "`/proc/self/clear_refs` after the model load and at every phase boundary, so the load does not mask "
-        "the training peak; the whole-process peak is the largest segment peak. `getrusage().ru_maxrss` is "
-        f"recorded in the JSON but not used: it read {mib(first['ru_maxrss_raw'])} MiB in every child, because "
-        "`exec` folds the forking parent's high-water mark into it.", "",
+        how, "",
         "## Mid-size model", "",
         f"SDXL base's UNet config with widths / {WIDTH_DIVISOR} ({MID_UNET['block_out_channels']}, heads of 64), "
         f"transformer layers {MID_UNET['transformer_layers_per_block']} (SDXL [1, 2, 10]), cross-attention "
@@ -725,7 +777,7 @@ def markdown(rec: dict[str, Any]) -> str:
                                      ("unet_base", "student_lora", "fake_lora", "disc_heads", "scorer", "vae")) + " |",
         "| real SDXL | " + " | ".join(f"{real[k] / 1e6:,.1f} M" for k in
                                       ("unet_base", "student_lora", "fake_lora", "disc_heads", "scorer", "vae")) + " |",
-        "", "RSS in MiB:", "",
+        "", f"{label} in MiB:", "",
         "| Stage | batch | decode options | after load | load peak | after warm-up | training peak | training − after load | "
         "whole-process peak | step s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, m in mid.items():
@@ -743,16 +795,16 @@ def markdown(rec: dict[str, Any]) -> str:
     for b in rec["batches"]:
         r, nc, f1, f4 = rec["ratios"][f"b{b}"], rec["no_copy"][f"b{b}"], mid[f"mlcd_b{b}"], mid[f"dm_b{b}"]
         lines += [f"Full pipeline (stage 4) vs stage 1 at batch {b}, mid-size: training peak **{r['train_peak']:.2f}x**; "
-                  f"whole-process peak (the load included) {r['process_peak']:.2f}x; without the runtime (RSS after "
-                  f"imports) {r['model_attributable']:.2f}x; over stage 1's post-load baseline (peak − stage-1 RSS after "
-                  f"load) {r['over_baseline']:.2f}x; each over its own post-load RSS: stage 1 "
+                  f"whole-process peak (the load included) {r['process_peak']:.2f}x; without the runtime ({label} after "
+                  f"imports) {r['model_attributable']:.2f}x; over stage 1's post-load baseline (peak − stage-1 {label} after "
+                  f"load) {r['over_baseline']:.2f}x; each over its own post-load {label}: stage 1 "
                   f"{mib(f1['train_peak'] - f1['rss_after_load'])} MiB, stage 4 {mib(f4['train_peak'] - f4['rss_after_load'])} "
-                  f"MiB. No second UNet copy: stage 4's RSS after load exceeds stage 1's by {mib(nc['rss_delta'])} MiB; "
+                  f"MiB. No second UNet copy: stage 4's {label} after load exceeds stage 1's by {mib(nc['rss_delta'])} MiB; "
                   f"the parameters stage 4 adds (fake LoRA, heads, scorer) are {mib(nc['added_bytes'])} MiB in fp32, a "
                   f"UNet copy would be {mib(nc['unet_bytes'])} MiB; after the warm-up (AdamW states of the fake LoRA "
                   f"and heads) the gap is {mib(nc['warm_delta'])} MiB.", ""]
     lines += [
-              "Peak RSS of each phase of a measured step above the RSS at the step's start (MiB; `start` = what "
+              f"Peak {label} of each phase of a measured step above the {label} at the step's start (MiB; `start` = what "
               "earlier phases left live):", "",
               "| Stage | batch | decode options | " + " | ".join(rec["phase_names"]) + " |",
               "|---|---|---|" + "---|" * len(rec["phase_names"])]
@@ -760,7 +812,7 @@ def markdown(rec: dict[str, Any]) -> str:
         cells = [f"{mib(m['phases'][p]['peak'])} ({mib(m['phases'][p]['start'])})" if p in m["phases"] else "–"
                  for p in rec["phase_names"]]
         lines.append(f"| {STAGE_STEPS[m['stage']]} | {m['batch']} | {_options(m)} | " + " | ".join(cells) + " |")
-    lines += ["", "RSS at the start of each step (MiB; allocator drift after the warm-up): " + "; ".join(
+    lines += ["", f"{label} at the start of each step (MiB; allocator drift after the warm-up): " + "; ".join(
         f"{key} " + " → ".join(mib(b) for b in m["step_bases"]) for key, m in mid.items())]
     parts = [f"{_options(m)}, batch {m['batch']}: VAE decode + backward {mib(m['components']['vae_decode'])} MiB, "
              f"scorer forward + backward on {m['components'].get('scored_images', 2 * m['batch'])} image(s) "
@@ -799,7 +851,10 @@ def markdown(rec: dict[str, Any]) -> str:
             lines.append(f"| {STAGE_STEPS[m['stage']]} | {m['batch']} | {variant} | {gib(e['resident_total'])} | "
                          f"{e['peak_phase']} | {gib(e['transient'])} | {gib(e['total'])} | {gib(e32['total'])} | "
                          f"{ratio:.2f}x | {fits} |")
-    lines += ["", "## Conclusion", "", *rec["conclusion"], "", "## Notes", "",
+    lines += ["", "## Conclusion", "", *rec["conclusion"], ""]
+    if cuda:
+        return "\n".join(lines)
+    lines += ["## Notes", "",
               "- Batch-1 rows keep ≈15-20 MiB more allocator-retained memory across steps than the "
               "batch-2 rows (see the step-start RSS drift); scaled by the UNet factor this adds ≈0.3 GiB to their real "
               "estimates (it is why some batch-1 estimates exceed batch 2's).",
@@ -901,7 +956,7 @@ def main(argv: list[str] | None = None) -> None:
     b0 = batches[0]
     first = mid[f"mlcd_b{b0}"]
     conclusion = [
-        f"- Mid-size, measured (CPU RSS, {mib(first['rss_imports'])} MiB runtime included): stage-4 training peak / "
+        f"- Mid-size, measured ({mid_memory_words(first)}): stage-4 training peak / "
         "stage-1's, target 1.6x: " + "; ".join(
             f"{VARIANT_NOTES[mid[key].get('variant', '')]}, batch {mid[key]['batch']}: {r:.2f}x "
             f"({'met' if r <= 1.6 else 'missed'})" for key, r in variant_ratios.items())
@@ -924,8 +979,11 @@ def main(argv: list[str] | None = None) -> None:
            "scorer_note": scorer_note, "mid": mid, "sdxl": real, "factors": factors, "proxies": proxies,
            "estimates": estimates, "ratios": ratios, "variant_ratios": variant_ratios, "batches": batches,
            "phase_names": _phase_names(mid), "conclusion": conclusion, "no_copy": no_copy,
-           "mid_unet_config": mid_unet_config(), "mid_vae_config": mid_vae_config(), "mid_scorer": MID_SCORER}
+           "mid_unet_config": mid_unet_config(), "mid_vae_config": mid_vae_config(), "mid_scorer": MID_SCORER,
+           "memory": memory_kind(first)}
     rec["machine"] = f"{rec['cpu_model']}, {os.cpu_count()} cores shared with other jobs"
+    if rec["memory"] == "cuda":
+        rec["gpu"] = torch.cuda.get_device_name()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rec, indent=1, default=str))
     args.out.with_suffix(".md").write_text(markdown(rec))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -85,3 +86,32 @@ def test_real_sdxl_parameter_counts_build_on_the_meta_device():
     counts = load_bench().sdxl_parameter_counts()
     assert counts["unet_base"] == 2_567_463_684                  # SDXL base 1.0's UNet
     assert counts["student_lora"] > 0 and counts["fake_lora"] == counts["student_lora"]
+
+
+def load_smoke_bench():
+    load_bench()                               # sdxl_full_smoke imports it as ``memory_stages``
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("sdxl_full_smoke", ROOT / "bench" / "sdxl_full_smoke.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return module
+
+
+@pytest.mark.parametrize("name", ["memory_stages", "sdxl_full_smoke"])
+def test_results_render_in_the_memory_kind_they_were_measured_in(name):
+    """The committed .md is the committed .json rendered; a record measured on a GPU (CUDA allocator) says
+    so and keeps none of the CPU RSS wording, so a GPU run of the same script cannot publish CPU captions."""
+    bench = load_bench() if name == "memory_stages" else load_smoke_bench()
+    record = json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
+    assert bench.markdown(record) == (ROOT / "bench" / "results" / f"{name}.md").read_text()
+    rows = record["mid"] if name == "memory_stages" else record["rows"]
+    for row in rows.values():
+        row["memory"] = "cuda"
+    record.update(memory="cuda", gpu="NVIDIA H100 80GB HBM3", conclusion=[])
+    text = bench.markdown(record)
+    assert "CUDA allocated" in text and "RSS" not in text and "glibc" not in text
+    if name == "memory_stages":
+        assert "on NVIDIA H100 80GB HBM3" in text
