@@ -971,6 +971,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{gib(e32[f'dm_b{b}']['total'])}), stage 1 ≈ {gib(e[f'mlcd_b{b}']['total'])} GiB, ratio "
             f"{e[f'dm_b{b}']['total'] / e[f'mlcd_b{b}']['total']:.2f}x, peak in `{e[f'dm_b{b}']['peak_phase']}`"
             for b in batches if f"dm_b{b}" in e) + ".")
+    conclusion.append(target_floor(estimates))
     rec = {"command": " ".join(["python bench/memory_stages.py", *(argv if argv is not None else sys.argv[1:])]),
            "runtime_s": time.perf_counter() - started,
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
@@ -988,6 +989,26 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(rec, indent=1, default=str))
     args.out.with_suffix(".md").write_text(markdown(rec))
     print(markdown(rec))
+
+
+def target_floor(estimates: dict[str, dict[str, dict[str, Any]]], target: float = 1.6) -> str:
+    """Why the whole-image preference term cannot meet the target at SDXL size: stage 4's resident bytes
+    alone against stage 1's peak, and what that leaves for the preference term's decode and scorer."""
+    parts, meeting = [], []
+    for name, by in estimates.items():
+        e = by["bf16"]
+        if "dm_b1" not in e or "mlcd_b1" not in e:
+            continue
+        stage1, stage4 = e["mlcd_b1"]["total"], e["dm_b1"]
+        parts.append(f"{name.split(':')[0]}: resident {stage4['resident_total'] / stage1:.2f}x, leaving "
+                     f"{gib(target * stage1 - stage4['resident_total'])} GiB for a step's activations against "
+                     f"{gib(stage4['transient'])} GiB needed (`{stage4['peak_phase']}`)")
+        if stage4["total"] <= target * stage1:
+            meeting.append(name.split(":")[0])
+    return (f"- The {target}x target at SDXL 1024², batch 1 (bf16 activations): stage 4's resident bytes (the fake "
+            "LoRA and its AdamW states, the scorer, the heads) over stage 1's whole peak — " + "; ".join(parts)
+            + f". Met by: {', '.join(meeting) or 'none'}. A whole-image preference term needs the VAE decode's "
+            "backward at 1024² (unit-checkpointed and bf16 in A and B) on top of the resident bytes.")
 
 
 def _options(m: dict[str, Any]) -> str:
