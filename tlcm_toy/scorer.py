@@ -291,7 +291,33 @@ def markdown(record: dict) -> str:
         lines += ["", f"Generated sets: N = {record['generated_n']} prompts (seed {record['generated_seed']}); "
                   f"each wrong attribute costs {PER_WRONG_ATTRIBUTE:g}, so a set's mean reads against the "
                   "held-out levels above."]
+    if "rescored" in record:
+        lines += [f"They were scored again on the current toy teacher (UNet sha256 "
+                  f"`{record['rescored']['teacher_unet_sha256'][:16]}…`) with the same weights: "
+                  f"`{record['rescored']['command']}`."]
     return "\n".join(lines) + "\n"
+
+
+def teacher_unet_sha256() -> str:
+    return file_sha256(TEACHER / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def write_record(record: dict, weights: Path, results: Path) -> None:
+    weights.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(markdown(record), encoding="utf-8")
+    print(markdown(record))
+
+
+def rescore(weights: Path, results: Path, command: str) -> None:
+    """The generated sets' score levels again, for the same scorer weights: they depend on the toy teacher,
+    which can be retrained without retraining the scorer (its VAE, the one the scorer learnt from, is kept)."""
+    record = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
+    if file_sha256(weights) != record["sha256"]:
+        raise SystemExit(f"{weights} is not the file its record describes (sha256 differs); retrain instead")
+    record["generated"] = generated_figures(load_toy_scorer(weights), record["generated_n"], record["generated_seed"])
+    record["rescored"] = dict(command=command, teacher_unet_sha256=teacher_unet_sha256())
+    write_record(record, weights, results)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,8 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generated", type=int, default=200, help="prompts for the VAE/teacher score levels (0: skip)")
     parser.add_argument("--results", type=Path, default=Path("outputs/bench/toy_scorer.md"),
                         help=f"bench record (the committed one: {RESULTS.relative_to(RESULTS.parents[2])})")
+    parser.add_argument("--rescore", action="store_true",
+                        help="keep the weights at --out and score the teacher's sets again (after the toy teacher "
+                             "is retrained)")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
+    command = " ".join(["nice python -m tlcm_toy.scorer", *(sys.argv[1:] if argv is None else argv)])
+    if args.rescore:
+        return rescore(args.out, args.results, command)
     start, start_cpu = time.perf_counter(), time.process_time()
     model = train_scorer(args.steps, args.batch, args.seed, args.lr, toy_vae())
     train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
@@ -317,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     scorer = load_toy_scorer(args.out)
     generated_seed = HELD_OUT_SEED + 1
     record = dict(
-        command=" ".join(["nice python -m tlcm_toy.scorer", *(sys.argv[1:] if argv is None else argv)]),
+        command=command,
         steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=THREADS,
         train_seconds=round(train_seconds, 1), train_cpu_seconds=round(train_cpu_seconds, 1),
         parameters=sum(p.numel() for p in scorer.parameters()), file_bytes=args.out.stat().st_size,
@@ -327,10 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         held_out=held_out_figures(scorer, args.held_out, HELD_OUT_SEED),
         generated_n=args.generated, generated_seed=generated_seed,
         generated=generated_figures(scorer, args.generated, generated_seed) if args.generated else {})
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(markdown(record), encoding="utf-8")
-    print(markdown(record))
+    write_record(record, args.out, args.results)
 
 
 if __name__ == "__main__":
