@@ -7,8 +7,9 @@ through ``tlcm.generate_flux`` with the guidance embedding); ``ddim:N:CFG`` is t
 classifier-free guidance on trailing DDIM timesteps (docs/eval.md §6: the strongest few-step teacher
 baseline, and 999-first at any N); ``lcm:N`` is diffusers' ``LCMScheduler`` on the model's own config, the
 way LCM-LoRA is sampled, without CFG; ``diffusers:NAME:N:CFG`` is any diffusers scheduler by class name on
-the model's scheduler config (a baseline such as ``diffusers:DPMSolverMultistepScheduler:25:5``); ``flux:N:G`` is a FLUX model's own sampler (diffusers'
-``FlowMatchEulerDiscreteScheduler`` on the model's config) with guidance embedding G, the FLUX teacher.
+the model's scheduler config (a baseline such as ``diffusers:DPMSolverMultistepScheduler:25:5``);
+``flux:N:G`` is a FLUX model's own sampler (diffusers' ``FlowMatchEulerDiscreteScheduler`` on the model's
+config) with guidance embedding G, the FLUX teacher.
 Each setting states what it ran in ``describe()``, so the result file says it too.
 """
 from __future__ import annotations
