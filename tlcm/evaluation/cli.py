@@ -44,7 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", help="cuda / mps / cpu (default: best available)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: bf16/fp16 on GPU, fp32 on CPU")
     p.add_argument("--clip-model", metavar="DIR",
-                   help="CLIP score: a transformers CLIP folder (e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K)")
+                   help="CLIP score: a CLIP folder, transformers layout (e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K) "
+                        "or open_clip's (open_clip_config.json + open_clip_model.safetensors, e.g. "
+                        "laion/CLIP-ViT-g-14-laion2B-s34B-b88K)")
     p.add_argument("--clip-pretrained", default="", metavar="TAG",
                    help="the pretrained tag of those weights, recorded with the score (e.g. laion2b_s12b_b42k)")
     p.add_argument("--aesthetic-clip", metavar="DIR",

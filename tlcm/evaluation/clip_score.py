@@ -2,10 +2,12 @@
 
 The backbone sets the scale (docs/eval.md §1: OpenCLIP ViT-g/14 is the convention of the range TLCM's
 33.68 falls in), so the result records the model, the weights' hashes, the pretrained tag the user names
-and the preprocessing. The model is a transformers ``CLIPModel`` folder (``config.json``, safetensors
-weights, tokenizer files): open_clip would be the usual loader, but importing it needs torchvision, which
-the diffusers stack here does not carry, and the LAION checkpoints on the Hugging Face Hub ship the
-transformers layout beside the open_clip one. No per-sample clamp at 0 is applied.
+and the preprocessing. The model runs as a transformers ``CLIPModel``: open_clip would be the usual loader,
+but importing it needs torchvision, which the diffusers stack here does not carry. A folder is either in
+the transformers layout (``config.json``, safetensors weights, tokenizer files: e.g.
+``laion/CLIP-ViT-g-14-laion2B-s12B-b42K``) or in open_clip's (``open_clip_config.json``,
+``open_clip_model.safetensors``, tokenizer files: ``laion/CLIP-ViT-g-14-laion2B-s34B-b88K`` ships only
+this), whose tensors ``open_clip_weights`` renames. No per-sample clamp at 0 is applied.
 
 Preprocessing is done here rather than by a transformers image processor, so it is the same on every
 transformers version: shortest side resized to the model's input size (PIL bicubic), centre crop, scaled to
@@ -24,18 +26,22 @@ import torch
 from PIL import Image
 
 from ..models.dtype_argument import dtype_argument
+from .open_clip_weights import CONFIG_FILE as OPEN_CLIP_CONFIG
+from .open_clip_weights import is_open_clip_folder, load_open_clip
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-CLIP_HINT = ("a transformers CLIP folder (config.json, model.safetensors, tokenizer files), e.g. the files of "
-             "laion/CLIP-ViT-g-14-laion2B-s12B-b42K from huggingface.co")
+CLIP_HINT = ("a CLIP folder from huggingface.co in the transformers layout (config.json, model.safetensors, "
+             "tokenizer files; e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K) or open_clip's (open_clip_config.json, "
+             "open_clip_model.safetensors, tokenizer files; e.g. laion/CLIP-ViT-g-14-laion2B-s34B-b88K)")
 
 
 def check_clip_folder(folder: str | Path) -> Path:
     """``FileNotFoundError`` naming the missing file when ``folder`` is not a usable local CLIP."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"CLIP model not found: {folder / 'config.json'} is missing; pass {CLIP_HINT}")
+    if not (folder / "config.json").is_file() and not is_open_clip_folder(folder):
+        raise FileNotFoundError(f"CLIP model not found: {folder / 'config.json'} (or {OPEN_CLIP_CONFIG}) is "
+                                f"missing; pass {CLIP_HINT}")
     if not list(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"CLIP weights not found: no *.safetensors in {folder}; pass {CLIP_HINT} "
                                 "(pickled .bin weights are not loaded)")
@@ -80,20 +86,27 @@ class ClipScorer:
     @classmethod
     def from_folder(cls, folder: str | Path, *, pretrained_tag: str = "", device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> "ClipScorer":
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
         folder = check_clip_folder(folder)
-        model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True,
-                                          **dtype_argument("transformers", dtype))
-        model = model.to(device).eval().requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        image_size = int(model.config.vision_config.image_size)
         mean, std = OPENAI_MEAN, OPENAI_STD
-        pre = folder / "preprocessor_config.json"
-        if pre.is_file():
-            config = json.loads(pre.read_text(encoding="utf-8"))
-            mean, std = tuple(config.get("image_mean", mean)), tuple(config.get("image_std", std))
+        if is_open_clip_folder(folder):
+            model, own_mean, own_std = load_open_clip(folder, dtype)
+            mean, std = own_mean or mean, own_std or std
+            tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+            loader = "transformers.CLIPModel from open_clip's layout (tlcm.evaluation.open_clip_weights)"
+        else:
+            model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True,
+                                              **dtype_argument("transformers", dtype))
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            loader = "transformers.CLIPModel (open_clip needs torchvision)"
+            pre = folder / "preprocessor_config.json"
+            if pre.is_file():
+                config = json.loads(pre.read_text(encoding="utf-8"))
+                mean, std = tuple(config.get("image_mean", mean)), tuple(config.get("image_std", std))
+        model = model.to(device).eval().requires_grad_(False)
+        image_size = int(model.config.vision_config.image_size)
         variant = {
-            "loader": "transformers.CLIPModel (open_clip needs torchvision)",
+            "loader": loader,
             "model": folder.name, "pretrained_tag": pretrained_tag, "dtype": str(dtype).replace("torch.", ""),
             "preprocessing": (f"shortest side to {image_size} (PIL bicubic), centre crop {image_size}, "
                               f"[0, 1], normalise mean {list(mean)} std {list(std)}"),

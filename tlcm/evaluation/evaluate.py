@@ -29,7 +29,8 @@ MODEL_HINT = ("pass a local SDXL model: download stabilityai/stable-diffusion-xl
               "sd_xl_base_1.0.safetensors from huggingface.co; or a FLUX.1-dev diffusers folder")
 LORA_HINT = ("pass a local TLCM LoRA: download OPPOer/TLCMSDXL (or OPPOer/TLCMFlux for FLUX; "
              "adapter_model.safetensors + adapter_config.json)")
-CLIP_WEIGHTS_HINT = "pass a transformers CLIP folder, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
+CLIP_WEIGHTS_HINT = ("pass a CLIP folder (transformers layout, e.g. laion/CLIP-ViT-g-14-laion2B-s12B-b42K, or "
+                     "open_clip's, e.g. laion/CLIP-ViT-g-14-laion2B-s34B-b88K)")
 FID_WEIGHTS_HINT = f"pass the feature extractor's weight file (the default extractor's: {WEIGHTS_HINT})"
 
 
