@@ -299,9 +299,9 @@ def memory_probe() -> Mem | CudaMem:
     return CudaMem() if torch.cuda.is_available() else Mem()
 
 
-def memory_kind(rec: dict[str, Any]) -> str:
-    """How a results record measured memory: ``cuda`` (allocator) or ``rss`` (CPU process)."""
-    return rec.get("memory", "rss")
+def memory_kind(row: dict[str, Any]) -> str:
+    """How a measured row's memory was read: ``cuda`` (allocator) or ``rss`` (CPU process)."""
+    return row.get("memory", "rss")
 
 
 def mid_memory_words(row: dict[str, Any]) -> str:
@@ -746,7 +746,7 @@ def markdown(rec: dict[str, Any]) -> str:
     b0 = rec["batches"][0]
     first, full = mid[f"mlcd_b{b0}"], mid[f"dm_b{b0}"]
     counts = full["params"]
-    cuda = memory_kind(rec) == "cuda"
+    cuda = memory_kind(first) == "cuda"
     label = "CUDA allocated" if cuda else "RSS"
     how = ("**These are CUDA allocator figures of a mid-size model** on " + rec.get("gpu", "a GPU") + ": "
            "`torch.cuda.max_memory_allocated`, its peak reset with `torch.cuda.reset_peak_memory_stats` after the "
@@ -980,10 +980,9 @@ def main(argv: list[str] | None = None) -> None:
            "scorer_note": scorer_note, "mid": mid, "sdxl": real, "factors": factors, "proxies": proxies,
            "estimates": estimates, "ratios": ratios, "variant_ratios": variant_ratios, "batches": batches,
            "phase_names": _phase_names(mid), "conclusion": conclusion, "no_copy": no_copy,
-           "mid_unet_config": mid_unet_config(), "mid_vae_config": mid_vae_config(), "mid_scorer": MID_SCORER,
-           "memory": memory_kind(first)}
+           "mid_unet_config": mid_unet_config(), "mid_vae_config": mid_vae_config(), "mid_scorer": MID_SCORER}
     rec["machine"] = f"{rec['cpu_model']}, {os.cpu_count()} cores shared with other jobs"
-    if rec["memory"] == "cuda":
+    if memory_kind(first) == "cuda":
         rec["gpu"] = torch.cuda.get_device_name()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rec, indent=1, default=str))

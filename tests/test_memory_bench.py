@@ -110,7 +110,7 @@ def test_results_render_in_the_memory_kind_they_were_measured_in(name):
     rows = record["mid"] if name == "memory_stages" else record["rows"]
     for row in rows.values():
         row["memory"] = "cuda"
-    record.update(memory="cuda", gpu="NVIDIA H100 80GB HBM3", conclusion=[])
+    record.update(gpu="NVIDIA H100 80GB HBM3", conclusion=[])
     text = bench.markdown(record)
     assert "CUDA allocated" in text and "RSS" not in text and "glibc" not in text
     if name == "memory_stages":

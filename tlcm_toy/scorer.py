@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlcm.files import atomic_write_text
 from tlcm_train.preference.scorer import ScorerPlugin
 
 from .data import ATTRIBUTES, LANGUAGES, SIZE, ZH, generate, prompt, prompts_for
@@ -298,14 +299,10 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def teacher_unet_sha256() -> str:
-    return file_sha256(TEACHER / "unet" / "diffusion_pytorch_model.safetensors")
-
-
 def write_record(record: dict, weights: Path, results: Path) -> None:
-    weights.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(weights.with_suffix(".json"), json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(markdown(record), encoding="utf-8")
+    atomic_write_text(results, markdown(record))
     print(markdown(record))
 
 
@@ -316,7 +313,8 @@ def rescore(weights: Path, results: Path, command: str) -> None:
     if file_sha256(weights) != record["sha256"]:
         raise SystemExit(f"{weights} is not the file its record describes (sha256 differs); retrain instead")
     record["generated"] = generated_figures(load_toy_scorer(weights), record["generated_n"], record["generated_seed"])
-    record["rescored"] = dict(command=command, teacher_unet_sha256=teacher_unet_sha256())
+    record["rescored"] = dict(command=command,
+                              teacher_unet_sha256=file_sha256(TEACHER / "unet" / "diffusion_pytorch_model.safetensors"))
     write_record(record, weights, results)
 
 

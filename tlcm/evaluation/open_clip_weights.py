@@ -72,20 +72,19 @@ def transformers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.T
              "ln_final": "text_model.final_layer_norm"}
     for key, tensor in state.items():
         stem, _, leaf = key.rpartition(".")
+        block = _BLOCK.match(key)
+        layer = block and f"{'vision_model' if block.group(1) else 'text_model'}.encoder.layers.{block.group(2)}"
         if key in fixed:
             name, transpose = fixed[key]
             out[name] = tensor.t().contiguous() if transpose else tensor
         elif stem in norms:
             out[f"{norms[stem]}.{leaf}"] = tensor
-        elif (m := _BLOCK.match(key)) and m.group(3).startswith("attn.in_proj_"):
-            tower = "vision_model" if m.group(1) else "text_model"
-            kind = m.group(3).removeprefix("attn.in_proj_")                  # weight or bias
+        elif block and block.group(3).startswith("attn.in_proj_"):
+            kind = block.group(3).removeprefix("attn.in_proj_")                  # weight or bias
             for part, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                out[f"{tower}.encoder.layers.{m.group(2)}.self_attn.{part}.{kind}"] = chunk.contiguous()
-        elif m and m.group(3).rpartition(".")[0] in _BLOCK_PARTS:
-            tower = "vision_model" if m.group(1) else "text_model"
-            part = _BLOCK_PARTS[m.group(3).rpartition(".")[0]]
-            out[f"{tower}.encoder.layers.{m.group(2)}.{part}.{leaf}"] = tensor
+                out[f"{layer}.self_attn.{part}.{kind}"] = chunk.contiguous()
+        elif block and block.group(3).rpartition(".")[0] in _BLOCK_PARTS:
+            out[f"{layer}.{_BLOCK_PARTS[block.group(3).rpartition('.')[0]]}.{leaf}"] = tensor
         elif key != "attn_mask":                  # the text tower's causal mask, rebuilt by transformers
             raise ValueError(f"open_clip tensor {key!r} has no place in a plain CLIP ViT (layer scale, attention "
                              "pooling and other towers are not supported)")
