@@ -30,7 +30,7 @@ from tlcm_train.app.jobs import JobError, JobManager  # noqa: E402
 from tlcm_train.app.paths import PathError  # noqa: E402
 from tlcm_toy.trainer_app import TOY_PRESET, TOY_SCORER  # noqa: E402
 from tlcm_train.app.progress import read_run  # noqa: E402
-from tlcm_train.app.try_it import Sampler, export  # noqa: E402
+from tlcm_train.app.try_it import Exports, Sampler  # noqa: E402
 from tlcm_train.adapters import add_student, student_state_dict  # noqa: E402
 from tlcm_train.config import Config, LoraConfig  # noqa: E402
 from tlcm_train.export import export_lora  # noqa: E402
@@ -129,18 +129,26 @@ def test_try_it_generates_with_a_lora_and_exports_every_format(toy_config, tmp_p
     without = sampler.generate(toy_config.model.path, lora, 0.0, settings)[0]   # strength change: swapped
     assert with_lora.size == (32, 32) and len(list((tmp_path / "gen").glob("tlcm-*.png"))) == 1
     assert np.abs(np.asarray(with_lora, float) - np.asarray(without, float)).mean() > 1.0
-    source, exported = load_lora(lora), {}
+    source, exported, exports = load_lora(lora), {}, Exports()
     for fmt in ("kohya", "diffusers", "peft"):
-        path = export(lora, fmt)
+        path = exports.export(lora, fmt)
+        written = {path.name, path.stem} if fmt == "peft" else {path.name}       # the previous export is gone
+        assert {p.name for p in exports.folder.iterdir()} == written, fmt
+        kept = tmp_path / "downloaded" / fmt                                    # what Gradio's copy would be
         if fmt == "peft":
-            shutil.unpack_archive(path, path.with_suffix(""))
-            path = path.with_suffix("")
-        again = load_lora(path)
+            shutil.unpack_archive(path, kept)
+        else:
+            kept.mkdir(parents=True)
+            kept = Path(shutil.copy(path, kept))
+        again = load_lora(kept)
         assert len(again.modules) == len(source.modules) and again.modules, fmt
-        exported[fmt] = path
+        exported[fmt] = kept
     assert_exports_at_scale(exported, {k: v.half() for k, v in state.items()}, 2.0, toy_config.model.path)
     with pytest.raises(PathError, match="does not exist"):
-        export(str(tmp_path / "missing.safetensors"), "kohya")
+        exports.export(str(tmp_path / "missing.safetensors"), "kohya")
+    assert (exports.folder / "tlcm_lora_peft.zip").is_file()     # a refused export removes nothing
+    exports.close()
+    assert not exports.folder.exists()
 
 
 def test_teacher_baseline_is_the_plain_model_from_the_lora_runs_noise(toy_config, tmp_path):

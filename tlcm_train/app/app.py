@@ -47,7 +47,7 @@ from .paths import (PathError, check_config_file, check_model, check_output_dir,
 from .presets import GPU_PRESETS, Preset
 from .progress import RunView, read_run
 from .sample_grids import labelled, note
-from .try_it import TEACHER_SAMPLERS, TEACHER_STEPS, Sampler, export, generate_images, teacher_images
+from .try_it import TEACHER_SAMPLERS, TEACHER_STEPS, Exports, Sampler, generate_images, teacher_images
 
 STAGE_KEYS = tuple(key for pair in form.STAGES.items() for key in pair)       # every stage's toggle and steps
 SCORER_KEYS = ("mps.scorer", "mps.scorer_weights")
@@ -740,7 +740,8 @@ def build_try_tab(values: dict[str, Any]) -> TryTab:
 
 def wire_try(tab: TryTab, message: gr.Markdown, sampler: Sampler, feedback: Feedback, spots: Spots) -> None:
     """Generate (the LoRA, then the teacher baseline when ticked) and Export; ``sampler`` keeps the loaded
-    pipelines between presses."""
+    pipelines between presses; Export keeps only its latest file, in a temporary folder removed with the app."""
+    exports = Exports()
     def on_generate(model: str, lora: str, prompt: str, steps: Any, strength: Any, seed: Any, width: Any,
                     height: Any, teacher: bool, name: str, teacher_steps: Any, cfg: Any) -> tuple[str, list]:
         images = generate_images(sampler, model, lora, prompt, steps, strength, seed, width, height)
@@ -753,7 +754,7 @@ def wire_try(tab: TryTab, message: gr.Markdown, sampler: Sampler, feedback: Feed
         return "Generated: the LoRA, then the teacher baseline (same prompt and seed).", shown
 
     def on_export(lora: str, chosen: str) -> tuple[str, str]:
-        path = export(lora, chosen)
+        path = exports.export(lora, chosen)
         return f"Exported as {chosen}: {path.name}", str(path)
 
     feedback.show(tab.generate.click(checked(on_generate, 2, spots), [feedback.notes, *tab.generate_inputs],

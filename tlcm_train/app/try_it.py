@@ -5,8 +5,8 @@ model is kept between clicks and loaded again only when the model changes. The L
 UNet weights; a new LoRA file, a rewritten one or another strength first puts the merged modules' own
 weights back (kept on the CPU when merging, restored bit for bit), so nothing is merged twice and nothing
 is reloaded. On a GPU that a training run of this app is using, Try it refuses to load a model (an SDXL
-copy next to the trainer's would run both out of memory). Exports go to a fresh temporary folder that
-Gradio may serve; a PEFT adapter (a folder) is zipped.
+copy next to the trainer's would run both out of memory). Exports go to the app's own temporary folder,
+which keeps only the latest (Gradio serves its copy); a PEFT adapter (a folder) is zipped.
 
 The teacher baseline is what the LoRA is measured against: the same base model without the LoRA, the
 same prompt, seed and size (so the same starting noise), sampled the usual many-step way — DDIM or Euler
@@ -145,12 +145,28 @@ def teacher_images(sampler: Sampler, model: str, prompt: str, seed: Any, width: 
     return sampler.teacher(model, settings, name, steps, check_between("Teacher CFG", guidance, 1.0, MAX_GUIDANCE))
 
 
-def export(lora: str, fmt: str) -> Path:
-    """``lora`` rewritten as ``fmt`` in a new temporary folder; a PEFT folder comes back as a .zip."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-    source = check_lora(lora)
-    target = save_lora(load_lora(source), Path(tempfile.mkdtemp(prefix="tlcm-export-")) / EXPORT_NAMES[fmt], fmt)
-    if target.is_dir():
-        return Path(shutil.make_archive(str(target), "zip", root_dir=target))
-    return target
+class Exports:
+    """Export's files: one temporary folder for the app's life, holding only the latest export and removed
+    with the app. Gradio serves its own copy of each file a handler returns, so the previous export is not
+    needed once the next is asked for, and nothing piles up in the system's temporary folder."""
+
+    def __init__(self) -> None:
+        self._scratch = tempfile.TemporaryDirectory(prefix="tlcm-export-")
+        self.folder = Path(self._scratch.name)
+        self._lock = threading.Lock()
+
+    def export(self, lora: str, fmt: str) -> Path:
+        """``lora`` rewritten as ``fmt``; a PEFT folder comes back as a .zip."""
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+        state = load_lora(check_lora(lora))
+        with self._lock:
+            for previous in self.folder.iterdir():
+                shutil.rmtree(previous) if previous.is_dir() else previous.unlink()
+            target = save_lora(state, self.folder / EXPORT_NAMES[fmt], fmt)
+            if target.is_dir():
+                return Path(shutil.make_archive(str(target), "zip", root_dir=target))
+            return target
+
+    def close(self) -> None:
+        self._scratch.cleanup()
