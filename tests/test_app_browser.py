@@ -73,12 +73,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    """``tlcm-trainer`` on 127.0.0.1 at a free port, killed at teardown."""
+    """``tlcm-trainer`` on 127.0.0.1 at a free port, stopped at teardown as a service manager stops it
+    (SIGTERM): it must exit cleanly and take its temporary files (Export's folder) with it."""
     home = tmp_path_factory.getbasetemp() / "trainer-home"
     port = _free_port()
     log = (tmp_path_factory.mktemp("app") / "app.log").open("wb")
+    scratch = tmp_path_factory.mktemp("app-tmp")
     env = {**os.environ, "TLCM_TRAINER_HOME": str(home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(scratch)}
     proc = subprocess.Popen([sys.executable, "-m", "tlcm_toy.trainer_app", "--port", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("cwd"))
     url = f"http://127.0.0.1:{port}/"
@@ -92,13 +94,18 @@ def app_url(tmp_path_factory):
                 proc.kill()
                 pytest.fail("the app did not start:\n" + Path(log.name).read_text()[-3000:])
             time.sleep(0.5)
+    assert list(scratch.glob("tlcm-export-*")), "the app's Export folder should live in its TMPDIR"
     yield url
     proc.terminate()
     try:
-        proc.wait(10)
+        code = proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        raise
+    finally:
+        log.close()
+    assert code == 0, Path(log.name).read_text()[-3000:]
+    assert not list(scratch.glob("tlcm-export-*"))
 
 
 @pytest.fixture()

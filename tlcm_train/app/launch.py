@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None, presets: dict[str, Preset] | None = None
             raise
         print(f"tlcm-trainer: the app needs {missing}, which is not installed: {INSTALL_HINT}", file=sys.stderr)
         return 2
+    # A service manager's stop (SIGTERM) closes the app the way Ctrl+C does, so its temporary files go with it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     build_app(banner=banner, presets=presets).launch(server_name=args.host, server_port=args.port, auth=auth,
                                     share=False, css=CSS, show_error=True)
     return 0
