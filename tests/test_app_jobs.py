@@ -6,6 +6,7 @@ has alpha != rank and each export is checked at its exact scale with the host's 
 it stops there, never racing the loop. ~1-2 min on 2 CPU cores."""
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from pathlib import Path
@@ -147,8 +148,10 @@ def test_try_it_generates_with_a_lora_and_exports_every_format(toy_config, tmp_p
     with pytest.raises(PathError, match="does not exist"):
         exports.export(str(tmp_path / "missing.safetensors"), "kohya")
     assert (exports.folder / "tlcm_lora_peft.zip").is_file()     # a refused export removes nothing
-    exports.close()
-    assert not exports.folder.exists()
+    folder = exports.folder
+    del exports                                                  # the app goes: its export folder goes with it
+    gc.collect()
+    assert not folder.exists()
 
 
 def test_teacher_baseline_is_the_plain_model_from_the_lora_runs_noise(toy_config, tmp_path):

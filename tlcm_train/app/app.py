@@ -760,7 +760,7 @@ def wire_try(tab: TryTab, message: gr.Markdown, sampler: Sampler, feedback: Feed
     feedback.show(tab.generate.click(checked(on_generate, 2, spots), [feedback.notes, *tab.generate_inputs],
                                      [message, tab.images, feedback.notes]))
     feedback.show(tab.export.click(checked(on_export, 2, spots), [feedback.notes, tab.lora, tab.fmt],
-                                   [message, tab.exported, feedback.notes]))
+                                   [message, tab.exported, feedback.notes], concurrency_limit=1))
 
 
 def wire_try_follows_form(setup: SetupTab, tab: TryTab) -> None:

@@ -148,25 +148,21 @@ def teacher_images(sampler: Sampler, model: str, prompt: str, seed: Any, width: 
 class Exports:
     """Export's files: one temporary folder for the app's life, holding only the latest export and removed
     with the app. Gradio serves its own copy of each file a handler returns, so the previous export is not
-    needed once the next is asked for, and nothing piles up in the system's temporary folder."""
+    needed once the next is asked for, and nothing piles up in the system's temporary folder. The app runs
+    one export at a time (its Export event has a concurrency limit of 1, Gradio's copy included)."""
 
     def __init__(self) -> None:
         self._scratch = tempfile.TemporaryDirectory(prefix="tlcm-export-")
         self.folder = Path(self._scratch.name)
-        self._lock = threading.Lock()
 
     def export(self, lora: str, fmt: str) -> Path:
         """``lora`` rewritten as ``fmt``; a PEFT folder comes back as a .zip."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
         state = load_lora(check_lora(lora))
-        with self._lock:
-            for previous in self.folder.iterdir():
-                shutil.rmtree(previous) if previous.is_dir() else previous.unlink()
-            target = save_lora(state, self.folder / EXPORT_NAMES[fmt], fmt)
-            if target.is_dir():
-                return Path(shutil.make_archive(str(target), "zip", root_dir=target))
-            return target
-
-    def close(self) -> None:
-        self._scratch.cleanup()
+        for previous in self.folder.iterdir():
+            shutil.rmtree(previous) if previous.is_dir() else previous.unlink()
+        target = save_lora(state, self.folder / EXPORT_NAMES[fmt], fmt)
+        if target.is_dir():
+            return Path(shutil.make_archive(str(target), "zip", root_dir=target))
+        return target
